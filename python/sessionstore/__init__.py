@@ -1,0 +1,25 @@
+"""Crash-safe, atomic storage for the checkpoints of long-running test sessions."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._backend import active as _active
+from ._errors import LockedStorageError
+from ._lock_state import LockState
+from ._options import Durability, Layout
+from ._repository import SessionStorageRepository
+from ._storage import SessionStorage
+
+backend: Final[str] = _active.current.name
+"""The writer backend in use: ``"native"`` or ``"python"``."""
+
+__all__ = [
+    "Durability",
+    "Layout",
+    "LockState",
+    "LockedStorageError",
+    "SessionStorage",
+    "SessionStorageRepository",
+    "backend",
+]

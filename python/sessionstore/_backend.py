@@ -1,0 +1,103 @@
+"""Which writer backend performs the syscalls: the native extension or the fallback.
+
+Chosen once, at import, from ``SESSIONSTORE_BACKEND``: unset or empty picks the
+extension when it imports and the pure-Python writer otherwise; ``python`` forces
+the fallback; ``native`` forces the extension and fails loudly without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import attrs
+
+from . import _python_writer
+from ._lock_state import LockState
+
+log = logging.getLogger("sessionstore")
+
+ENV_VAR: Final = "SESSIONSTORE_BACKEND"
+NAMES: Final = ("native", "python")
+
+# The order of the native side's lock-state codes.
+_LOCK_STATES: Final = (LockState.UNLOCKED, LockState.HELD, LockState.STALE)
+
+
+@attrs.frozen
+class Backend:
+    """The functions one backend provides, with the same signatures in both."""
+
+    name: str
+    save: Callable[[str, bytes | bytearray | memoryview, bytes, str, str], None]
+    load: Callable[[str], bytes]
+    lock_state: Callable[[str], LockState]
+    break_stale_lock: Callable[[str], bool]
+
+
+PYTHON: Final = Backend(
+    name="python",
+    save=_python_writer.save,
+    load=_python_writer.load,
+    lock_state=_python_writer.lock_state,
+    break_stale_lock=_python_writer.break_stale_lock,
+)
+
+
+def load_native() -> Backend:
+    """The native backend; ImportError when the extension is not built."""
+    from . import _native
+
+    def lock_state(location: str) -> LockState:
+        return _LOCK_STATES[_native.lock_state(location)]
+
+    return Backend(
+        name="native",
+        save=_native.save,
+        load=_native.load,
+        lock_state=lock_state,
+        break_stale_lock=_native.break_stale_lock,
+    )
+
+
+def select(environ: Mapping[str, str]) -> Backend:
+    """The backend ``environ`` asks for (see the module's docstring)."""
+    wanted = environ.get(ENV_VAR, "")
+    if wanted == "python":
+        return PYTHON
+    if wanted == "native":
+        try:
+            return load_native()
+        except ImportError as exc:
+            raise ImportError(
+                f"{ENV_VAR}=native but the native extension "
+                f"sessionstore._native cannot be imported: {exc}"
+            ) from exc
+    if wanted:
+        raise ImportError(
+            f"{ENV_VAR} must be one of {', '.join(NAMES)} or unset, got {wanted!r}"
+        )
+    try:
+        return load_native()
+    except ImportError as exc:
+        log.debug("native writer unavailable, using the Python fallback: %s", exc)
+        return PYTHON
+
+
+class _Active:
+    """The backend every storage uses; one per process, switched only by tests."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, current: Backend) -> None:
+        self.current = current
+
+
+def _choose() -> Backend:
+    import os
+
+    return select(os.environ)
+
+
+active: Final = _Active(_choose())

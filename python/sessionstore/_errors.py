@@ -1,0 +1,43 @@
+"""The one error of the library's own: a storage that is locked."""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class LockedStorageError(OSError):
+    """A save found the storage locked.
+
+    ``errno`` is ``EWOULDBLOCK`` when a live writer holds the lock (``stale`` is
+    False: wait, do not break it) and ``EEXIST`` when ``session.next`` is the
+    leftover of a writer that died (``stale`` is True: breaking it is safe).
+    ``filename`` is the path of ``session.next`` in both cases.
+    """
+
+    stale: bool
+
+    def __init__(self, errno: int, filename: str, *, stale: bool) -> None:
+        reason = (
+            "leftover of a writer that is gone (stale lock)"
+            if stale
+            else "a live writer holds the lock"
+        )
+        super().__init__(errno, f"session storage is locked: {reason}", filename)
+        self.stale = stale
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (self.errno, self.filename, self.stale))
+
+
+def _rebuild(errno: int, filename: str, stale: bool) -> LockedStorageError:
+    return LockedStorageError(errno, filename, stale=stale)
+
+
+def held(filename: str) -> LockedStorageError:
+    """The error for a lock that a live writer holds."""
+    return LockedStorageError(_errno.EWOULDBLOCK, filename, stale=False)
+
+
+def leftover(filename: str) -> LockedStorageError:
+    """The error for a ``session.next`` left by a writer that died."""
+    return LockedStorageError(_errno.EEXIST, filename, stale=True)

@@ -1,0 +1,227 @@
+"""The pure-Python writer backend: the same plans, the same syscalls as the native one.
+
+It is the fallback where the extension is not built, and the reference the
+native backend is tested against. Each function takes plain paths and returns
+plain values; the storage above it decides what they mean.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Final
+
+from . import _errors
+from ._lock_state import PROC_LOCKS, FileKey, LockState, classify_lock, parse_proc_locks
+from ._naming import NEXT_NAME
+from ._save_plan import SaveStep
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NEXT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_NEXT_MODE: Final = 0o600
+
+# flock says "busy" with EWOULDBLOCK; on Linux that is EAGAIN, elsewhere it may be
+# either, so both mean "a live writer holds the lock".
+_BUSY: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+
+_OPEN_DIR: Final = SaveStep.OPEN_DIR.value
+_LOCK_DIR: Final = SaveStep.LOCK_DIR.value
+_CREATE_NEXT: Final = SaveStep.CREATE_NEXT.value
+_WRITE_NEXT: Final = SaveStep.WRITE_NEXT.value
+_FSYNC_NEXT: Final = SaveStep.FSYNC_NEXT.value
+_CLOSE_NEXT: Final = SaveStep.CLOSE_NEXT.value
+_RENAME_NEXT: Final = SaveStep.RENAME_NEXT.value
+_FSYNC_DIR: Final = SaveStep.FSYNC_DIR.value
+_CLOSE_DIR: Final = SaveStep.CLOSE_DIR.value
+
+
+def _with_path(exc: OSError, path: str, path2: str | None = None) -> OSError:
+    """The same error (same errno, so the same subclass) naming the full path."""
+    if exc.errno is None:
+        return exc
+    if path2 is None:
+        return OSError(exc.errno, exc.strerror, path)
+    return OSError(exc.errno, exc.strerror, path, None, path2)
+
+
+def save(
+    location: str,
+    data: bytes | bytearray | memoryview,
+    codes: bytes,
+    next_name: str,
+    target: str,
+) -> None:
+    """Execute a save plan (``codes``) in ``location``.
+
+    ``data`` is a byte-shaped, contiguous view. A failure after this save created
+    the next file unlinks it before the error is raised, so a failed save never
+    leaves a lock behind and never touches the previous checkpoint.
+    """
+    dir_fd = -1
+    next_fd = -1
+    created = False
+    next_path = os.path.join(location, next_name)
+    path = location
+    try:
+        for code in codes:
+            if code == _OPEN_DIR:
+                path = location
+                dir_fd = os.open(location, _DIR_FLAGS)
+            elif code == _LOCK_DIR:
+                try:
+                    fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno in _BUSY:
+                        raise _errors.held(next_path) from None
+                    raise
+            elif code == _CREATE_NEXT:
+                path = next_path
+                try:
+                    next_fd = os.open(next_name, _NEXT_FLAGS, _NEXT_MODE, dir_fd=dir_fd)
+                except FileExistsError:
+                    raise _errors.leftover(next_path) from None
+                created = True
+            elif code == _WRITE_NEXT:
+                path = next_path
+                total = len(data)
+                written = os.write(next_fd, data)
+                while written < total:
+                    step = os.write(next_fd, memoryview(data)[written:])
+                    if step == 0:
+                        raise OSError(errno.EIO, "write made no progress", next_path)
+                    written += step
+            elif code == _FSYNC_NEXT:
+                path = next_path
+                os.fsync(next_fd)
+            elif code == _CLOSE_NEXT:
+                path = next_path
+                fd, next_fd = next_fd, -1
+                os.close(fd)
+            elif code == _RENAME_NEXT:
+                path = next_path
+                os.rename(next_name, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                created = False
+            elif code == _FSYNC_DIR:
+                path = location
+                os.fsync(dir_fd)
+            elif code == _CLOSE_DIR:
+                path = location
+                fd, dir_fd = dir_fd, -1
+                os.close(fd)
+            else:
+                raise ValueError(f"unknown save step {code} in plan {codes!r}")
+    except _errors.LockedStorageError:
+        _cleanup(dir_fd, next_fd, created, next_name)
+        raise
+    except OSError as exc:
+        _cleanup(dir_fd, next_fd, created, next_name)
+        if code == _RENAME_NEXT:
+            raise _with_path(exc, next_path, os.path.join(location, target)) from exc
+        raise _with_path(exc, path) from exc
+    except BaseException:
+        _cleanup(dir_fd, next_fd, created, next_name)
+        raise
+
+
+def _cleanup(dir_fd: int, next_fd: int, created: bool, next_name: str) -> None:
+    """Undo what a failed save did, so no lock and no partial file are left.
+
+    Errors here are secondary to the one being raised: they are attached to it
+    as its context by Python, never allowed to replace it.
+    """
+    try:
+        if next_fd >= 0:
+            os.close(next_fd)
+    finally:
+        try:
+            if created:
+                os.unlink(next_name, dir_fd=dir_fd)
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
+
+
+def load(path: str) -> bytes:
+    """Every byte of the file at ``path``, whatever its size."""
+    with open(path, "rb", buffering=0) as stream:
+        return stream.readall()
+
+
+def _held(dir_fd: int) -> bool:
+    """Whether a live process holds the flock of the open directory ``dir_fd``.
+
+    Read from the kernel's lock table, so the probe never takes the lock a
+    writer may be about to ask for. Where the table is missing or names the
+    inode under another device number (btrfs subvolumes), try the lock instead.
+    """
+    st = os.fstat(dir_fd)
+    key = FileKey(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    try:
+        with open(PROC_LOCKS, encoding="ascii", errors="replace") as table:
+            keys = parse_proc_locks(table.read())
+    except OSError:
+        keys = None
+    if keys is not None:
+        if key in keys:
+            return True
+        if not any(k.inode == key.inode for k in keys):
+            return False
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            return True
+        raise
+    fcntl.flock(dir_fd, fcntl.LOCK_UN)
+    return False
+
+
+def lock_state(location: str) -> LockState:
+    """The lock of the session at ``location``; FileNotFoundError when it is missing."""
+    try:
+        dir_fd = os.open(location, _DIR_FLAGS)
+    except OSError as exc:
+        raise _with_path(exc, location) from exc
+    try:
+        held = _held(dir_fd)
+        try:
+            os.stat(NEXT_NAME, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            next_exists = False
+        else:
+            next_exists = True
+        return classify_lock(held=held, next_exists=next_exists)
+    except OSError as exc:
+        raise _with_path(exc, location) from exc
+    finally:
+        os.close(dir_fd)
+
+
+def break_stale_lock(location: str) -> bool:
+    """Remove a leftover ``session.next`` only while no live writer can hold the lock.
+
+    Takes the directory's flock itself: a writer is either done (and its next
+    file is a leftover) or cannot start until this returns. False when a live
+    writer holds the lock or there is nothing to break.
+    """
+    try:
+        dir_fd = os.open(location, _DIR_FLAGS)
+    except OSError as exc:
+        raise _with_path(exc, location) from exc
+    try:
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in _BUSY:
+                return False
+            raise _with_path(exc, location) from exc
+        try:
+            os.unlink(NEXT_NAME, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _with_path(exc, os.path.join(location, NEXT_NAME)) from exc
+        return True
+    finally:
+        os.close(dir_fd)

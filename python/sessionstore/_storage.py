@@ -1,0 +1,280 @@
+"""One session: a directory holding one atomically replaced checkpoint."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import os
+import secrets
+import shutil
+import stat
+import sys
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from . import _backend
+from ._lock_state import LockState
+from ._naming import (
+    StoragePaths,
+    plan_session_name,
+    plan_tombstone_name,
+    session_id,
+)
+from ._options import Durability, Layout
+from ._save_plan import plan_save
+
+if TYPE_CHECKING:
+    from ._checkpoint_writer import CheckpointWriter
+
+# How many names create() tries before it gives up. Each is a fresh random token,
+# so a collision twice in a row already means something is wrong with the clock
+# or the random source, not bad luck.
+_CREATE_ATTEMPTS: Final = 100
+_SESSION_MODE: Final = 0o700
+
+
+def as_location(value: str | os.PathLike[str]) -> str:
+    """A location as ``str``: a ``PathLike`` is accepted, ``bytes`` are not."""
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise TypeError(f"session location must be str or os.PathLike[str], got {value!r}")
+    if not path:
+        raise ValueError("session location must not be empty")
+    return path
+
+
+def as_checkpoint(data: object) -> bytes | bytearray | memoryview:
+    """``data`` as something every backend writes without copying, or TypeError.
+
+    A memoryview of another shape (items wider than a byte, several dimensions)
+    is cast to plain bytes; one that is not contiguous cannot be written without
+    a copy and is refused.
+    """
+    if type(data) is bytes or isinstance(data, (bytes, bytearray)):
+        return data
+    if isinstance(data, memoryview):
+        if data.format == "B" and data.ndim == 1 and data.c_contiguous:
+            return data
+        if not data.c_contiguous:
+            raise TypeError("checkpoint memoryview must be C-contiguous")
+        return data.cast("B")
+    raise TypeError(
+        f"checkpoint data must be bytes, bytearray or memoryview, "
+        f"not {type(data).__name__}"
+    )
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_base_dirs(base_dir: str) -> list[str]:
+    """Make ``base_dir`` and its missing parents; the ones made, outermost first."""
+    missing = []
+    path = os.path.abspath(base_dir)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    made = []
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "session repository is not a directory", path
+                ) from None
+            continue
+        made.append(path)
+    return made
+
+
+@attrs.frozen
+class SessionStorage:
+    """The storage of one session, at ``location``.
+
+    A frozen value: two storages with the same fields are equal and hash alike.
+    Every method goes to the disk when called; nothing is cached.
+    """
+
+    location: str = attrs.field(converter=as_location)
+    durability: Durability = attrs.field(default=Durability.FULL, kw_only=True)
+    layout: Layout = attrs.field(default=Layout.REPLACE, kw_only=True)
+
+    @durability.validator
+    def _check_durability(self, _: object, value: object) -> None:
+        if not isinstance(value, Durability):
+            raise TypeError(f"durability must be a Durability, got {value!r}")
+
+    @layout.validator
+    def _check_layout(self, _: object, value: object) -> None:
+        if not isinstance(value, Layout):
+            raise TypeError(f"layout must be a Layout, got {value!r}")
+        if value is Layout.SLOTTED:
+            raise NotImplementedError("the slotted layout is not available yet")
+
+    @property
+    def id(self) -> str:
+        """The directory's name without its extension."""
+        return session_id(self.location)
+
+    @property
+    def session_file(self) -> str:
+        """The path of the checkpoint file, ``location/session``."""
+        return StoragePaths.of(self.location).checkpoint
+
+    @property
+    def paths(self) -> StoragePaths:
+        """Every path of this session."""
+        return StoragePaths.of(self.location)
+
+    @classmethod
+    def create(
+        cls,
+        base_dir: str | os.PathLike[str],
+        prefix: str = "pbox-",
+        *,
+        durability: Durability = Durability.FULL,
+        layout: Layout = Layout.REPLACE,
+    ) -> SessionStorage:
+        """Make a new, empty, uniquely named session directory in ``base_dir``.
+
+        ``base_dir`` and its parents are made when missing. The name comes from
+        the prefix (made safe), the UTC time and a random token, and mkdir
+        itself decides uniqueness: any number of processes may create at once.
+        With ``Durability.FULL`` every directory that gained an entry is flushed,
+        so a session that was created and then checkpointed survives a power cut.
+        """
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be str, got {prefix!r}")
+        base = as_location(base_dir)
+        made = _make_base_dirs(base)
+        for _ in range(_CREATE_ATTEMPTS):
+            name = plan_session_name(
+                prefix, datetime.datetime.now(datetime.timezone.utc), secrets.token_hex(6)
+            )
+            location = os.path.join(base, name)
+            try:
+                os.mkdir(location, _SESSION_MODE)
+            except FileExistsError:
+                continue
+            break
+        else:
+            raise FileExistsError(
+                errno.EEXIST, f"no unique session name after {_CREATE_ATTEMPTS} tries", base
+            )
+        storage = cls(location, durability=durability, layout=layout)
+        if durability is Durability.FULL:
+            _fsync_dir(base)
+            for path in made:
+                _fsync_dir(os.path.dirname(path))
+        return storage
+
+    def save_checkpoint(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the checkpoint with ``data``, atomically and (by default) durably.
+
+        After it returns, a crash or power cut leaves the new checkpoint; during
+        it, the old one or the new one, never a mix and never nothing. Raises
+        ``LockedStorageError`` when the storage is locked, TypeError for data that
+        is not bytes-like (before touching the disk), and the OSError of the
+        failing step, naming its path, for anything else.
+        """
+        buffer = as_checkpoint(data)
+        plan = plan_save(self.durability)
+        _backend.active.current.save(
+            self.location, buffer, plan.codes, plan.next_name, plan.target_name
+        )
+
+    def load_checkpoint(self) -> bytes:
+        """The last saved checkpoint; ``b""`` when none was ever saved.
+
+        FileNotFoundError (naming the location) when the session directory
+        itself is missing.
+        """
+        paths = self.paths
+        try:
+            return _backend.active.current.load(paths.checkpoint)
+        except FileNotFoundError:
+            if not os.path.isdir(self.location):
+                raise FileNotFoundError(
+                    errno.ENOENT, "session directory is missing", self.location
+                ) from None
+            return b""
+
+    def break_lock(self) -> None:
+        """Remove ``session.next`` unconditionally, as plainbox does.
+
+        Use ``break_stale_lock()`` instead unless you know the writer is gone:
+        this also removes the file of a live writer. FileNotFoundError when
+        there is nothing to remove.
+        """
+        os.unlink(self.paths.next)
+
+    def lock_state(self) -> LockState:
+        """Whether the session is unlocked, held by a live writer, or left stale."""
+        return _backend.active.current.lock_state(self.location)
+
+    def break_stale_lock(self) -> bool:
+        """Remove a stale ``session.next``; never the file of a live writer.
+
+        True when a leftover was removed; False when there was none or a live
+        writer holds the lock.
+        """
+        return _backend.active.current.break_stale_lock(self.location)
+
+    def writer(self) -> CheckpointWriter:
+        """A background, coalescing saver for this storage."""
+        from ._checkpoint_writer import CheckpointWriter
+
+        return CheckpointWriter(self)
+
+    def remove(self) -> None:
+        """Remove the session and everything in it; a missing session is fine.
+
+        The directory is first renamed to a hidden tombstone (and, with
+        ``Durability.FULL``, the parent flushed), so a crash during deletion
+        never leaves a half-removed session visible to listing. A location that
+        is a symlink is refused, and nothing inside is followed out of it.
+        """
+        location = self.location
+        try:
+            st = os.lstat(location)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, "refusing to remove a symlinked session", location)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "session is not a directory", location)
+        parent, name = os.path.split(os.path.abspath(location))
+        tombstone = os.path.join(parent, plan_tombstone_name(name, secrets.token_hex(4)))
+        try:
+            os.rename(location, tombstone)
+        except FileNotFoundError:
+            return
+        if self.durability is Durability.FULL:
+            _fsync_dir(parent)
+        remove_tree(tombstone)
+
+
+def _ignore_missing(exc: BaseException) -> None:
+    # Something else deleting the same tree is not an error: it is gone either way.
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory tree without following any symlink inside it."""
+    if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - not on Linux
+        raise OSError(errno.ENOTSUP, "no symlink-safe tree removal here", path)
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda _f, _p, exc: _ignore_missing(exc))
+    else:
+        shutil.rmtree(path, onerror=lambda _f, _p, info: _ignore_missing(info[1]))
