@@ -50,10 +50,10 @@ class SavePlan:
     steps: tuple[SaveStep, ...]
     next_name: str = NEXT_NAME
     target_name: str = CHECKPOINT_NAME
-
-    @property
-    def codes(self) -> bytes:
-        return bytes(self.steps)
+    codes: bytes = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda plan: bytes(plan.steps), takes_self=True),
+    )
 
     @property
     def durable(self) -> bool:
