@@ -38,7 +38,9 @@ def as_location(value: str | os.PathLike[str]) -> str:
     """A location as ``str``: a ``PathLike`` is accepted, ``bytes`` are not."""
     path = os.fspath(value)
     if not isinstance(path, str):
-        raise TypeError(f"session location must be str or os.PathLike[str], got {value!r}")
+        raise TypeError(
+            f"session location must be str or os.PathLike[str], got {value!r}"
+        )
     if not path:
         raise ValueError("session location must not be empty")
     return path
@@ -159,7 +161,9 @@ class SessionStorage:
         made = _make_base_dirs(base)
         for _ in range(_CREATE_ATTEMPTS):
             name = plan_session_name(
-                prefix, datetime.datetime.now(datetime.timezone.utc), secrets.token_hex(6)
+                prefix,
+                datetime.datetime.now(datetime.timezone.utc),
+                secrets.token_hex(6),
             )
             location = os.path.join(base, name)
             try:
@@ -169,7 +173,9 @@ class SessionStorage:
             break
         else:
             raise FileExistsError(
-                errno.EEXIST, f"no unique session name after {_CREATE_ATTEMPTS} tries", base
+                errno.EEXIST,
+                f"no unique session name after {_CREATE_ATTEMPTS} tries",
+                base,
             )
         storage = cls(location, durability=durability, layout=layout)
         if durability is Durability.FULL:
@@ -250,11 +256,17 @@ class SessionStorage:
         except FileNotFoundError:
             return
         if stat.S_ISLNK(st.st_mode):
-            raise OSError(errno.ELOOP, "refusing to remove a symlinked session", location)
+            raise OSError(
+                errno.ELOOP, "refusing to remove a symlinked session", location
+            )
         if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "session is not a directory", location)
+            raise NotADirectoryError(
+                errno.ENOTDIR, "session is not a directory", location
+            )
         parent, name = os.path.split(os.path.abspath(location))
-        tombstone = os.path.join(parent, plan_tombstone_name(name, secrets.token_hex(4)))
+        tombstone = os.path.join(
+            parent, plan_tombstone_name(name, secrets.token_hex(4))
+        )
         try:
             os.rename(location, tombstone)
         except FileNotFoundError:
