@@ -1,6 +1,268 @@
+//! `sessionstore._native`: the Python face of the native writer.
+//!
+//! Thin wrappers only: each converts its arguments, runs the plain-Rust work of
+//! `save`, `load` or `lock` with the GIL released, and turns failures into the
+//! exceptions `sessionstore._python_writer` raises for the same failure.
+
+pub mod load;
+pub mod lock;
+pub mod save;
+pub mod sys;
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::save::{At, Checkpoint, Cleanup, Failure, Save, SaveError};
+
+fn path_bytes(path: PathBuf) -> Vec<u8> {
+    path.into_os_string().into_vec()
+}
+
+/// A path as a C string; a NUL inside is refused as Python's `os` functions refuse it.
+fn c_path(path: &[u8]) -> PyResult<CString> {
+    sys::c_path(path).ok_or_else(|| PyValueError::new_err("embedded null byte"))
+}
+
+/// `os.path.join(dir, name)` on bytes, so error paths read as the fallback's do.
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if name.starts_with(b"/") {
+        return name.to_vec();
+    }
+    let mut joined = dir.to_vec();
+    if !joined.is_empty() && !joined.ends_with(b"/") {
+        joined.push(b'/');
+    }
+    joined.extend_from_slice(name);
+    joined
+}
+
+/// `OSError(errno, strerror, filename[, None, filename2])`: Python picks the
+/// subclass from `errno`, exactly as for an error raised by the `os` module.
+fn os_error(
+    py: Python<'_>,
+    errno: sys::Errno,
+    strerror: &str,
+    filename: Option<&[u8]>,
+    filename2: Option<&[u8]>,
+) -> PyErr {
+    let os_error = py.get_type::<PyOSError>();
+    let name = |path: &[u8]| OsStr::from_bytes(path).to_owned();
+    let made = match (filename, filename2) {
+        (None, _) => os_error.call1((errno, strerror)),
+        (Some(path), None) => os_error.call1((errno, strerror, name(path))),
+        (Some(path), Some(path2)) => {
+            os_error.call1((errno, strerror, name(path), py.None(), name(path2)))
+        }
+    };
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(err) => err,
+    }
+}
+
+fn errno_error(py: Python<'_>, errno: sys::Errno, filename: &[u8]) -> PyErr {
+    os_error(py, errno, &sys::describe(errno), Some(filename), None)
+}
+
+/// `sessionstore._errors.<factory>(next_path)`, the library's LockedStorageError.
+fn locked_error(py: Python<'_>, factory: &str, next_path: &[u8]) -> PyErr {
+    let made = py
+        .import("sessionstore._errors")
+        .and_then(|errors| errors.getattr(factory))
+        .and_then(|factory| factory.call1((OsStr::from_bytes(next_path),)));
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(err) => err,
+    }
+}
+
+struct SavePaths {
+    location: Vec<u8>,
+    next_name: Vec<u8>,
+    target: Vec<u8>,
+}
+
+fn save_error(
+    py: Python<'_>,
+    error: SaveError,
+    paths: &SavePaths,
+    codes: &Bound<'_, PyBytes>,
+) -> PyErr {
+    let next_path = || join(&paths.location, &paths.next_name);
+    let err = match error.failure {
+        Failure::Os { errno, at } => match at {
+            At::Location => errno_error(py, errno, &paths.location),
+            At::Next => errno_error(py, errno, &next_path()),
+            At::Rename => os_error(
+                py,
+                errno,
+                &sys::describe(errno),
+                Some(&next_path()),
+                Some(&join(&paths.location, &paths.target)),
+            ),
+        },
+        Failure::NoProgress => os_error(
+            py,
+            libc::EIO,
+            "write made no progress",
+            Some(&next_path()),
+            None,
+        ),
+        Failure::Held => locked_error(py, "held", &next_path()),
+        Failure::Leftover => locked_error(py, "leftover", &next_path()),
+        Failure::UnknownStep(code) => {
+            let plan = codes
+                .repr()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| format!("{:?}", codes.as_bytes()));
+            PyValueError::new_err(format!("unknown save step {code} in plan {plan}"))
+        }
+    };
+    // What failed while undoing the save is kept as the context of the error, never
+    // raised in its place.
+    let secondary = match error.cleanup {
+        None => None,
+        Some(Cleanup::Close(errno)) => Some(os_error(py, errno, &sys::describe(errno), None, None)),
+        Some(Cleanup::Unlink(errno)) => Some(errno_error(py, errno, &paths.next_name)),
+    };
+    if secondary.is_some() {
+        err.set_context(py, secondary);
+    }
+    err
+}
+
+/// Execute a save plan (`codes`) in `location`, with the GIL released throughout.
+#[pyfunction]
+#[pyo3(name = "save")]
+fn save_checkpoint(
+    py: Python<'_>,
+    location: PathBuf,
+    data: &Bound<'_, PyAny>,
+    codes: &Bound<'_, PyBytes>,
+    next_name: PathBuf,
+    target: PathBuf,
+) -> PyResult<()> {
+    let paths = SavePaths {
+        location: path_bytes(location),
+        next_name: path_bytes(next_name),
+        target: path_bytes(target),
+    };
+    let (c_location, c_next, c_target) = (
+        c_path(&paths.location)?,
+        c_path(&paths.next_name)?,
+        c_path(&paths.target)?,
+    );
+    let buffer = PyUntypedBuffer::get(data)?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyBufferError::new_err(
+            "checkpoint buffer is not C-contiguous",
+        ));
+    }
+    // The buffer export pins the memory (a bytearray cannot resize) until released.
+    let checkpoint =
+        unsafe { Checkpoint::from_raw(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) };
+    let plan = Save {
+        location: &c_location,
+        next_name: &c_next,
+        target: &c_target,
+        codes: codes.as_bytes(),
+    };
+    let outcome = py.detach(move || plan.run(checkpoint));
+    buffer.release(py);
+    outcome.map_err(|error| save_error(py, error, &paths, codes))
+}
+
+/// Every byte of the file at `path`, read straight into the returned bytes.
+#[pyfunction]
+#[pyo3(name = "load")]
+fn load_checkpoint<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+    let path = path_bytes(path);
+    let c = c_path(&path)?;
+    let opened = py
+        .detach(|| load::open(&c))
+        .map_err(|errno| errno_error(py, errno, &path))?;
+    let size = opened.size;
+    // An uninitialised bytes object of the file's size: the reads fill it in place.
+    let bytes = unsafe {
+        let ptr =
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as pyo3::ffi::Py_ssize_t);
+        Bound::from_owned_ptr_or_err(py, ptr)
+    };
+    let bytes = match bytes {
+        Ok(bytes) => bytes.cast_into::<PyBytes>()?,
+        Err(err) => {
+            let _ = sys::close(opened.fd);
+            return Err(err);
+        }
+    };
+    let dest = unsafe {
+        load::Destination::from_raw(pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast(), size)
+    };
+    let fd = opened.fd;
+    let (filled, closed) = py.detach(move || {
+        let filled = load::fill(fd, dest);
+        (filled, sys::close(fd))
+    });
+    let filled = filled.map_err(|errno| errno_error(py, errno, &path))?;
+    closed.map_err(|errno| errno_error(py, errno, &path))?;
+    if filled.read == size && filled.beyond.is_empty() {
+        return Ok(bytes);
+    }
+    // The file changed size since fstat: rare, so a copy is fine here.
+    let mut whole = bytes.as_bytes()[..filled.read].to_vec();
+    whole.extend_from_slice(&filled.beyond);
+    Ok(PyBytes::new(py, &whole))
+}
+
+/// The lock of the session at `location`: 0 unlocked, 1 held, 2 stale.
+#[pyfunction]
+fn lock_state(py: Python<'_>, location: PathBuf) -> PyResult<u8> {
+    let location = path_bytes(location);
+    let c = c_path(&location)?;
+    py.detach(|| lock::lock_state(&c))
+        .map(|state| state as u8)
+        .map_err(|errno| errno_error(py, errno, &location))
+}
+
+/// Remove a leftover `session.next` only while no live writer can hold the lock.
+#[pyfunction]
+fn break_stale_lock(py: Python<'_>, location: PathBuf) -> PyResult<bool> {
+    let location = path_bytes(location);
+    let c = c_path(&location)?;
+    py.detach(|| lock::break_stale_lock(&c))
+        .map_err(|error| match error {
+            lock::BreakError::Location(errno) => errno_error(py, errno, &location),
+            lock::BreakError::Next(errno) => {
+                errno_error(py, errno, &join(&location, lock::NEXT_NAME.to_bytes()))
+            }
+        })
+}
 
 #[pymodule]
-fn _native(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(lock_state, m)?)?;
+    m.add_function(wrap_pyfunction!(break_stale_lock, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join;
+
+    #[test]
+    fn join_matches_posixpath() {
+        assert_eq!(join(b"a", b"b"), b"a/b");
+        assert_eq!(join(b"a/", b"b"), b"a/b");
+        assert_eq!(join(b"a//", b"b"), b"a//b");
+        assert_eq!(join(b"", b"b"), b"b");
+        assert_eq!(join(b"a", b"/b"), b"/b");
+    }
 }

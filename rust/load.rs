@@ -1,0 +1,164 @@
+//! Reading a whole checkpoint into memory the caller allocated once.
+//!
+//! The caller sizes its buffer from `fstat`, so the usual file needs no second
+//! allocation and no copy; a file that changed size meanwhile is still read
+//! whole (to the end of the file, as Python's `readall` does).
+
+use std::ffi::CStr;
+
+use crate::sys::{self, Errno};
+
+/// An open file and the size `fstat` gave it.
+pub struct Opened {
+    pub fd: libc::c_int,
+    pub size: usize,
+}
+
+/// Open `path` for reading and learn its size; nothing is left open on failure.
+pub fn open(path: &CStr) -> Result<Opened, Errno> {
+    let fd = sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+    match sys::fstat(fd) {
+        Ok(st) => Ok(Opened {
+            fd,
+            size: usize::try_from(st.st_size).unwrap_or(0),
+        }),
+        Err(errno) => {
+            let _ = sys::close(fd);
+            Err(errno)
+        }
+    }
+}
+
+/// What `fill` read: how much of the buffer, and anything past its end.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Filled {
+    pub read: usize,
+    pub beyond: Vec<u8>,
+}
+
+/// A raw destination for `fill`, which it alone writes to while it runs.
+#[derive(Clone, Copy)]
+pub struct Destination {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// Nothing else touches the memory while `fill` writes it (the caller owns it
+// and has not shared it yet).
+unsafe impl Send for Destination {}
+
+impl Destination {
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes, unaliased, while `fill` runs.
+    pub unsafe fn from_raw(ptr: *mut u8, len: usize) -> Self {
+        Self { ptr, len }
+    }
+
+    pub fn of(buf: &mut [u8]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+}
+
+/// Read `fd` to its end: first into `dest` (as many reads as the kernel needs:
+/// one read returns at most 0x7ffff000 bytes on Linux), then anything beyond.
+pub fn fill(fd: libc::c_int, dest: Destination) -> Result<Filled, Errno> {
+    let mut read = 0;
+    while read < dest.len {
+        let got = unsafe { sys::read(fd, dest.ptr.add(read), dest.len - read) }?;
+        if got == 0 {
+            return Ok(Filled {
+                read,
+                beyond: Vec::new(),
+            });
+        }
+        read += got;
+    }
+    // The buffer is full: the file ends here unless it grew since fstat.
+    let mut beyond = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let got = unsafe { sys::read(fd, chunk.as_mut_ptr(), chunk.len()) }?;
+        if got == 0 {
+            return Ok(Filled { read, beyond });
+        }
+        beyond.extend_from_slice(&chunk[..got]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::PathBuf;
+
+    fn file(name: &str, data: &[u8]) -> (PathBuf, CString) {
+        let path =
+            std::env::temp_dir().join(format!("sessionstore-load-{name}-{}", std::process::id()));
+        fs::write(&path, data).unwrap();
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        (path, c)
+    }
+
+    #[test]
+    fn reads_a_file_of_the_size_fstat_gave() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        let (path, c) = file("exact", &data);
+        let opened = open(&c).unwrap();
+        assert_eq!(opened.size, data.len());
+        let mut buf = vec![0u8; opened.size];
+        let filled = fill(opened.fd, Destination::of(&mut buf)).unwrap();
+        sys::close(opened.fd).unwrap();
+        fs::remove_file(path).unwrap();
+        assert_eq!(filled.read, data.len());
+        assert!(filled.beyond.is_empty());
+        assert_eq!(buf, data);
+    }
+
+    #[test]
+    fn a_file_longer_than_the_buffer_is_read_to_its_end() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let (path, c) = file("grown", &data);
+        let opened = open(&c).unwrap();
+        let mut buf = vec![0u8; 100];
+        let filled = fill(opened.fd, Destination::of(&mut buf)).unwrap();
+        sys::close(opened.fd).unwrap();
+        fs::remove_file(path).unwrap();
+        assert_eq!(filled.read, 100);
+        assert_eq!(buf, data[..100]);
+        assert_eq!(filled.beyond, data[100..]);
+    }
+
+    #[test]
+    fn a_file_shorter_than_the_buffer_stops_at_its_end() {
+        let (path, c) = file("short", b"abc");
+        let opened = open(&c).unwrap();
+        let mut buf = vec![0u8; 10];
+        let filled = fill(opened.fd, Destination::of(&mut buf)).unwrap();
+        sys::close(opened.fd).unwrap();
+        fs::remove_file(path).unwrap();
+        assert_eq!(filled.read, 3);
+        assert_eq!(&buf[..3], b"abc");
+    }
+
+    #[test]
+    fn a_missing_file_is_enoent() {
+        assert_eq!(
+            open(c"/nonexistent/sessionstore/file").err(),
+            Some(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn a_directory_opens_but_does_not_read() {
+        let opened = open(c"/").unwrap();
+        let mut buf = vec![0u8; 16];
+        let err = fill(opened.fd, Destination::of(&mut buf)).unwrap_err();
+        sys::close(opened.fd).unwrap();
+        assert_eq!(err, libc::EISDIR);
+    }
+}

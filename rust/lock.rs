@@ -1,0 +1,249 @@
+//! The lock of a session: probing it without taking it, and breaking a stale one.
+//!
+//! The same algorithm as `sessionstore._python_writer` (and the same parser as
+//! `sessionstore._lock_state.parse_proc_locks`): the kernel's lock table says
+//! whether a live process holds the directory's flock, so looking never makes a
+//! writer's `flock` fail; only where the table cannot answer is the lock tried.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+
+use crate::sys::{self, Errno};
+
+/// The name of the next file, whose presence marks a save in progress or a leftover.
+pub const NEXT_NAME: &CStr = c"session.next";
+
+const PROC_LOCKS: &str = "/proc/locks";
+
+/// The lock of one session, numbered as `_native.pyi` documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    Unlocked = 0,
+    Held = 1,
+    Stale = 2,
+}
+
+/// A file as the lock table names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub major: u64,
+    pub minor: u64,
+    pub inode: u64,
+}
+
+/// The files holding a `FLOCK` lock in the text of `/proc/locks`.
+///
+/// Blocked waiters (`1: -> FLOCK ...`) hold nothing; a line that does not parse
+/// is left out rather than guessed at.
+pub fn parse_proc_locks(text: &str) -> HashSet<FileKey> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 6 || fields[1] != "FLOCK" {
+                return None;
+            }
+            let mut parts = fields[5].split(':');
+            let (major, minor, inode) = (parts.next()?, parts.next()?, parts.next()?);
+            if parts.next().is_some() {
+                return None;
+            }
+            Some(FileKey {
+                major: parse_int(major, 16)?,
+                minor: parse_int(minor, 16)?,
+                inode: parse_int(inode, 10)?,
+            })
+        })
+        .collect()
+}
+
+fn parse_int(text: &str, radix: u32) -> Option<u64> {
+    u64::from_str_radix(text, radix).ok()
+}
+
+/// Whether a live process holds the flock of the open directory `dir`.
+fn held(dir: libc::c_int) -> Result<bool, Errno> {
+    let st = sys::fstat(dir)?;
+    let key = FileKey {
+        major: u64::from(libc::major(st.st_dev)),
+        minor: u64::from(libc::minor(st.st_dev)),
+        inode: st.st_ino,
+    };
+    if let Ok(table) = std::fs::read(PROC_LOCKS) {
+        let keys = parse_proc_locks(&String::from_utf8_lossy(&table));
+        if keys.contains(&key) {
+            return Ok(true);
+        }
+        // The inode under another device number (btrfs subvolumes): try the lock.
+        if !keys.iter().any(|k| k.inode == key.inode) {
+            return Ok(false);
+        }
+    }
+    match sys::flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => {
+            sys::flock(dir, libc::LOCK_UN)?;
+            Ok(false)
+        }
+        Err(errno) if sys::is_busy(errno) => Ok(true),
+        Err(errno) => Err(errno),
+    }
+}
+
+/// The lock of the session at `location`. Every error concerns the location.
+pub fn lock_state(location: &CStr) -> Result<LockState, Errno> {
+    let dir = sys::open(location, sys::DIR_FLAGS)?;
+    let state = (|| -> Result<LockState, Errno> {
+        let held = held(dir)?;
+        let next_exists = sys::exists_at(dir, NEXT_NAME)?;
+        Ok(if held {
+            LockState::Held
+        } else if next_exists {
+            LockState::Stale
+        } else {
+            LockState::Unlocked
+        })
+    })();
+    let closed = sys::close(dir);
+    let state = state?;
+    closed?;
+    Ok(state)
+}
+
+/// Where a `break_stale_lock` error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakError {
+    /// opening or locking the session directory
+    Location(Errno),
+    /// unlinking its next file
+    Next(Errno),
+}
+
+/// Remove a leftover next file while holding the directory's flock; false when
+/// a live writer holds it or there is nothing to remove.
+pub fn break_stale_lock(location: &CStr) -> Result<bool, BreakError> {
+    let dir = sys::open(location, sys::DIR_FLAGS).map_err(BreakError::Location)?;
+    let outcome = match sys::flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
+        Err(errno) if sys::is_busy(errno) => Ok(false),
+        Err(errno) => Err(BreakError::Location(errno)),
+        Ok(()) => match sys::unlinkat(dir, NEXT_NAME) {
+            Ok(()) => Ok(true),
+            Err(libc::ENOENT) => Ok(false),
+            Err(errno) => Err(BreakError::Next(errno)),
+        },
+    };
+    // Closing releases the lock; its error matters only if nothing failed before.
+    let closed = sys::close(dir).map_err(BreakError::Location);
+    let outcome = outcome?;
+    closed?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::PathBuf;
+
+    struct Session(PathBuf, CString);
+
+    impl Session {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("sessionstore-lock-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+            Self(path, c)
+        }
+
+        fn hold(&self) -> libc::c_int {
+            let fd = sys::open(&self.1, sys::DIR_FLAGS).unwrap();
+            sys::flock(fd, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+            fd
+        }
+    }
+
+    impl Drop for Session {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn parses_holders_and_skips_waiters_and_noise() {
+        let text = "1: FLOCK  ADVISORY  WRITE 1234 fd:00:5678 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 99 fd:00:1 0 EOF\n\
+                    2: POSIX  ADVISORY  WRITE 12 08:01:77 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 5 zz:00:7 0 EOF\n\
+                    garbage\n\
+                    4: FLOCK  ADVISORY  READ 6 00:2a:42 0 EOF\n";
+        let keys = parse_proc_locks(text);
+        let expected: HashSet<FileKey> = [
+            FileKey {
+                major: 0xfd,
+                minor: 0,
+                inode: 5678,
+            },
+            FileKey {
+                major: 0,
+                minor: 0x2a,
+                inode: 42,
+            },
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn a_fresh_session_is_unlocked() {
+        let s = Session::new("fresh");
+        assert_eq!(lock_state(&s.1), Ok(LockState::Unlocked));
+    }
+
+    #[test]
+    fn a_held_flock_is_held_and_stays_held() {
+        let s = Session::new("held");
+        let fd = s.hold();
+        assert_eq!(lock_state(&s.1), Ok(LockState::Held));
+        // The probe must not have taken or dropped the holder's lock.
+        let other = sys::open(&s.1, sys::DIR_FLAGS).unwrap();
+        let busy = sys::flock(other, libc::LOCK_EX | libc::LOCK_NB);
+        sys::close(other).unwrap();
+        sys::close(fd).unwrap();
+        assert!(matches!(busy, Err(e) if sys::is_busy(e)));
+    }
+
+    #[test]
+    fn a_leftover_without_a_holder_is_stale_and_breaks() {
+        let s = Session::new("stale");
+        fs::write(s.0.join("session.next"), b"x").unwrap();
+        assert_eq!(lock_state(&s.1), Ok(LockState::Stale));
+        assert_eq!(break_stale_lock(&s.1), Ok(true));
+        assert!(!s.0.join("session.next").exists());
+        assert_eq!(break_stale_lock(&s.1), Ok(false));
+    }
+
+    #[test]
+    fn a_live_writer_is_never_broken() {
+        let s = Session::new("live");
+        fs::write(s.0.join("session.next"), b"x").unwrap();
+        let fd = s.hold();
+        let outcome = break_stale_lock(&s.1);
+        sys::close(fd).unwrap();
+        assert_eq!(outcome, Ok(false));
+        assert!(s.0.join("session.next").exists());
+    }
+
+    #[test]
+    fn a_missing_session_is_enoent() {
+        let s = Session::new("missing");
+        let gone = CString::new(s.0.join("gone").as_os_str().as_bytes()).unwrap();
+        assert_eq!(lock_state(&gone), Err(libc::ENOENT));
+        assert_eq!(
+            break_stale_lock(&gone),
+            Err(BreakError::Location(libc::ENOENT))
+        );
+    }
+}

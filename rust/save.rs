@@ -1,0 +1,400 @@
+//! Executing a save plan: the codes of `sessionstore._save_plan.SaveStep`, in order.
+//!
+//! This is the sequence of SPEC section 2 as plain Rust, without Python, so the
+//! extension can run all of it with the GIL released and `cargo test` can run it
+//! at all. Errors name the path they concern by role; the caller spells it.
+
+use std::ffi::CStr;
+
+use crate::sys::{self, Errno};
+
+/// The step codes, as `SaveStep` numbers them.
+pub mod step {
+    pub const OPEN_DIR: u8 = 1;
+    pub const LOCK_DIR: u8 = 2;
+    pub const CREATE_NEXT: u8 = 3;
+    pub const WRITE_NEXT: u8 = 4;
+    pub const FSYNC_NEXT: u8 = 5;
+    pub const CLOSE_NEXT: u8 = 6;
+    pub const RENAME_NEXT: u8 = 7;
+    pub const FSYNC_DIR: u8 = 8;
+    pub const CLOSE_DIR: u8 = 9;
+}
+
+const NEXT_FLAGS: libc::c_int = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+const NEXT_MODE: libc::mode_t = 0o600;
+
+/// Bytes the writer reads while the GIL is released.
+///
+/// A raw view rather than a slice: the memory belongs to a Python object that
+/// another thread may mutate (a `bytearray`), and it is only ever handed to
+/// `write(2)`, never read by Rust code.
+#[derive(Clone, Copy)]
+pub struct Checkpoint {
+    ptr: *const u8,
+    len: usize,
+}
+
+// The pointer is only passed to write(2); the exporter keeps the memory alive.
+unsafe impl Send for Checkpoint {}
+
+impl Checkpoint {
+    /// A view of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// The memory must stay allocated for as long as the view is used.
+    pub unsafe fn from_raw(ptr: *const u8, len: usize) -> Self {
+        Self { ptr, len }
+    }
+
+    /// A view of a Rust slice (which outlives every use in a test).
+    pub fn of(data: &[u8]) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            len: data.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Which path an error concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// the session directory
+    Location,
+    /// `location/next_name`
+    Next,
+    /// the rename, from `location/next_name` to `location/target`
+    Rename,
+}
+
+/// Why a save failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A syscall failed with `errno`.
+    Os { errno: Errno, at: At },
+    /// `write` accepted nothing although bytes were left (EIO, as the fallback says).
+    NoProgress,
+    /// `flock` found a live writer holding the lock.
+    Held,
+    /// The next file exists: the leftover of a writer that died.
+    Leftover,
+    /// The plan holds a code that is not a step.
+    UnknownStep(u8),
+}
+
+/// What went wrong undoing a failed save (secondary to the failure itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    Close(Errno),
+    Unlink(Errno),
+}
+
+/// A failed save: the failure, and whatever failed while undoing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveError {
+    pub failure: Failure,
+    pub cleanup: Option<Cleanup>,
+}
+
+/// One save: the names it acts on and the plan it executes.
+pub struct Save<'a> {
+    pub location: &'a CStr,
+    pub next_name: &'a CStr,
+    pub target: &'a CStr,
+    pub codes: &'a [u8],
+}
+
+struct State {
+    dir: libc::c_int,
+    next: libc::c_int,
+    created: bool,
+}
+
+impl Save<'_> {
+    /// Execute the plan; on failure, the next file this save created is gone
+    /// and every descriptor it opened is closed.
+    pub fn run(&self, data: Checkpoint) -> Result<(), SaveError> {
+        let mut state = State {
+            dir: -1,
+            next: -1,
+            created: false,
+        };
+        let outcome = self
+            .codes
+            .iter()
+            .try_for_each(|&code| self.step(code, data, &mut state));
+        match outcome {
+            Ok(()) => {
+                // A well-formed plan closed both; a plan that did not must not leak them.
+                let _ = state.release(None);
+                Ok(())
+            }
+            Err(failure) => Err(SaveError {
+                failure,
+                cleanup: state.release(Some(self.next_name)),
+            }),
+        }
+    }
+
+    fn step(&self, code: u8, data: Checkpoint, state: &mut State) -> Result<(), Failure> {
+        let os = |at| move |errno| Failure::Os { errno, at };
+        match code {
+            step::OPEN_DIR => {
+                state.dir = sys::open(self.location, sys::DIR_FLAGS).map_err(os(At::Location))?;
+            }
+            step::LOCK_DIR => {
+                sys::flock(state.dir, libc::LOCK_EX | libc::LOCK_NB).map_err(|errno| {
+                    if sys::is_busy(errno) {
+                        Failure::Held
+                    } else {
+                        Failure::Os {
+                            errno,
+                            at: At::Location,
+                        }
+                    }
+                })?;
+            }
+            step::CREATE_NEXT => {
+                state.next = sys::openat(state.dir, self.next_name, NEXT_FLAGS, NEXT_MODE)
+                    .map_err(|errno| {
+                        if errno == libc::EEXIST {
+                            Failure::Leftover
+                        } else {
+                            Failure::Os {
+                                errno,
+                                at: At::Next,
+                            }
+                        }
+                    })?;
+                state.created = true;
+            }
+            step::WRITE_NEXT => write_all(state.next, data)?,
+            step::FSYNC_NEXT => sys::fsync(state.next).map_err(os(At::Next))?,
+            step::CLOSE_NEXT => {
+                let fd = std::mem::replace(&mut state.next, -1);
+                sys::close(fd).map_err(os(At::Next))?;
+            }
+            step::RENAME_NEXT => {
+                sys::renameat(state.dir, self.next_name, self.target).map_err(os(At::Rename))?;
+                state.created = false;
+            }
+            step::FSYNC_DIR => sys::fsync(state.dir).map_err(os(At::Location))?,
+            step::CLOSE_DIR => {
+                let fd = std::mem::replace(&mut state.dir, -1);
+                sys::close(fd).map_err(os(At::Location))?;
+            }
+            other => return Err(Failure::UnknownStep(other)),
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Close what is open and, given the next file's name, unlink it if this
+    /// save created it. The first error is kept; the rest of the undo still runs.
+    fn release(&mut self, unlink: Option<&CStr>) -> Option<Cleanup> {
+        let mut first = None;
+        if self.next >= 0 {
+            if let Err(errno) = sys::close(std::mem::replace(&mut self.next, -1)) {
+                first = Some(Cleanup::Close(errno));
+            }
+        }
+        if let (true, Some(name)) = (self.created, unlink) {
+            self.created = false;
+            if let Err(errno) = sys::unlinkat(self.dir, name) {
+                first = first.or(Some(Cleanup::Unlink(errno)));
+            }
+        }
+        if self.dir >= 0 {
+            if let Err(errno) = sys::close(std::mem::replace(&mut self.dir, -1)) {
+                first = first.or(Some(Cleanup::Close(errno)));
+            }
+        }
+        first
+    }
+}
+
+/// Write every byte of `data`, one `write` at least (as the fallback does, even
+/// for no bytes), continuing after short writes.
+fn write_all(fd: libc::c_int, data: Checkpoint) -> Result<(), Failure> {
+    let os = |errno| Failure::Os {
+        errno,
+        at: At::Next,
+    };
+    let mut written = unsafe { sys::write(fd, data.ptr, data.len) }.map_err(os)?;
+    while written < data.len {
+        let step =
+            unsafe { sys::write(fd, data.ptr.add(written), data.len - written) }.map_err(os)?;
+        if step == 0 {
+            return Err(Failure::NoProgress);
+        }
+        written += step;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    const DURABLE: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
+    const NOT_DURABLE: &[u8] = &[1, 2, 3, 4, 6, 7, 9];
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("sessionstore-save-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o700));
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn save(location: &Path, codes: &[u8], data: &[u8]) -> Result<(), SaveError> {
+        let location = CString::new(location.as_os_str().as_bytes()).unwrap();
+        Save {
+            location: &location,
+            next_name: c"session.next",
+            target: c"session",
+            codes,
+        }
+        .run(Checkpoint::of(data))
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn durable_save_replaces_the_checkpoint() {
+        let dir = TempDir::new("durable");
+        save(&dir.0, DURABLE, b"first").unwrap();
+        save(&dir.0, DURABLE, b"second").unwrap();
+        assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"second");
+        assert_eq!(entries(&dir.0), ["session"]);
+        let mode = fs::metadata(dir.0.join("session"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn save_without_flushes_writes_the_same_bytes() {
+        let dir = TempDir::new("none");
+        let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        save(&dir.0, NOT_DURABLE, &data).unwrap();
+        assert_eq!(fs::read(dir.0.join("session")).unwrap(), data);
+    }
+
+    #[test]
+    fn empty_checkpoint_is_saved_as_an_empty_file() {
+        let dir = TempDir::new("empty");
+        save(&dir.0, DURABLE, b"").unwrap();
+        assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"");
+    }
+
+    #[test]
+    fn leftover_next_file_is_reported_and_kept() {
+        let dir = TempDir::new("leftover");
+        save(&dir.0, DURABLE, b"old").unwrap();
+        fs::write(dir.0.join("session.next"), b"partial").unwrap();
+        let err = save(&dir.0, DURABLE, b"new").unwrap_err();
+        assert_eq!(err.failure, Failure::Leftover);
+        assert_eq!(err.cleanup, None);
+        assert_eq!(fs::read(dir.0.join("session.next")).unwrap(), b"partial");
+        assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn held_lock_is_reported_without_touching_anything() {
+        let dir = TempDir::new("held");
+        let location = CString::new(dir.0.as_os_str().as_bytes()).unwrap();
+        let holder = sys::open(&location, sys::DIR_FLAGS).unwrap();
+        sys::flock(holder, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+        let err = save(&dir.0, DURABLE, b"new").unwrap_err();
+        sys::close(holder).unwrap();
+        assert_eq!(err.failure, Failure::Held);
+        assert!(entries(&dir.0).is_empty());
+    }
+
+    #[test]
+    fn missing_directory_fails_at_the_location() {
+        let dir = TempDir::new("missing");
+        let err = save(&dir.0.join("gone"), DURABLE, b"x").unwrap_err();
+        assert_eq!(
+            err.failure,
+            Failure::Os {
+                errno: libc::ENOENT,
+                at: At::Location
+            }
+        );
+    }
+
+    #[test]
+    fn failed_rename_unlinks_the_next_file() {
+        let dir = TempDir::new("rename");
+        // A non-empty directory named like the target: rename(2) refuses it.
+        fs::create_dir_all(dir.0.join("session").join("inside")).unwrap();
+        let err = save(&dir.0, DURABLE, b"x").unwrap_err();
+        assert!(matches!(
+            err.failure,
+            Failure::Os {
+                at: At::Rename,
+                errno
+            } if errno == libc::EISDIR || errno == libc::ENOTEMPTY
+        ));
+        assert_eq!(err.cleanup, None);
+        assert_eq!(entries(&dir.0), ["session"]);
+    }
+
+    #[test]
+    fn unknown_step_undoes_what_came_before() {
+        let dir = TempDir::new("unknown");
+        let err = save(&dir.0, &[1, 2, 3, 4, 42], b"x").unwrap_err();
+        assert_eq!(err.failure, Failure::UnknownStep(42));
+        assert!(entries(&dir.0).is_empty());
+    }
+
+    #[test]
+    fn a_write_to_a_closed_descriptor_is_an_error_at_next() {
+        let dir = TempDir::new("badwrite");
+        // CLOSE_NEXT before WRITE_NEXT: the write sees EBADF.
+        let err = save(&dir.0, &[1, 2, 3, 6, 4], b"x").unwrap_err();
+        assert_eq!(
+            err.failure,
+            Failure::Os {
+                errno: libc::EBADF,
+                at: At::Next
+            }
+        );
+        assert!(entries(&dir.0).is_empty());
+    }
+}

@@ -1,0 +1,199 @@
+//! The few syscalls the writer issues, as small safe functions returning `errno`.
+//!
+//! Each function is one syscall (retried on EINTR where Python's `os` module
+//! retries it too), so the traces of both backends stay comparable call by call.
+
+use std::ffi::{CStr, CString};
+
+/// An `errno` value, as the kernel returned it.
+pub type Errno = i32;
+
+fn last_errno() -> Errno {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Calls `f` until it stops failing with EINTR; `Err(errno)` for any other failure.
+fn retrying(mut f: impl FnMut() -> libc::c_int) -> Result<libc::c_int, Errno> {
+    loop {
+        let ret = f();
+        if ret >= 0 {
+            return Ok(ret);
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// The flags of an open session directory: read-only, a directory, not inherited.
+pub const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+
+/// `open(path, flags)`; relative paths resolve against the working directory.
+pub fn open(path: &CStr, flags: libc::c_int) -> Result<libc::c_int, Errno> {
+    retrying(|| unsafe { libc::open(path.as_ptr(), flags) })
+}
+
+/// `openat(dir, name, flags, mode)`.
+pub fn openat(
+    dir: libc::c_int,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> Result<libc::c_int, Errno> {
+    retrying(|| unsafe { libc::openat(dir, name.as_ptr(), flags, libc::c_uint::from(mode)) })
+}
+
+/// `flock(fd, operation)`.
+pub fn flock(fd: libc::c_int, operation: libc::c_int) -> Result<(), Errno> {
+    retrying(|| unsafe { libc::flock(fd, operation) }).map(drop)
+}
+
+/// Whether a failed `flock(LOCK_NB)` means another holder has the lock.
+pub fn is_busy(errno: Errno) -> bool {
+    errno == libc::EWOULDBLOCK || errno == libc::EAGAIN
+}
+
+/// One `write(fd, data, len)`: the count the kernel accepted, retried on EINTR.
+///
+/// # Safety
+/// `data` must be valid for reads of `len` bytes for the whole call.
+pub unsafe fn write(fd: libc::c_int, data: *const u8, len: usize) -> Result<usize, Errno> {
+    loop {
+        let ret = unsafe { libc::write(fd, data.cast(), len) };
+        if ret >= 0 {
+            return Ok(ret.unsigned_abs());
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// One `read(fd, buf, len)`: the count read, 0 at the end of the file.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes for the whole call.
+pub unsafe fn read(fd: libc::c_int, buf: *mut u8, len: usize) -> Result<usize, Errno> {
+    loop {
+        let ret = unsafe { libc::read(fd, buf.cast(), len) };
+        if ret >= 0 {
+            return Ok(ret.unsigned_abs());
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// `fsync(fd)`.
+pub fn fsync(fd: libc::c_int) -> Result<(), Errno> {
+    retrying(|| unsafe { libc::fsync(fd) }).map(drop)
+}
+
+/// `close(fd)`, checked and never retried: on Linux the descriptor is gone
+/// even when close reports an error, so a retry could close someone else's.
+pub fn close(fd: libc::c_int) -> Result<(), Errno> {
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// `renameat(dir, from, dir, to)`.
+pub fn renameat(dir: libc::c_int, from: &CStr, to: &CStr) -> Result<(), Errno> {
+    if unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// `unlinkat(dir, name, 0)`.
+pub fn unlinkat(dir: libc::c_int, name: &CStr) -> Result<(), Errno> {
+    if unsafe { libc::unlinkat(dir, name.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: libc::c_int) -> Result<libc::stat, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0 {
+        Ok(unsafe { st.assume_init() })
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// Whether `name` exists in `dir`, without following a final symlink.
+pub fn exists_at(dir: libc::c_int, name: &CStr) -> Result<bool, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    if unsafe {
+        libc::fstatat(
+            dir,
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } == 0
+    {
+        return Ok(true);
+    }
+    match last_errno() {
+        libc::ENOENT => Ok(false),
+        errno => Err(errno),
+    }
+}
+
+/// The C library's text for `errno`, the same text Python puts in `strerror`.
+pub fn describe(errno: Errno) -> String {
+    let mut buf = [0u8; 256];
+    let ret = unsafe { libc::strerror_r(errno, buf.as_mut_ptr().cast(), buf.len()) };
+    if ret != 0 {
+        return format!("Unknown error {errno}");
+    }
+    CStr::from_bytes_until_nul(&buf)
+        .map(|text| text.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("Unknown error {errno}"))
+}
+
+/// `path` as a C string, or None when it holds a NUL byte (no syscall can name it).
+pub fn c_path(path: &[u8]) -> Option<CString> {
+    CString::new(path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_matches_the_c_library() {
+        assert_eq!(describe(libc::ENOENT), "No such file or directory");
+        assert_eq!(describe(libc::EEXIST), "File exists");
+    }
+
+    #[test]
+    fn c_path_refuses_a_nul_byte() {
+        assert!(c_path(b"a\0b").is_none());
+        assert_eq!(c_path(b"ab").unwrap().as_bytes(), b"ab");
+    }
+
+    #[test]
+    fn busy_means_would_block() {
+        assert!(is_busy(libc::EWOULDBLOCK));
+        assert!(!is_busy(libc::EBADF));
+    }
+
+    #[test]
+    fn close_reports_a_bad_descriptor() {
+        assert_eq!(close(-1), Err(libc::EBADF));
+    }
+}
