@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from ._backend import active as _active
+from ._checkpoint_writer import CheckpointWriter
 from ._errors import LockedStorageError
 from ._lock_state import LockState
 from ._options import Durability, Layout
@@ -15,6 +16,7 @@ backend: Final[str] = _active.current.name
 """The writer backend in use: ``"native"`` or ``"python"``."""
 
 __all__ = [
+    "CheckpointWriter",
     "Durability",
     "Layout",
     "LockState",

@@ -1,0 +1,276 @@
+"""A background, coalescing saver: the harness hands checkpoints over and moves on.
+
+A durable save costs a millisecond or more on a real disk; a harness that
+checkpoints after every job should not wait for it. ``submit()`` only puts the
+checkpoint in a one-place slot; a worker thread saves whatever is in the slot,
+one save at a time, so a checkpoint superseded before its turn is never written
+and the newest one always is.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
+
+from ._storage import as_checkpoint
+
+if TYPE_CHECKING:
+    from ._storage import SessionStorage
+
+log = logging.getLogger("sessionstore")
+
+# How long interpreter exit waits for an unclosed writer's last save: far above a
+# save on a healthy disk, and finite so a hung disk cannot hang the exit forever.
+_EXIT_WAIT: Final = 10.0
+
+
+class _Handoff:
+    """What the submitting threads and the worker share, guarded by ``changed``.
+
+    Checkpoints are numbered in submission order. ``settled`` is the number of
+    the newest checkpoint whose fate is known: saved (``durable``) or lost to a
+    failed save. A failure drops the checkpoint waiting in the slot as well, and
+    submissions are refused until the error has been raised to a caller, so no
+    checkpoint is ever saved behind the back of an error nobody has seen.
+    """
+
+    __slots__ = (
+        "changed",
+        "closed",
+        "durable",
+        "error",
+        "failures",
+        "last_failure",
+        "saves",
+        "settled",
+        "stopping",
+        "submitted",
+        "waiting",
+    )
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition(threading.Lock())
+        self.waiting: bytes | bytearray | memoryview | None = None
+        self.submitted = 0
+        self.durable = 0
+        self.settled = 0
+        self.saves = 0
+        self.failures = 0
+        self.error: BaseException | None = None
+        self.last_failure: BaseException | None = None
+        self.closed = False
+        self.stopping = False
+
+    def take_error(self) -> BaseException | None:
+        """The error nobody has seen yet, now counted as seen."""
+        error, self.error = self.error, None
+        return error
+
+
+def _work(
+    handoff: _Handoff, save: Callable[[bytes | bytearray | memoryview], None]
+) -> None:
+    """Save whatever waits in the slot, one at a time, until told to stop.
+
+    The slot is emptied before the save starts, so a submission during the
+    save waits for the next turn instead of being lost. Stopping still saves
+    what is waiting.
+    """
+    changed = handoff.changed
+    while True:
+        with changed:
+            while handoff.waiting is None and not handoff.stopping:
+                changed.wait()
+            data = handoff.waiting
+            if data is None:
+                return
+            number = handoff.submitted
+            handoff.waiting = None
+        try:
+            save(data)
+        except BaseException as exc:
+            with changed:
+                handoff.saves += 1
+                handoff.failures += 1
+                handoff.error = handoff.last_failure = exc
+                handoff.waiting = None
+                handoff.settled = handoff.submitted
+                changed.notify_all()
+        else:
+            with changed:
+                handoff.saves += 1
+                handoff.durable = number
+                handoff.settled = max(handoff.settled, number)
+                changed.notify_all()
+        # The worker must not keep the last checkpoint alive while it idles.
+        del data
+
+
+def _finish(handoff: _Handoff, worker: threading.Thread) -> None:
+    """Save what an unclosed writer still holds, at garbage collection or exit.
+
+    Nobody is left to raise an error to, so a failure is logged, never dropped
+    in silence.
+    """
+    with handoff.changed:
+        handoff.closed = True
+        handoff.stopping = True
+        handoff.changed.notify_all()
+    if worker is threading.current_thread():
+        return
+    worker.join(_EXIT_WAIT)
+    if worker.is_alive():
+        log.error("checkpoint writer still saving after %.0f s; giving up", _EXIT_WAIT)
+        return
+    with handoff.changed:
+        error = handoff.take_error()
+    if error is not None:
+        log.error("checkpoint writer closed unflushed; its last save failed: %r", error)
+
+
+class CheckpointWriter:
+    """Saves the checkpoints of one storage in the background, newest first.
+
+    - ``submit(data)`` returns at once. Nothing is durable yet: the checkpoint
+      waits for the one save in flight, and a newer submission replaces it
+      while it waits (latest wins). ``bytearray`` and ``memoryview`` data are
+      copied, so the caller may reuse its buffer at once.
+    - ``flush()`` returns once the last checkpoint submitted before it was
+      called (or a newer one) is saved with the storage's durability.
+    - ``close()`` flushes, then stops the worker; the ``with`` block calls it.
+
+    The error of a background save is raised, with its own type, by the next
+    ``submit``, ``flush`` or ``close``, once. The failed checkpoint and any
+    that waited behind it are not saved; a ``submit`` that raises did not take
+    its data; the storage keeps the last checkpoint saved before the failure.
+    Submitting again after the error saves normally.
+
+    The worker is a daemon thread: a writer that is garbage collected or still
+    open at interpreter exit gets its last checkpoint saved (waiting at most
+    ten seconds at exit), and a failure then is logged, not raised.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "_handoff", "_storage", "_worker")
+
+    def __init__(self, storage: SessionStorage) -> None:
+        self._storage = storage
+        self._handoff = handoff = _Handoff()
+        self._worker = threading.Thread(
+            target=_work,
+            args=(handoff, storage.save_checkpoint),
+            name=f"sessionstore-writer-{storage.id}",
+            daemon=True,
+        )
+        self._worker.start()
+        self._finalizer = weakref.finalize(self, _finish, handoff, self._worker)
+
+    @property
+    def storage(self) -> SessionStorage:
+        """The storage this writer saves to."""
+        return self._storage
+
+    @property
+    def saves(self) -> int:
+        """How many saves ran (failed ones included); at most one per submission."""
+        return self._handoff.saves
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._handoff.closed
+
+    def submit(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand ``data`` over to be saved, replacing any checkpoint still waiting.
+
+        TypeError for data that is not bytes-like and ValueError once the writer
+        is closed, before anything is taken; the pending error of a background
+        save, if any, instead of taking ``data``.
+        """
+        buffer = as_checkpoint(data)
+        if not isinstance(buffer, bytes):
+            buffer = bytes(buffer)
+        handoff = self._handoff
+        with handoff.changed:
+            if handoff.closed:
+                raise ValueError(
+                    f"checkpoint writer of {self._storage.location} is closed"
+                )
+            error = handoff.take_error()
+            if error is None:
+                handoff.waiting = buffer
+                handoff.submitted += 1
+                handoff.changed.notify_all()
+        if error is not None:
+            raise error
+
+    def flush(self) -> None:
+        """Block until every checkpoint submitted so far is saved or superseded.
+
+        Returns at once when nothing is pending (also after ``close()``); raises
+        the error of a background save that has not been raised yet.
+        """
+        handoff = self._handoff
+        with handoff.changed:
+            error = handoff.take_error()
+            if error is None:
+                target = handoff.submitted
+                failures = handoff.failures
+                while handoff.settled < target:
+                    handoff.changed.wait()
+                if handoff.durable < target and handoff.failures > failures:
+                    # The save this flush waited for failed: its error is owed to
+                    # this caller even when another thread's call raised it first.
+                    error = handoff.take_error() or copy.copy(handoff.last_failure)
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Flush, then stop the worker; later calls do nothing.
+
+        The worker stops even when the flush raises; the error is raised after.
+        """
+        handoff = self._handoff
+        with handoff.changed:
+            if handoff.closed:
+                return
+            handoff.closed = True
+        try:
+            self.flush()
+        finally:
+            self._finalizer.detach()
+            with handoff.changed:
+                handoff.stopping = True
+                handoff.changed.notify_all()
+            self._worker.join()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close, saving the last checkpoint even when the block raised.
+
+        A failure of that save never replaces the block's own exception: it is
+        attached to it as a note (and logged, where notes do not exist).
+        """
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as close_error:
+            note = f"and the last checkpoint was not saved: {close_error!r}"
+            if sys.version_info >= (3, 11):
+                exc.add_note(note)
+            else:
+                log.error("%s", note)

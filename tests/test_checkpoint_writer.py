@@ -1,0 +1,565 @@
+"""CheckpointWriter: background, coalescing, durable saves, on both writer backends.
+
+Tests that need a save to block or fail at a chosen moment replace the active
+backend's ``save`` with an instrumented one; such a save is a Python callable,
+so those tests run the writer's threading worker in front of either backend's
+save. Everything else runs against the real disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from sessionstore import (
+    CheckpointWriter,
+    Durability,
+    LockedStorageError,
+    LockState,
+    SessionStorage,
+    _backend,
+)
+
+OLD = b"the last good checkpoint"
+MiB = 1024 * 1024
+# How long a test waits for the worker before it calls the worker stuck.
+PATIENCE = 30.0
+
+
+def wait_for_saves(writer: CheckpointWriter, count: int) -> None:
+    """Wait until ``count`` saves ran, without taking any error they raised."""
+    deadline = time.monotonic() + PATIENCE
+    while writer.saves < count:
+        assert time.monotonic() < deadline, f"{writer.saves} saves, expected {count}"
+        time.sleep(0.001)
+
+
+@attrs.define
+class GatedSave:
+    """A backend save that holds its first call until ``release`` is set.
+
+    ``entered`` is set once the first call started; ``error``, when given, is
+    raised by that first call after its release instead of saving.
+    """
+
+    real: Callable[[str, bytes | bytearray | memoryview, bytes, str, str], None]
+    error: OSError | None = None
+    entered: threading.Event = attrs.Factory(threading.Event)
+    release: threading.Event = attrs.Factory(threading.Event)
+    calls: list[bytes] = attrs.Factory(list)
+
+    def __call__(
+        self,
+        location: str,
+        data: bytes | bytearray | memoryview,
+        codes: bytes,
+        next_name: str,
+        target: str,
+    ) -> None:
+        self.calls.append(bytes(data))
+        if len(self.calls) == 1:
+            self.entered.set()
+            assert self.release.wait(PATIENCE), "the test never released the save"
+            if self.error is not None:
+                raise self.error
+        self.real(location, data, codes, next_name, target)
+
+
+@pytest.fixture
+def gated(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[GatedSave]:
+    """The active backend with its first save held at a gate the test opens."""
+    current = _backend.active.current
+    gate = GatedSave(current.save)
+    monkeypatch.setattr(_backend.active, "current", attrs.evolve(current, save=gate))
+    yield gate
+    gate.release.set()
+
+
+@pytest.fixture
+def saved(storage: SessionStorage) -> SessionStorage:
+    """A storage holding the checkpoint ``OLD``."""
+    storage.save_checkpoint(OLD)
+    return storage
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_flush_makes_the_submitted_checkpoint_loadable(
+    backend: str, tmp_path: Path, durability: Durability
+) -> None:
+    storage = SessionStorage.create(tmp_path, durability=durability)
+    writer = CheckpointWriter(storage)
+    writer.submit(b"after the first job")
+    writer.flush()
+    assert storage.load_checkpoint() == b"after the first job"
+    assert writer.saves == 1
+    writer.close()
+    assert os.listdir(storage.location) == ["session"]
+
+
+def test_storage_writer_saves_to_that_storage(storage: SessionStorage) -> None:
+    with storage.writer() as writer:
+        assert isinstance(writer, CheckpointWriter)
+        assert writer.storage == storage
+        writer.submit(b"through storage.writer()")
+    assert storage.load_checkpoint() == b"through storage.writer()"
+
+
+def test_the_last_of_1000_submissions_is_loaded_after_flush(
+    storage: SessionStorage,
+) -> None:
+    with storage.writer() as writer:
+        for number in range(1000):
+            writer.submit(b"checkpoint %d" % number)
+        writer.flush()
+        assert storage.load_checkpoint() == b"checkpoint 999"
+        assert 1 <= writer.saves <= 1000
+
+
+def test_submissions_during_a_save_coalesce_into_one_save(
+    saved: SessionStorage, gated: GatedSave
+) -> None:
+    with saved.writer() as writer:
+        writer.submit(b"checkpoint 0")
+        assert gated.entered.wait(PATIENCE)
+        for number in range(1, 1000):
+            writer.submit(b"checkpoint %d" % number)
+        assert saved.load_checkpoint() == OLD
+        gated.release.set()
+        writer.flush()
+        assert saved.load_checkpoint() == b"checkpoint 999"
+        assert writer.saves == 2
+    assert gated.calls == [b"checkpoint 0", b"checkpoint 999"]
+
+
+def test_a_big_checkpoint_coalesces_on_the_real_disk(storage: SessionStorage) -> None:
+    # Each submission copies 1 MiB while each save writes and flushes it: saves
+    # cannot keep up, so most submissions are superseded before their turn.
+    buffer = bytearray(MiB)
+    with storage.writer() as writer:
+        for number in range(1000):
+            buffer[:8] = number.to_bytes(8, "big")
+            writer.submit(buffer)
+        writer.flush()
+        assert storage.load_checkpoint()[:8] == (999).to_bytes(8, "big")
+        assert writer.saves < 1000
+
+
+def test_flush_with_nothing_pending_returns_at_once(storage: SessionStorage) -> None:
+    with storage.writer() as writer:
+        writer.flush()
+        writer.flush()
+        assert writer.saves == 0
+        writer.submit(b"once")
+        writer.flush()
+        writer.flush()
+        assert writer.saves == 1
+    assert storage.load_checkpoint() == b"once"
+
+
+def test_a_reused_buffer_does_not_change_a_submitted_checkpoint(
+    storage: SessionStorage,
+) -> None:
+    buffer = bytearray(b"A" * 4096)
+    view = memoryview(bytearray(b"V" * 4096))
+    with storage.writer() as writer:
+        writer.submit(buffer)
+        buffer[:] = b"B" * 4096
+        writer.flush()
+        assert storage.load_checkpoint() == b"A" * 4096
+        writer.submit(view)
+        view[:] = b"W" * 4096
+    assert storage.load_checkpoint() == b"V" * 4096
+
+
+def test_a_reused_buffer_waiting_behind_a_save_is_not_torn(
+    saved: SessionStorage, gated: GatedSave
+) -> None:
+    buffer = bytearray(b"A" * 4096)
+    with saved.writer() as writer:
+        writer.submit(b"first")
+        assert gated.entered.wait(PATIENCE)
+        writer.submit(buffer)
+        buffer[:2048] = b"B" * 2048
+        gated.release.set()
+    assert saved.load_checkpoint() == b"A" * 4096
+
+
+@pytest.mark.parametrize(
+    "data", ["text", 42, None, [b"x"], memoryview(b"abcd")[::2]], ids=repr
+)
+def test_non_bytes_data_raises_type_error_and_is_not_taken(
+    saved: SessionStorage, data: object
+) -> None:
+    with saved.writer() as writer:
+        with pytest.raises(TypeError):
+            writer.submit(data)  # type: ignore[arg-type]
+        writer.flush()
+        assert writer.saves == 0
+    assert saved.load_checkpoint() == OLD
+
+
+def test_a_memoryview_of_wide_items_is_saved_as_its_bytes(
+    storage: SessionStorage,
+) -> None:
+    import array
+
+    numbers = array.array("I", [1, 2, 3])
+    with storage.writer() as writer:
+        writer.submit(memoryview(numbers))
+    assert storage.load_checkpoint() == numbers.tobytes()
+
+
+def test_close_flushes_and_is_idempotent(storage: SessionStorage) -> None:
+    writer = storage.writer()
+    writer.submit(b"closing")
+    assert not writer.closed
+    writer.close()
+    assert writer.closed
+    assert storage.load_checkpoint() == b"closing"
+    writer.close()
+    writer.flush()
+    assert writer.saves == 1
+
+
+def test_close_stops_the_worker(storage: SessionStorage) -> None:
+    before = set(threading.enumerate())
+    writer = storage.writer()
+    started = set(threading.enumerate()) - before
+    writer.submit(b"x")
+    writer.close()
+    assert started
+    assert not any(thread.is_alive() for thread in started)
+
+
+def test_submit_after_close_raises_value_error_naming_the_storage(
+    saved: SessionStorage,
+) -> None:
+    writer = saved.writer()
+    writer.close()
+    with pytest.raises(ValueError, match="closed") as info:
+        writer.submit(b"too late")
+    assert saved.location in str(info.value)
+    assert saved.load_checkpoint() == OLD
+
+
+def test_the_with_block_closes_the_writer(storage: SessionStorage) -> None:
+    with storage.writer() as writer:
+        writer.submit(b"in the block")
+    assert writer.closed
+    assert storage.load_checkpoint() == b"in the block"
+
+
+def submit_then_raise(storage: SessionStorage, data: bytes) -> None:
+    """A with block that submits ``data`` and then fails."""
+    with storage.writer() as writer:
+        writer.submit(data)
+        raise KeyError("the block's own error")
+
+
+def test_a_raising_with_block_still_saves_its_last_checkpoint(
+    storage: SessionStorage,
+) -> None:
+    with pytest.raises(KeyError, match="the block's own error"):
+        submit_then_raise(storage, b"before the error")
+    assert storage.load_checkpoint() == b"before the error"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need 3.11")
+def test_a_failed_last_save_does_not_mask_the_blocks_error(
+    saved: SessionStorage,
+) -> None:
+    Path(saved.paths.next).write_bytes(b"")
+    with pytest.raises(KeyError, match="the block's own error") as info:
+        submit_then_raise(saved, b"lost")
+    notes = getattr(info.value, "__notes__", [])
+    assert len(notes) == 1
+    assert "LockedStorageError" in notes[0]
+    assert saved.load_checkpoint() == OLD
+
+
+# The calls that can observe a background save's error.
+OBSERVERS = ("submit", "flush", "close")
+
+
+def observe(writer: CheckpointWriter, observer: str) -> None:
+    """Make the call ``observer`` names, after the failed save has run."""
+    wait_for_saves(writer, 1)
+    if observer == "submit":
+        writer.submit(b"refused while the error is pending")
+    elif observer == "flush":
+        writer.flush()
+    else:
+        writer.close()
+
+
+def assert_raised_once(writer: CheckpointWriter) -> None:
+    """Once raised, the error is gone: flush and close return normally."""
+    writer.flush()
+    writer.close()
+
+
+@pytest.mark.parametrize("observer", OBSERVERS)
+def test_a_leftover_next_file_raises_locked_storage_error_once(
+    saved: SessionStorage, observer: str
+) -> None:
+    Path(saved.paths.next).write_bytes(b"")
+    writer = saved.writer()
+    writer.submit(b"lost")
+    with pytest.raises(LockedStorageError) as info:
+        observe(writer, observer)
+    assert type(info.value) is LockedStorageError
+    assert info.value.errno == errno.EEXIST
+    assert info.value.stale
+    assert info.value.filename == saved.paths.next
+    assert_raised_once(writer)
+    assert writer.saves == 1
+    assert saved.load_checkpoint() == OLD
+
+
+@pytest.mark.parametrize("observer", OBSERVERS)
+def test_a_live_lock_raises_locked_storage_error_once(
+    saved: SessionStorage, observer: str
+) -> None:
+    fd = os.open(saved.location, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        writer = saved.writer()
+        writer.submit(b"lost")
+        with pytest.raises(LockedStorageError) as info:
+            observe(writer, observer)
+    finally:
+        os.close(fd)
+    assert info.value.errno == errno.EWOULDBLOCK
+    assert not info.value.stale
+    assert_raised_once(writer)
+    assert saved.load_checkpoint() == OLD
+    assert saved.lock_state() is LockState.UNLOCKED
+
+
+@pytest.mark.parametrize("observer", OBSERVERS)
+def test_a_vanished_directory_raises_file_not_found_error_once(
+    saved: SessionStorage, observer: str
+) -> None:
+    shutil.rmtree(saved.location)
+    writer = saved.writer()
+    writer.submit(b"nowhere to go")
+    with pytest.raises(FileNotFoundError) as info:
+        observe(writer, observer)
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename == saved.location
+    assert_raised_once(writer)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A mounted 256 KiB tmpfs, so a bigger checkpoint fills it."""
+    if os.geteuid() != 0:
+        pytest.skip("filling a disk needs a small tmpfs mounted, which needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mount], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", mount], check=True)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("observer", OBSERVERS)
+def test_a_full_disk_raises_enospc_once_and_keeps_the_old_checkpoint(
+    backend: str, small_disk: Path, observer: str
+) -> None:
+    storage = SessionStorage.create(small_disk)
+    storage.save_checkpoint(OLD)
+    writer = storage.writer()
+    writer.submit(b"x" * MiB)
+    with pytest.raises(OSError) as info:
+        observe(writer, observer)
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == storage.paths.next
+    assert_raised_once(writer)
+    assert storage.load_checkpoint() == OLD
+    assert os.listdir(storage.location) == ["session"]
+
+
+def test_a_refused_submission_is_not_saved_and_the_writer_goes_on(
+    saved: SessionStorage,
+) -> None:
+    Path(saved.paths.next).write_bytes(b"")
+    with saved.writer() as writer:
+        writer.submit(b"fails")
+        wait_for_saves(writer, 1)
+        with pytest.raises(LockedStorageError):
+            writer.submit(b"refused")
+        assert saved.break_stale_lock()
+        writer.flush()
+        assert writer.saves == 1
+        assert saved.load_checkpoint() == OLD
+        writer.submit(b"after the lock was broken")
+        writer.flush()
+        assert saved.load_checkpoint() == b"after the lock was broken"
+        assert writer.saves == 2
+
+
+def test_a_checkpoint_waiting_behind_a_failed_save_is_dropped(
+    saved: SessionStorage, gated: GatedSave
+) -> None:
+    gated.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), saved.paths.next)
+    with saved.writer() as writer:
+        writer.submit(b"fails")
+        assert gated.entered.wait(PATIENCE)
+        writer.submit(b"waits behind the failure")
+        gated.release.set()
+        with pytest.raises(OSError) as info:
+            writer.flush()
+        assert info.value is gated.error
+        assert writer.saves == 1
+        assert saved.load_checkpoint() == OLD
+        writer.submit(b"after the failure")
+    assert saved.load_checkpoint() == b"after the failure"
+    assert gated.calls == [b"fails", b"after the failure"]
+
+
+def test_every_flush_waiting_for_a_failed_save_raises(
+    saved: SessionStorage, gated: GatedSave
+) -> None:
+    gated.error = OSError(errno.EIO, os.strerror(errno.EIO), saved.paths.next)
+    writer = saved.writer()
+    writer.submit(b"fails")
+    assert gated.entered.wait(PATIENCE)
+    raised: list[OSError] = []
+    started = threading.Barrier(3)
+
+    def flush() -> None:
+        started.wait()
+        try:
+            writer.flush()
+        except OSError as exc:
+            raised.append(exc)
+
+    flushers = [threading.Thread(target=flush) for _ in range(2)]
+    for thread in flushers:
+        thread.start()
+    started.wait()
+    # Both flushers are past the barrier; give them the time to start waiting.
+    time.sleep(0.2)
+    gated.release.set()
+    for thread in flushers:
+        thread.join(PATIENCE)
+    assert [(type(e), e.errno) for e in raised] == [(OSError, errno.EIO)] * 2
+    assert_raised_once(writer)
+
+
+def test_submit_is_safe_from_several_threads(storage: SessionStorage) -> None:
+    threads, per_thread = 4, 250
+    start = threading.Barrier(threads)
+
+    def submit_all(writer: CheckpointWriter, name: int) -> None:
+        start.wait()
+        for number in range(per_thread):
+            writer.submit(b"thread %d checkpoint %d" % (name, number))
+
+    with storage.writer() as writer:
+        workers = [
+            threading.Thread(target=submit_all, args=(writer, name))
+            for name in range(threads)
+        ]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(PATIENCE)
+        writer.flush()
+        lasts = {
+            b"thread %d checkpoint %d" % (n, per_thread - 1) for n in range(threads)
+        }
+        assert storage.load_checkpoint() in lasts
+        assert 1 <= writer.saves <= threads * per_thread
+
+
+# Submits numbered checkpoints forever, flushing every 50th and then reporting its
+# number; the parent kills it right after reading a report.
+HARNESS = textwrap.dedent(
+    """
+    import sys
+    from sessionstore import SessionStorage
+
+    writer = SessionStorage(sys.argv[1]).writer()
+    number = 0
+    while True:
+        number += 1
+        writer.submit(b"%d" % number)
+        if number % 50 == 0:
+            writer.flush()
+            sys.stdout.write("%d\\n" % number)
+            sys.stdout.flush()
+    """
+)
+
+
+@pytest.mark.parametrize("reports", [1, 3, 10])
+def test_a_flushed_checkpoint_survives_sigkill(
+    storage: SessionStorage, backend_env: dict[str, str], reports: int
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HARNESS, storage.location],
+        stdout=subprocess.PIPE,
+        env=backend_env,
+    )
+    assert child.stdout is not None
+    try:
+        for _ in range(reports):
+            flushed = int(child.stdout.readline())
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    # Saves went on after the reported flush: the loaded one may be newer.
+    assert int(storage.load_checkpoint()) >= flushed
+
+
+def test_an_unclosed_writer_saves_its_last_checkpoint_at_exit(
+    storage: SessionStorage, backend_env: dict[str, str]
+) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from sessionstore import SessionStorage
+
+        writer = SessionStorage(sys.argv[1]).writer()
+        for number in range(100):
+            writer.submit(b"unclosed %d" % number)
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, storage.location], env=backend_env, check=True
+    )
+    assert storage.load_checkpoint() == b"unclosed 99"
+
+
+def test_an_unclosed_writer_saves_its_last_checkpoint_when_collected(
+    storage: SessionStorage,
+) -> None:
+    import gc
+
+    writer = storage.writer()
+    writer.submit(b"dropped writer")
+    del writer
+    gc.collect()
+    assert storage.load_checkpoint() == b"dropped writer"
