@@ -88,19 +88,45 @@ fn held(dir: libc::c_int) -> Result<bool, Errno> {
     }
 }
 
+/// One look at the next file: a writer that creates, writes or renames it
+/// changes its inode or its change time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextFile {
+    pub inode: u64,
+    pub ctime_ns: i128,
+}
+
+fn look_at_next(dir: libc::c_int) -> Result<Option<NextFile>, Errno> {
+    Ok(sys::stat_at(dir, NEXT_NAME)?.map(|st| NextFile {
+        inode: st.st_ino,
+        ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
+    }))
+}
+
+/// The state from what a probe saw: the next file, the lock, the next file.
+///
+/// A live writer touches the next file only while it holds the lock, so the
+/// file is a leftover only when the same, unchanged file was there on both
+/// sides of a look at the lock that found no holder; any change in between
+/// means a writer was inside a save.
+pub fn classify(held: bool, before: Option<NextFile>, after: Option<NextFile>) -> LockState {
+    if held || before != after {
+        LockState::Held
+    } else if after.is_none() {
+        LockState::Unlocked
+    } else {
+        LockState::Stale
+    }
+}
+
 /// The lock of the session at `location`. Every error concerns the location.
 pub fn lock_state(location: &CStr) -> Result<LockState, Errno> {
     let dir = sys::open(location, sys::DIR_FLAGS)?;
     let state = (|| -> Result<LockState, Errno> {
+        let before = look_at_next(dir)?;
         let held = held(dir)?;
-        let next_exists = sys::exists_at(dir, NEXT_NAME)?;
-        Ok(if held {
-            LockState::Held
-        } else if next_exists {
-            LockState::Stale
-        } else {
-            LockState::Unlocked
-        })
+        let after = if held { before } else { look_at_next(dir)? };
+        Ok(classify(held, before, after))
     })();
     let closed = sys::close(dir);
     let state = state?;
@@ -194,6 +220,24 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn classify_calls_a_changed_next_file_held() {
+        let file = NextFile {
+            inode: 7,
+            ctime_ns: 1,
+        };
+        let touched = NextFile {
+            inode: 7,
+            ctime_ns: 2,
+        };
+        assert_eq!(classify(true, None, None), LockState::Held);
+        assert_eq!(classify(false, None, None), LockState::Unlocked);
+        assert_eq!(classify(false, Some(file), Some(file)), LockState::Stale);
+        assert_eq!(classify(false, Some(file), Some(touched)), LockState::Held);
+        assert_eq!(classify(false, None, Some(file)), LockState::Held);
+        assert_eq!(classify(false, Some(file), None), LockState::Held);
     }
 
     #[test]

@@ -133,22 +133,15 @@ pub fn fstat(fd: libc::c_int) -> Result<libc::stat, Errno> {
     }
 }
 
-/// Whether `name` exists in `dir`, without following a final symlink.
-pub fn exists_at(dir: libc::c_int, name: &CStr) -> Result<bool, Errno> {
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; None when there is no such entry.
+pub fn stat_at(dir: libc::c_int, name: &CStr) -> Result<Option<libc::stat>, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    if unsafe {
-        libc::fstatat(
-            dir,
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } == 0
-    {
-        return Ok(true);
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    if unsafe { libc::fstatat(dir, name.as_ptr(), st.as_mut_ptr(), flags) } == 0 {
+        return Ok(Some(unsafe { st.assume_init() }));
     }
     match last_errno() {
-        libc::ENOENT => Ok(false),
+        libc::ENOENT => Ok(None),
         errno => Err(errno),
     }
 }

@@ -24,6 +24,9 @@ NAMES: Final = ("native", "python")
 # The order of the native side's lock-state codes.
 _LOCK_STATES: Final = (LockState.UNLOCKED, LockState.HELD, LockState.STALE)
 
+# What the extension must provide; one built from older sources may lack some.
+NATIVE_FUNCTIONS: Final = ("break_stale_lock", "load", "lock_state", "save")
+
 
 @attrs.frozen
 class Backend:
@@ -46,8 +49,21 @@ PYTHON: Final = Backend(
 
 
 def load_native() -> Backend:
-    """The native backend; ImportError when the extension is not built."""
+    """The native backend; ImportError when the extension is not built.
+
+    An extension that imports but lacks one of the functions (built from other
+    sources) is just as unusable, and says which ones and where it was loaded from.
+    """
     from . import _native
+
+    missing = [
+        name for name in NATIVE_FUNCTIONS if not callable(getattr(_native, name, None))
+    ]
+    if missing:
+        raise ImportError(
+            f"the native extension {getattr(_native, '__file__', '_native')} lacks "
+            f"{', '.join(missing)}; rebuild it with `pip install -e .`"
+        )
 
     def lock_state(location: str) -> LockState:
         return _LOCK_STATES[_native.lock_state(location)]

@@ -1,6 +1,8 @@
 # The native writer backend. Signatures match sessionstore._python_writer, which
 # documents the behaviour; lock_state returns 0 (unlocked), 1 (held), 2 (stale).
 
+__all__ = ["break_stale_lock", "load", "lock_state", "save"]
+
 def save(
     location: str,
     data: bytes | bytearray | memoryview,
