@@ -25,11 +25,33 @@ class LockState(enum.Enum):
     """``session.next`` is the leftover of a writer that is gone"""
 
 
-def classify_lock(*, held: bool, next_exists: bool) -> LockState:
-    """The state from the two facts a probe gathers."""
-    if held:
+@attrs.frozen
+class NextFile:
+    """One look at ``session.next``: enough to tell whether it changed between looks.
+
+    A writer that creates, writes or renames the file changes its inode or its
+    change time, so two equal looks mean nobody touched it in between.
+    """
+
+    inode: int
+    ctime_ns: int
+
+
+def classify_lock(
+    *, held: bool, next_before: NextFile | None, next_after: NextFile | None
+) -> LockState:
+    """The state from what a probe saw: ``session.next``, the lock, ``session.next``.
+
+    A live writer creates, writes and renames ``session.next`` only while it
+    holds the lock. So the file is a leftover (STALE) only when the same,
+    unchanged file was there on both sides of a look at the lock that found no
+    holder; a file that appeared, changed or vanished during the probe means a
+    writer was inside a save (HELD). One look at the file, before or after the
+    lock, would take a writer that starts or finishes in between for a dead one.
+    """
+    if held or next_before != next_after:
         return LockState.HELD
-    return LockState.STALE if next_exists else LockState.UNLOCKED
+    return LockState.UNLOCKED if next_after is None else LockState.STALE
 
 
 @attrs.frozen
@@ -65,3 +87,33 @@ def parse_proc_locks(text: str) -> frozenset[FileKey]:
         except ValueError:
             continue
     return frozenset(keys)
+
+
+@attrs.frozen
+class LockTable:
+    """The files the kernel's lock table says hold a ``FLOCK``, indexed for lookups.
+
+    Built once from ``/proc/locks``; a repository scan asks it about every
+    session instead of reading the table once per session.
+    """
+
+    keys: frozenset[FileKey]
+    inodes: frozenset[int] = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda table: frozenset(k.inode for k in table.keys), takes_self=True
+        ),
+    )
+
+    def holds(self, key: FileKey) -> bool | None:
+        """Whether ``key`` holds a lock: True or False when the table tells.
+
+        None when only trying the lock can tell: the table names the inode
+        under another device number than ``stat`` reports (btrfs subvolumes),
+        so a match on the inode alone is a maybe, not a no.
+        """
+        if key in self.keys:
+            return True
+        if key.inode not in self.inodes:
+            return False
+        return None

@@ -13,7 +13,15 @@ import os
 from typing import Final
 
 from . import _errors
-from ._lock_state import PROC_LOCKS, FileKey, LockState, classify_lock, parse_proc_locks
+from ._lock_state import (
+    PROC_LOCKS,
+    FileKey,
+    LockState,
+    LockTable,
+    NextFile,
+    classify_lock,
+    parse_proc_locks,
+)
 from ._naming import NEXT_NAME
 from ._save_plan import SaveStep
 
@@ -51,14 +59,18 @@ def save(
     codes: bytes,
     next_name: str,
     target: str,
+    *,
+    dir_fd: int = -1,
 ) -> None:
     """Execute a save plan (``codes``) in ``location``.
 
     ``data`` is a byte-shaped, contiguous view. A failure after this save created
     the next file unlinks it before the error is raised, so a failed save never
-    leaves a lock behind and never touches the previous checkpoint.
+    leaves a lock behind and never touches the previous checkpoint. ``dir_fd``
+    is the directory already opened and locked by a slotted save that goes on
+    with a rebuild (whose plan then starts after the lock); this function owns
+    it from then on and closes it.
     """
-    dir_fd = -1
     next_fd = -1
     created = False
     next_path = os.path.join(location, next_name)
@@ -148,6 +160,15 @@ def load(path: str) -> bytes:
         return stream.readall()
 
 
+def read_lock_table() -> LockTable | None:
+    """The kernel's lock table as it is now; None where there is none to read."""
+    try:
+        with open(PROC_LOCKS, encoding="ascii", errors="replace") as table:
+            return LockTable(parse_proc_locks(table.read()))
+    except OSError:
+        return None
+
+
 def _held(dir_fd: int) -> bool:
     """Whether a live process holds the flock of the open directory ``dir_fd``.
 
@@ -157,16 +178,10 @@ def _held(dir_fd: int) -> bool:
     """
     st = os.fstat(dir_fd)
     key = FileKey(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    try:
-        with open(PROC_LOCKS, encoding="ascii", errors="replace") as table:
-            keys = parse_proc_locks(table.read())
-    except OSError:
-        keys = None
-    if keys is not None:
-        if key in keys:
-            return True
-        if not any(k.inode == key.inode for k in keys):
-            return False
+    table = read_lock_table()
+    verdict = None if table is None else table.holds(key)
+    if verdict is not None:
+        return verdict
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -177,6 +192,15 @@ def _held(dir_fd: int) -> bool:
     return False
 
 
+def _look_at_next(dir_fd: int) -> NextFile | None:
+    """``session.next`` in the open directory ``dir_fd`` as it is now, or None."""
+    try:
+        st = os.stat(NEXT_NAME, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return NextFile(st.st_ino, st.st_ctime_ns)
+
+
 def lock_state(location: str) -> LockState:
     """The lock of the session at ``location``; FileNotFoundError when it is missing."""
     try:
@@ -184,14 +208,10 @@ def lock_state(location: str) -> LockState:
     except OSError as exc:
         raise _with_path(exc, location) from exc
     try:
+        before = _look_at_next(dir_fd)
         held = _held(dir_fd)
-        try:
-            os.stat(NEXT_NAME, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            next_exists = False
-        else:
-            next_exists = True
-        return classify_lock(held=held, next_exists=next_exists)
+        after = before if held else _look_at_next(dir_fd)
+        return classify_lock(held=held, next_before=before, next_after=after)
     except OSError as exc:
         raise _with_path(exc, location) from exc
     finally:

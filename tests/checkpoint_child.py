@@ -1,0 +1,157 @@
+"""A child process that saves self-verifying checkpoints, for the crash tests.
+
+A checkpoint carries its own length and digest, so a reader tells a complete one
+from a torn one without knowing what was saved, and names it by its digest.
+
+Run as a script it has two modes, each announcing ``ready <backend>`` first:
+
+``kill LOCATION``
+    A fork server. Each line ``SEED DELAY_US DURABILITY REPORT`` on stdin forks a
+    worker that saves random checkpoints in a loop, reporting ``S <id>`` to the
+    file REPORT before each save and ``D <id>`` after it; the server SIGKILLs the
+    worker after DELAY_US microseconds, reaps it (so its lock is released) and
+    answers ``killed``, or ``exited <status>`` when the worker died by itself.
+    Forking from one warm process keeps a round to a few milliseconds, where
+    starting an interpreter per round would cost more than the round itself.
+
+``saves LOCATION COUNT SEED MAX_SIZE``
+    Waits for a line on stdin (so several writers start together), then makes
+    COUNT saves, printing ``ok <id>`` or ``locked <errno> <stale>`` for each;
+    any other error ends the process with its traceback.
+
+Imports are kept to what a save needs: the script's start-up is part of every
+test that uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import struct
+import sys
+import time
+from typing import Final
+
+MAGIC: Final = b"SSCK"
+_HEAD: Final = struct.Struct(">4sQ32s")
+HEADER_SIZE: Final = _HEAD.size
+# A random nonce opens every body, so two checkpoints never share an id.
+_NONCE_SIZE: Final = 16
+MAX_SIZE: Final = 1024 * 1024
+
+
+class TornCheckpoint(ValueError):
+    """Bytes that are not one complete checkpoint."""
+
+
+def make_checkpoint(rng: random.Random, size: int) -> bytes:
+    """A checkpoint of exactly ``size`` bytes (at least the header and nonce)."""
+    body = rng.randbytes(max(size - HEADER_SIZE, _NONCE_SIZE))
+    return _HEAD.pack(MAGIC, len(body), hashlib.sha256(body).digest()) + body
+
+
+def random_checkpoint(rng: random.Random, max_size: int = MAX_SIZE) -> bytes:
+    """A checkpoint of a random size up to ``max_size`` bytes."""
+    return make_checkpoint(rng, rng.randint(HEADER_SIZE + _NONCE_SIZE, max_size))
+
+
+def checkpoint_id(data: bytes) -> str | None:
+    """The id of the complete checkpoint ``data``; None for ``b""`` (none saved).
+
+    Raises TornCheckpoint, saying what is wrong, for anything else.
+    """
+    if not data:
+        return None
+    if len(data) < HEADER_SIZE:
+        raise TornCheckpoint(f"{len(data)} bytes, shorter than the header")
+    magic: bytes
+    length: int
+    digest: bytes
+    magic, length, digest = _HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise TornCheckpoint(f"bad magic {magic!r}")
+    if length != len(data) - HEADER_SIZE:
+        raise TornCheckpoint(
+            f"header says {length} body bytes, found {len(data) - HEADER_SIZE}"
+        )
+    if hashlib.sha256(memoryview(data)[HEADER_SIZE:]).digest() != digest:
+        raise TornCheckpoint("body does not match its digest")
+    return digest.hex()
+
+
+def _ready() -> None:
+    import sessionstore
+
+    print("ready", sessionstore.backend, flush=True)
+
+
+def _work(location: str, seed: int, durability: str, report: str) -> None:
+    """Save random checkpoints until killed; never returns."""
+    from sessionstore import Durability, SessionStorage
+
+    storage = SessionStorage(location, durability=Durability(durability))
+    rng = random.Random(seed)
+    out = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            data = random_checkpoint(rng)
+            name = hashlib.sha256(data[HEADER_SIZE:]).hexdigest()
+            os.write(out, f"S {name}\n".encode())
+            storage.save_checkpoint(data)
+            os.write(out, f"D {name}\n".encode())
+    except BaseException as exc:
+        os.write(out, f"E {exc!r}\n".encode())
+    finally:
+        os._exit(1)
+
+
+def _serve_kills(location: str) -> None:
+    _ready()
+    for line in sys.stdin:
+        seed, delay_us, durability, report = line.split()
+        pid = os.fork()
+        if pid == 0:
+            _work(location, int(seed), durability, report)
+        time.sleep(int(delay_us) / 1e6)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            print("killed", flush=True)
+        else:
+            print("exited", status, flush=True)
+
+
+def _save_many(location: str, count: int, seed: int, max_size: int) -> None:
+    from sessionstore import LockedStorageError, SessionStorage
+
+    storage = SessionStorage(location)
+    rng = random.Random(seed)
+    checkpoints = [random_checkpoint(rng, max_size) for _ in range(count)]
+    _ready()
+    sys.stdin.readline()
+    results = []
+    for data in checkpoints:
+        try:
+            storage.save_checkpoint(data)
+        except LockedStorageError as exc:
+            results.append(f"locked {exc.errno} {exc.stale}")
+        else:
+            results.append(f"ok {checkpoint_id(data)}")
+    print("\n".join(results), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    mode, location, *rest = argv
+    if mode == "kill":
+        _serve_kills(location)
+    elif mode == "saves":
+        count, seed, max_size = map(int, rest)
+        _save_many(location, count, seed, max_size)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

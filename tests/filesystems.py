@@ -1,0 +1,197 @@
+"""Real filesystems for fault tests: a small tmpfs and ext4, xfs, btrfs on loop devices.
+
+Mounting needs root, the kernel's support for the filesystem and, for the loop
+kinds, ``losetup`` and the filesystem's ``mkfs``. ``unsupported()`` says which of
+these is missing so a test can skip with that reason; ``mounted()`` always
+unmounts and detaches what it set up, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import attrs
+import pytest
+
+TMPFS: Final = "tmpfs"
+LOOP_KINDS: Final = ("ext4", "xfs", "btrfs")
+KINDS: Final = (TMPFS, *LOOP_KINDS)
+# Where the test's temporary directory already is: no mount, no root needed.
+DEFAULT: Final = "default"
+# A btrfs subvolume, whose inodes stat() reports under another device number
+# than the kernel's lock table does.
+BTRFS_SUBVOLUME: Final = "btrfs-subvolume"
+
+MiB: Final = 1024 * 1024
+
+# The smallest image each mkfs accepts (xfs refuses less than 300 MiB, btrfs less
+# than 114 MiB); the images are sparse, so their size costs no disk space.
+_IMAGE_MIB: Final = {"ext4": 64, "xfs": 300, "btrfs": 128}
+_MKFS: Final = {
+    "ext4": ("mkfs.ext4", "-q", "-F"),
+    "xfs": ("mkfs.xfs", "-q", "-f"),
+    "btrfs": ("mkfs.btrfs", "-q", "-f"),
+}
+# Small enough that a checkpoint of a few MiB does not fit.
+TMPFS_SIZE: Final = 2 * MiB
+
+
+@attrs.frozen
+class Mount:
+    """A filesystem mounted for one test module; ``root`` is where it is mounted."""
+
+    kind: str
+    root: Path
+    device: str | None
+
+
+def _kernel_filesystems() -> frozenset[str]:
+    try:
+        with open("/proc/filesystems", encoding="ascii") as table:
+            return frozenset(line.split()[-1] for line in table if line.strip())
+    except OSError:
+        return frozenset()
+
+
+def unsupported(kind: str) -> str | None:
+    """Why ``kind`` cannot be mounted here, or None when it can."""
+    if os.geteuid() != 0:
+        return f"{kind}: mounting needs root (running as uid {os.geteuid()})"
+    if shutil.which("mount") is None:
+        return f"{kind}: the mount tool is not installed"
+    if kind not in _kernel_filesystems():
+        return f"{kind}: the kernel does not support it (not in /proc/filesystems)"
+    if kind == TMPFS:
+        return None
+    for tool in ("losetup", _MKFS[kind][0]):
+        if shutil.which(tool) is None:
+            return f"{kind}: {tool} is not installed"
+    if not os.path.exists("/dev/loop-control"):
+        return f"{kind}: no loop device support (/dev/loop-control is missing)"
+    return None
+
+
+def _run(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}"
+        )
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def mounted(kind: str, workdir: Path) -> Iterator[Mount]:
+    """A fresh ``kind`` filesystem mounted under ``workdir`` for the block's duration.
+
+    Everything set up is undone in reverse order however the block ends; an
+    unmount that finds the filesystem busy falls back to a lazy one so the loop
+    device can still be detached.
+    """
+    root = workdir / f"{kind}-mnt"
+    root.mkdir()
+    with contextlib.ExitStack() as undo:
+        undo.callback(root.rmdir)
+        if kind == TMPFS:
+            _run(
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                f"size={TMPFS_SIZE},mode=0755",
+                "tmpfs",
+                str(root),
+            )
+            undo.callback(_unmount, root)
+            yield Mount(kind, root, None)
+            return
+        image = workdir / f"{kind}.img"
+        with open(image, "wb") as sparse:
+            sparse.truncate(_IMAGE_MIB[kind] * MiB)
+        undo.callback(image.unlink)
+        device = _run("losetup", "--find", "--show", str(image))
+        undo.callback(_run, "losetup", "--detach", device)
+        _run(*_MKFS[kind], device)
+        _run("mount", "-t", kind, device, str(root))
+        undo.callback(_unmount, root)
+        yield Mount(kind, root, device)
+
+
+def _unmount(root: Path) -> None:
+    try:
+        _run("umount", str(root))
+    except RuntimeError:
+        _run("umount", "--lazy", str(root))
+
+
+def remount(mount: Mount, *, read_only: bool) -> None:
+    """Switch ``mount`` between read-only and read-write."""
+    _run("mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(mount.root))
+
+
+def btrfs_subvolume(mount: Mount, name: str) -> Path:
+    """A new btrfs subvolume in ``mount``: its inodes show another device number."""
+    path = mount.root / name
+    _run("btrfs", "subvolume", "create", str(path))
+    return path
+
+
+def fill(mount: Mount, leave: int) -> Path:
+    """A file that takes all but about ``leave`` bytes of the free space of ``mount``.
+
+    The caller removes it. ``leave`` is approximate: filesystems reserve space
+    for metadata, so the space a test relies on being left must be well below it
+    and a write it expects to fail well above it.
+    """
+    filler = mount.root / "filler"
+    st = os.statvfs(mount.root)
+    size = st.f_bavail * st.f_frsize - leave
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        # Free space as statvfs counts it may not all be allocatable (metadata,
+        # reservations): shrink the request until the filesystem takes it.
+        while size > 0:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                size -= MiB
+                continue
+            break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def mount_or_skip(
+    kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mount]:
+    """The body of a module fixture: ``kind`` mounted, or the test skipped saying why.
+
+    Besides ``KINDS`` it takes ``DEFAULT`` (a directory where the tests already
+    run) and ``BTRFS_SUBVOLUME``.
+    """
+    workdir = tmp_path_factory.mktemp(kind)
+    if kind == DEFAULT:
+        yield Mount(kind, workdir, None)
+        return
+    base = "btrfs" if kind == BTRFS_SUBVOLUME else kind
+    reason = unsupported(base)
+    if reason is not None:
+        pytest.skip(reason)
+    if kind == BTRFS_SUBVOLUME and shutil.which("btrfs") is None:
+        pytest.skip(f"{kind}: the btrfs tool is not installed")
+    with mounted(base, workdir) as mount:
+        if kind == BTRFS_SUBVOLUME:
+            yield Mount(kind, btrfs_subvolume(mount, "subvolume"), mount.device)
+        else:
+            yield mount
