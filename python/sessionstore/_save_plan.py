@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import enum
 import functools
+from typing import Final
 
 import attrs
 
-from ._naming import CHECKPOINT_NAME, NEXT_NAME
+from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
 from ._options import Durability
 
 
@@ -37,6 +38,20 @@ class SaveStep(enum.IntEnum):
     """``fsync(dir)``: the new name is durable"""
     CLOSE_DIR = 9
     """close the directory, which releases the lock"""
+    CHECK_NEXT = 10
+    """``fstatat(dir, next)``: a leftover next file locks a slotted session too"""
+    CHECK_REPLACE = 11
+    """``fstatat(dir, session)``: a session in the replace layout is not overwritten"""
+    OPEN_SLOTS = 12
+    """``openat(dir, session.slots, O_RDWR|O_CLOEXEC)``; missing means rebuild"""
+    READ_SLOTS = 13
+    """``pread`` the headers and the newest record; choose the slot or a rebuild"""
+    WRITE_SLOT = 14
+    """``pwritev`` the record header and data over the chosen slot"""
+    SYNC_SLOT = 15
+    """``fdatasync(slots)``: the one flush of a durable in-place save"""
+    CLOSE_SLOTS = 16
+    """``close(slots)``, checked"""
 
 
 @attrs.frozen
@@ -60,7 +75,18 @@ class SavePlan:
         return SaveStep.FSYNC_NEXT in self.steps and SaveStep.FSYNC_DIR in self.steps
 
 
-_FLUSHES = frozenset({SaveStep.FSYNC_NEXT, SaveStep.FSYNC_DIR})
+_FLUSHES = frozenset({SaveStep.FSYNC_NEXT, SaveStep.FSYNC_DIR, SaveStep.SYNC_SLOT})
+_REPLACE_STEPS: Final = (
+    SaveStep.OPEN_DIR,
+    SaveStep.LOCK_DIR,
+    SaveStep.CREATE_NEXT,
+    SaveStep.WRITE_NEXT,
+    SaveStep.FSYNC_NEXT,
+    SaveStep.CLOSE_NEXT,
+    SaveStep.RENAME_NEXT,
+    SaveStep.FSYNC_DIR,
+    SaveStep.CLOSE_DIR,
+)
 
 
 @functools.cache
@@ -73,7 +99,61 @@ def plan_save(
     atomic against a process crash. ``target_name`` is ``session`` for the seed's
     layout; the slotted layout rebuilds ``session.slots`` through the same plan.
     """
-    steps = tuple(SaveStep)
+    return SavePlan(
+        steps=_drop_flushes(_REPLACE_STEPS, durability), target_name=target_name
+    )
+
+
+def _drop_flushes(
+    steps: tuple[SaveStep, ...], durability: Durability
+) -> tuple[SaveStep, ...]:
     if durability is Durability.NONE:
-        steps = tuple(step for step in steps if step not in _FLUSHES)
-    return SavePlan(steps=steps, target_name=target_name)
+        return tuple(step for step in steps if step not in _FLUSHES)
+    return steps
+
+
+@attrs.frozen
+class SlottedPlan:
+    """A slotted save: in place when the record fits, else a rebuild.
+
+    ``in_place`` runs first. When ``OPEN_SLOTS`` finds no file or ``READ_SLOTS``
+    finds the record too large, the save goes on with ``rebuild`` (the replace
+    sequence after its lock, writing a whole new ``session.slots``) while still
+    holding the directory's lock.
+    """
+
+    in_place: SavePlan
+    rebuild: SavePlan
+
+    @property
+    def durable(self) -> bool:
+        return SaveStep.SYNC_SLOT in self.in_place.steps and self.rebuild.durable
+
+
+_IN_PLACE_STEPS: Final = (
+    SaveStep.OPEN_DIR,
+    SaveStep.LOCK_DIR,
+    SaveStep.CHECK_NEXT,
+    SaveStep.CHECK_REPLACE,
+    SaveStep.OPEN_SLOTS,
+    SaveStep.READ_SLOTS,
+    SaveStep.WRITE_SLOT,
+    SaveStep.SYNC_SLOT,
+    SaveStep.CLOSE_SLOTS,
+    SaveStep.CLOSE_DIR,
+)
+
+
+@functools.cache
+def plan_slotted_save(durability: Durability = Durability.FULL) -> SlottedPlan:
+    """The slotted layout's save: one ``fdatasync`` when the record fits."""
+    rebuild = plan_save(durability, SLOTS_NAME)
+    return SlottedPlan(
+        in_place=SavePlan(
+            steps=_drop_flushes(_IN_PLACE_STEPS, durability), target_name=SLOTS_NAME
+        ),
+        rebuild=SavePlan(
+            steps=rebuild.steps[rebuild.steps.index(SaveStep.CREATE_NEXT) :],
+            target_name=SLOTS_NAME,
+        ),
+    )

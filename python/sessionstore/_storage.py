@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from . import _backend
+from . import _backend, _python_slots_writer
+from ._layout_conversion import convert_layout
 from ._lock_state import LockState
 from ._naming import (
     StoragePaths,
@@ -22,7 +23,7 @@ from ._naming import (
     session_id,
 )
 from ._options import Durability, Layout
-from ._save_plan import plan_save
+from ._save_plan import plan_save, plan_slotted_save
 
 if TYPE_CHECKING:
     from ._checkpoint_writer import CheckpointWriter
@@ -120,8 +121,6 @@ class SessionStorage:
     def _check_layout(self, _: object, value: object) -> None:
         if not isinstance(value, Layout):
             raise TypeError(f"layout must be a Layout, got {value!r}")
-        if value is Layout.SLOTTED:
-            raise NotImplementedError("the slotted layout is not available yet")
 
     @property
     def id(self) -> str:
@@ -194,26 +193,71 @@ class SessionStorage:
         failing step, naming its path, for anything else.
         """
         buffer = as_checkpoint(data)
-        plan = plan_save(self.durability)
-        _backend.active.current.save(
-            self.location, buffer, plan.codes, plan.next_name, plan.target_name
-        )
+        if self.layout is Layout.REPLACE:
+            plan = plan_save(self.durability)
+            _backend.active.current.save(
+                self.location, buffer, plan.codes, plan.next_name, plan.target_name
+            )
+        else:
+            slotted = plan_slotted_save(self.durability)
+            _python_slots_writer.save(
+                self.location, buffer, slotted.in_place.codes, slotted.rebuild.codes
+            )
 
     def load_checkpoint(self) -> bytes:
         """The last saved checkpoint; ``b""`` when none was ever saved.
 
-        FileNotFoundError (naming the location) when the session directory
-        itself is missing.
+        The layout is detected from the files present, whatever this storage's
+        ``layout`` says: ``session`` when it exists (it wins over a
+        ``session.slots`` left by an interrupted conversion), else the newest
+        valid record of ``session.slots``. FileNotFoundError (naming the
+        location) when the session directory itself is missing.
         """
         paths = self.paths
         try:
             return _backend.active.current.load(paths.checkpoint)
+        except FileNotFoundError:
+            pass
+        try:
+            newest = _python_slots_writer.load(paths.slots)
         except FileNotFoundError:
             if not os.path.isdir(self.location):
                 raise FileNotFoundError(
                     errno.ENOENT, "session directory is missing", self.location
                 ) from None
             return b""
+        return b"" if newest is None else newest
+
+    def load_previous(self) -> bytes | None:
+        """The checkpoint saved before the last one, when the layout keeps it.
+
+        The slotted layout keeps the previous generation in its other slot, for
+        a harness whose newest checkpoint turns out to be unusable. None when
+        there is none: the replace layout, or fewer than two saves.
+        """
+        paths = self.paths
+        if os.path.lexists(paths.checkpoint):
+            return None
+        try:
+            return _python_slots_writer.load(paths.slots, previous=True)
+        except FileNotFoundError:
+            if not os.path.isdir(self.location):
+                raise FileNotFoundError(
+                    errno.ENOENT, "session directory is missing", self.location
+                ) from None
+            return None
+
+    def convert_layout(self, layout: Layout) -> SessionStorage:
+        """Move the checkpoint to ``layout``, crash-safely; the storage for it.
+
+        Under the directory's lock, the new layout's file is written and put in
+        place by rename before the old one is removed, and ``session`` wins
+        while both exist, so a crash at any point leaves one loadable
+        checkpoint, equal to the one before. Calling it again finishes an
+        interrupted conversion.
+        """
+        convert_layout(self.location, layout, self.durability)
+        return attrs.evolve(self, layout=layout)
 
     def break_lock(self) -> None:
         """Remove ``session.next`` unconditionally, as plainbox does.

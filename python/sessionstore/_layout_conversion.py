@@ -1,0 +1,98 @@
+"""Moving a session's checkpoint from one layout to the other, crash-safely.
+
+The rule that makes every intermediate state safe: while both ``session`` and
+``session.slots`` exist, ``session`` is the checkpoint. So a conversion to the
+slotted layout puts ``session.slots`` in place (holding the same checkpoint)
+before it removes ``session``, and a conversion to the replace layout renames
+``session`` into place first, then removes ``session.slots``. The directory's
+lock is held throughout, so no save interleaves.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Final
+
+from . import _errors, _python_slots_writer, _python_writer
+from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from ._options import Durability, Layout
+from ._save_plan import SaveStep, plan_save
+from ._slots_format import build_slots_file
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_BUSY: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _locked_steps(durability: Durability, target: str) -> bytes:
+    """The replace sequence for a directory already open and locked, kept open."""
+    plan = plan_save(durability, target)
+    start = plan.steps.index(SaveStep.CREATE_NEXT)
+    return bytes(step for step in plan.steps[start:] if step is not SaveStep.CLOSE_DIR)
+
+
+def convert_layout(location: str, layout: Layout, durability: Durability) -> None:
+    """Make ``location`` hold its checkpoint in ``layout`` (see the module's docstring).
+
+    A session with no checkpoint needs nothing: its layout is whatever the
+    first save writes. LockedStorageError when a writer holds the lock or left
+    ``session.next`` behind.
+    """
+    next_path = os.path.join(location, NEXT_NAME)
+    try:
+        dir_fd = os.open(location, _DIR_FLAGS)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, location) from exc
+    try:
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in _BUSY:
+                raise _errors.held(next_path) from None
+            raise OSError(exc.errno, exc.strerror, location) from exc
+        if _exists(NEXT_NAME, dir_fd):
+            raise _errors.leftover(next_path)
+        has_replace = _exists(CHECKPOINT_NAME, dir_fd)
+        has_slots = _exists(SLOTS_NAME, dir_fd)
+        if layout is Layout.SLOTTED and has_replace:
+            data = _python_writer.load(os.path.join(location, CHECKPOINT_NAME))
+            image = build_slots_file(data, 1, None)
+            steps = _locked_steps(durability, SLOTS_NAME)
+            _python_writer.save(
+                location, image, steps, NEXT_NAME, SLOTS_NAME, dir_fd=dir_fd
+            )
+            _remove(location, CHECKPOINT_NAME, dir_fd, durability)
+        elif layout is Layout.REPLACE and has_slots:
+            if not has_replace:
+                newest = _python_slots_writer.load(os.path.join(location, SLOTS_NAME))
+                steps = _locked_steps(durability, CHECKPOINT_NAME)
+                _python_writer.save(
+                    location,
+                    newest or b"",
+                    steps,
+                    NEXT_NAME,
+                    CHECKPOINT_NAME,
+                    dir_fd=dir_fd,
+                )
+            _remove(location, SLOTS_NAME, dir_fd, durability)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove(location: str, name: str, dir_fd: int, durability: Durability) -> None:
+    """Unlink the old layout's file and, when durable, flush the directory."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        if durability is Durability.FULL:
+            os.fsync(dir_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.path.join(location, name)) from exc

@@ -1,0 +1,276 @@
+"""The pure-Python writer for the slotted layout: same plan, same syscalls as native.
+
+A save overwrites the slot that does not hold the newest valid record and
+flushes it with one ``fdatasync``; when there is no slots file yet, or the record
+does not fit, it rebuilds the file through the replace sequence, still under the
+directory's lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Final
+
+import attrs
+
+from . import _errors, _python_writer
+from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from ._save_plan import SaveStep
+from ._slots_format import (
+    FILE_HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    FileHeader,
+    Placement,
+    RecordHeader,
+    SlotChoice,
+    SlotsFormatError,
+    build_slots_file,
+    choose_slot,
+    decode_file_header,
+    decode_record_header,
+    encode_record_header,
+    newest_first,
+)
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC
+_READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC
+_BUSY: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+
+_OPEN_DIR: Final = SaveStep.OPEN_DIR.value
+_LOCK_DIR: Final = SaveStep.LOCK_DIR.value
+_CHECK_NEXT: Final = SaveStep.CHECK_NEXT.value
+_CHECK_REPLACE: Final = SaveStep.CHECK_REPLACE.value
+_OPEN_SLOTS: Final = SaveStep.OPEN_SLOTS.value
+_READ_SLOTS: Final = SaveStep.READ_SLOTS.value
+_WRITE_SLOT: Final = SaveStep.WRITE_SLOT.value
+_SYNC_SLOT: Final = SaveStep.SYNC_SLOT.value
+_CLOSE_SLOTS: Final = SaveStep.CLOSE_SLOTS.value
+_CLOSE_DIR: Final = SaveStep.CLOSE_DIR.value
+
+
+class CorruptCheckpointError(SlotsFormatError):
+    """A slots file holds no record that passes its checksum.
+
+    A save never leaves a file like that (the newest valid record is never
+    overwritten), so this is damage from outside: it is reported, never read
+    as an empty checkpoint.
+    """
+
+    def __init__(self, filename: str, reason: str) -> None:
+        super().__init__(f"{filename}: {reason}")
+        self.filename = filename
+
+
+@attrs.frozen
+class SlotsView:
+    """What a read of a slots file found: its geometry and its records."""
+
+    header: FileHeader
+    headers: tuple[RecordHeader | None, RecordHeader | None]
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_view(fd: int, path: str) -> SlotsView:
+    block = os.pread(fd, FILE_HEADER_SIZE + RECORD_HEADER_SIZE, 0)
+    try:
+        header = decode_file_header(block)
+    except SlotsFormatError as exc:
+        raise CorruptCheckpointError(path, str(exc)) from None
+    first = decode_record_header(block[FILE_HEADER_SIZE:], header.slot_size)
+    second = decode_record_header(
+        os.pread(fd, RECORD_HEADER_SIZE, header.slot_offset(1)), header.slot_size
+    )
+    return SlotsView(header, (first, second))
+
+
+@attrs.frozen
+class ValidRecord:
+    """A record that passed its checksum, and where it is."""
+
+    slot: int
+    sequence: int
+    data: bytes
+
+
+def _read_record(fd: int, view: SlotsView, slot: int) -> ValidRecord | None:
+    """The record in ``slot`` when it is whole, else None."""
+    record = view.headers[slot]
+    if record is None:
+        return None
+    offset = view.header.slot_offset(slot) + RECORD_HEADER_SIZE
+    data = os.pread(fd, record.length, offset)
+    if len(data) != record.length or not record.crc_matches(data):
+        return None
+    return ValidRecord(slot, record.sequence, data)
+
+
+def _valid_records(fd: int, view: SlotsView, wanted: int) -> list[ValidRecord]:
+    """Up to ``wanted`` whole records, newest first, reading no more than needed."""
+    found = []
+    for slot in newest_first(view.headers):
+        record = _read_record(fd, view, slot)
+        if record is not None:
+            found.append(record)
+            if len(found) == wanted:
+                break
+    return found
+
+
+def _pwrite_all(fd: int, parts: list[memoryview], at: int) -> None:
+    """Write ``parts`` in order from offset ``at``, completing short writes."""
+    while parts:
+        step = os.pwritev(fd, parts, at)
+        if step == 0:
+            raise OSError(errno.EIO, "write made no progress")
+        at += step
+        while parts and step >= len(parts[0]):
+            step -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][step:]
+
+
+def save(
+    location: str,
+    data: bytes | bytearray | memoryview,
+    in_place: bytes,
+    rebuild: bytes,
+) -> None:
+    """Execute a slotted save plan: ``in_place``, or ``rebuild`` when it must."""
+    dir_fd = -1
+    slots_fd = -1
+    next_path = os.path.join(location, NEXT_NAME)
+    slots_path = os.path.join(location, SLOTS_NAME)
+    path = location
+    view: SlotsView | None = None
+    choice: SlotChoice | None = None
+    previous: tuple[int, bytes] | None = None
+    must_rebuild = False
+    try:
+        for code in in_place:
+            if code == _OPEN_DIR:
+                path = location
+                dir_fd = os.open(location, _DIR_FLAGS)
+            elif code == _LOCK_DIR:
+                try:
+                    fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno in _BUSY:
+                        raise _errors.held(next_path) from None
+                    raise
+            elif code == _CHECK_NEXT:
+                path = next_path
+                if _exists(NEXT_NAME, dir_fd):
+                    raise _errors.leftover(next_path)
+            elif code == _CHECK_REPLACE:
+                path = os.path.join(location, CHECKPOINT_NAME)
+                if _exists(CHECKPOINT_NAME, dir_fd):
+                    raise FileExistsError(
+                        errno.EEXIST,
+                        "the session is in the replace layout; convert it first",
+                        path,
+                    )
+            elif code == _OPEN_SLOTS:
+                path = slots_path
+                try:
+                    slots_fd = os.open(SLOTS_NAME, _SLOTS_FLAGS, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    must_rebuild = True
+                    break
+            elif code == _READ_SLOTS:
+                path = slots_path
+                view = _read_view(slots_fd, slots_path)
+                order = newest_first(view.headers)
+                valid = _valid_records(slots_fd, view, 1)
+                newest_is_valid = bool(valid) and valid[0].slot == order[0]
+                choice = choose_slot(
+                    view.header, view.headers, newest_is_valid, len(data)
+                )
+                if choice.placement is Placement.REBUILD:
+                    previous = (valid[0].sequence, valid[0].data) if valid else None
+                    must_rebuild = True
+                    break
+            elif code == _WRITE_SLOT:
+                path = slots_path
+                if view is None or choice is None:
+                    raise ValueError(
+                        f"slot written before it was chosen in {in_place!r}"
+                    )
+                head = encode_record_header(choice.sequence, data)
+                at = view.header.slot_offset(choice.slot)
+                _pwrite_all(slots_fd, [memoryview(head), memoryview(data)], at)
+            elif code == _SYNC_SLOT:
+                path = slots_path
+                os.fdatasync(slots_fd)
+            elif code == _CLOSE_SLOTS:
+                path = slots_path
+                fd, slots_fd = slots_fd, -1
+                os.close(fd)
+            elif code == _CLOSE_DIR:
+                path = location
+                fd, dir_fd = dir_fd, -1
+                os.close(fd)
+            else:
+                raise ValueError(f"unknown slotted save step {code} in {in_place!r}")
+        if must_rebuild:
+            if slots_fd >= 0:
+                fd, slots_fd = slots_fd, -1
+                os.close(fd)
+            sequence = choice.sequence if choice is not None else 1
+            image = build_slots_file(data, sequence, previous)
+            fd, dir_fd = dir_fd, -1
+            _python_writer.save(
+                location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=fd
+            )
+    except (_errors.LockedStorageError, CorruptCheckpointError, SlotsFormatError):
+        _close(slots_fd, dir_fd)
+        raise
+    except OSError as exc:
+        _close(slots_fd, dir_fd)
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from exc
+    except BaseException:
+        _close(slots_fd, dir_fd)
+        raise
+
+
+def _close(slots_fd: int, dir_fd: int) -> None:
+    try:
+        if slots_fd >= 0:
+            os.close(slots_fd)
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+
+
+def load(path: str, previous: bool = False) -> bytes | None:
+    """The newest valid record of the slots file at ``path`` (or the one before).
+
+    None for ``previous`` when there is no older valid record. A file with no
+    valid record at all raises CorruptCheckpointError: saves never leave one.
+    """
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        found = _valid_records(fd, _read_view(fd, path), 2 if previous else 1)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from exc
+    finally:
+        os.close(fd)
+    if not found:
+        raise CorruptCheckpointError(path, "no record passes its checksum")
+    if previous:
+        return found[1].data if len(found) > 1 else None
+    return found[0].data

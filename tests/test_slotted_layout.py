@@ -1,0 +1,239 @@
+"""The slotted layout: in-place saves, two generations, layout detection, conversion."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from sessionstore import (
+    Durability,
+    Layout,
+    LockedStorageError,
+    LockState,
+    SessionStorage,
+)
+from sessionstore._python_slots_writer import CorruptCheckpointError
+from sessionstore._slots_format import (
+    RECORD_HEADER_SIZE,
+    decode_file_header,
+    decode_record_header,
+)
+
+
+@pytest.fixture(params=list(Durability))
+def slotted(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> SessionStorage:
+    """A new, empty session in the slotted layout."""
+    return SessionStorage.create(
+        tmp_path, layout=Layout.SLOTTED, durability=request.param
+    )
+
+
+def records(storage: SessionStorage) -> list[tuple[int, int, bytes]]:
+    """(slot, sequence, data) of every record on disk, checked or not."""
+    image = Path(storage.paths.slots).read_bytes()
+    header = decode_file_header(image)
+    found = []
+    for slot in (0, 1):
+        at = header.slot_offset(slot)
+        record = decode_record_header(image[at:], header.slot_size)
+        if record is not None:
+            body = image[
+                at + RECORD_HEADER_SIZE : at + RECORD_HEADER_SIZE + record.length
+            ]
+            found.append((slot, record.sequence, body))
+    return found
+
+
+def test_round_trip_and_previous_generation(slotted: SessionStorage) -> None:
+    assert slotted.load_checkpoint() == b""
+    assert slotted.load_previous() is None
+    slotted.save_checkpoint(b"one")
+    assert slotted.load_checkpoint() == b"one"
+    assert slotted.load_previous() is None
+    slotted.save_checkpoint(b"two")
+    assert slotted.load_checkpoint() == b"two"
+    assert slotted.load_previous() == b"one"
+    slotted.save_checkpoint(bytearray(b"three"))
+    assert slotted.load_checkpoint() == b"three"
+    assert slotted.load_previous() == b"two"
+    assert sorted(os.listdir(slotted.location)) == ["session.slots"]
+
+
+def test_saves_alternate_slots_in_place(slotted: SessionStorage) -> None:
+    slotted.save_checkpoint(b"a")
+    inode = os.stat(slotted.paths.slots).st_ino
+    size = os.stat(slotted.paths.slots).st_size
+    slotted.save_checkpoint(b"b")
+    slotted.save_checkpoint(b"c")
+    assert os.stat(slotted.paths.slots).st_ino == inode
+    assert os.stat(slotted.paths.slots).st_size == size
+    assert sorted(records(slotted), key=lambda r: r[1]) == [(1, 2, b"b"), (0, 3, b"c")]
+
+
+def test_a_record_that_does_not_fit_rebuilds_a_larger_file(
+    slotted: SessionStorage,
+) -> None:
+    slotted.save_checkpoint(b"small")
+    before = os.stat(slotted.paths.slots)
+    big = os.urandom(100_000)
+    slotted.save_checkpoint(big)
+    after = os.stat(slotted.paths.slots)
+    assert after.st_ino != before.st_ino
+    assert after.st_size > before.st_size
+    assert slotted.load_checkpoint() == big
+    assert slotted.load_previous() == b"small"
+    slotted.save_checkpoint(b"small again")
+    assert os.stat(slotted.paths.slots).st_ino == after.st_ino
+    assert slotted.load_previous() == big
+
+
+def test_a_torn_newest_slot_falls_back_to_the_other(slotted: SessionStorage) -> None:
+    slotted.save_checkpoint(b"good old")
+    slotted.save_checkpoint(b"torn new")
+    slot, _, _ = max(records(slotted), key=lambda r: r[1])
+    header = decode_file_header(Path(slotted.paths.slots).read_bytes())
+    with open(slotted.paths.slots, "r+b") as f:
+        f.seek(header.slot_offset(slot) + RECORD_HEADER_SIZE)
+        f.write(b"X")
+    assert slotted.load_checkpoint() == b"good old"
+    assert slotted.load_previous() is None
+    slotted.save_checkpoint(b"newest")
+    assert slotted.load_checkpoint() == b"newest"
+    assert slotted.load_previous() == b"good old"
+
+
+def test_a_file_with_no_valid_record_is_reported_not_read_as_empty(
+    slotted: SessionStorage,
+) -> None:
+    slotted.save_checkpoint(b"x")
+    header = decode_file_header(Path(slotted.paths.slots).read_bytes())
+    with open(slotted.paths.slots, "r+b") as f:
+        f.seek(header.slot_offset(0) + RECORD_HEADER_SIZE)
+        f.write(b"Y")
+    with pytest.raises(CorruptCheckpointError) as info:
+        slotted.load_checkpoint()
+    assert info.value.filename == slotted.paths.slots
+    assert slotted.paths.slots in str(info.value)
+
+
+def test_a_leftover_next_file_locks_a_slotted_session(slotted: SessionStorage) -> None:
+    slotted.save_checkpoint(b"kept")
+    Path(slotted.paths.next).write_bytes(b"")
+    with pytest.raises(LockedStorageError) as info:
+        slotted.save_checkpoint(b"new")
+    assert (info.value.errno, info.value.stale) == (errno.EEXIST, True)
+    assert info.value.filename == slotted.paths.next
+    assert slotted.lock_state() is LockState.STALE
+    assert slotted.break_stale_lock()
+    slotted.save_checkpoint(b"new")
+    assert slotted.load_checkpoint() == b"new"
+
+
+def test_a_live_writer_locks_a_slotted_session(slotted: SessionStorage) -> None:
+    import fcntl
+
+    slotted.save_checkpoint(b"kept")
+    fd = os.open(slotted.location, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(LockedStorageError) as info:
+            slotted.save_checkpoint(b"new")
+    finally:
+        os.close(fd)
+    assert (info.value.errno, info.value.stale) == (errno.EWOULDBLOCK, False)
+    assert slotted.load_checkpoint() == b"kept"
+
+
+def test_a_slotted_save_refuses_a_session_in_the_replace_layout(
+    backend: str, tmp_path: Path
+) -> None:
+    replace = SessionStorage.create(tmp_path)
+    replace.save_checkpoint(b"replace layout")
+    slotted = SessionStorage(replace.location, layout=Layout.SLOTTED)
+    with pytest.raises(FileExistsError) as info:
+        slotted.save_checkpoint(b"new")
+    assert info.value.filename == replace.session_file
+    assert slotted.load_checkpoint() == b"replace layout"
+    assert os.listdir(replace.location) == ["session"]
+
+
+def test_load_detects_the_layout_whatever_the_storage_says(
+    slotted: SessionStorage,
+) -> None:
+    slotted.save_checkpoint(b"in slots")
+    assert SessionStorage(slotted.location).load_checkpoint() == b"in slots"
+
+
+def test_the_replace_layout_keeps_no_previous_generation(
+    storage: SessionStorage,
+) -> None:
+    storage.save_checkpoint(b"one")
+    storage.save_checkpoint(b"two")
+    assert storage.load_previous() is None
+
+
+def test_convert_to_slotted_and_back(storage: SessionStorage) -> None:
+    storage.save_checkpoint(b"the checkpoint")
+    slotted = storage.convert_layout(Layout.SLOTTED)
+    assert slotted.layout is Layout.SLOTTED
+    assert os.listdir(storage.location) == ["session.slots"]
+    assert slotted.load_checkpoint() == b"the checkpoint"
+    slotted.save_checkpoint(b"saved slotted")
+    assert slotted.load_previous() == b"the checkpoint"
+    back = slotted.convert_layout(Layout.REPLACE)
+    assert back.layout is Layout.REPLACE
+    assert os.listdir(storage.location) == ["session"]
+    assert back.load_checkpoint() == b"saved slotted"
+    back.save_checkpoint(b"replaced again")
+    assert back.load_checkpoint() == b"replaced again"
+
+
+def test_converting_an_empty_session_changes_nothing_on_disk(
+    storage: SessionStorage,
+) -> None:
+    slotted = storage.convert_layout(Layout.SLOTTED)
+    assert os.listdir(storage.location) == []
+    slotted.save_checkpoint(b"first")
+    assert os.listdir(storage.location) == ["session.slots"]
+
+
+def test_an_interrupted_conversion_loads_the_same_checkpoint_and_finishes(
+    storage: SessionStorage,
+) -> None:
+    storage.save_checkpoint(b"before")
+    slotted = storage.convert_layout(Layout.SLOTTED)
+    # The state a crash leaves between putting session.slots in place and
+    # removing session (to slotted), or between renaming session in and removing
+    # session.slots (to replace): both files, holding the same checkpoint.
+    Path(storage.session_file).write_bytes(b"before")
+    assert storage.load_checkpoint() == b"before"
+    assert slotted.load_checkpoint() == b"before"
+    storage.convert_layout(Layout.SLOTTED)
+    assert os.listdir(storage.location) == ["session.slots"]
+    assert slotted.load_checkpoint() == b"before"
+
+
+def test_conversion_respects_the_lock(storage: SessionStorage) -> None:
+    storage.save_checkpoint(b"kept")
+    Path(storage.paths.next).write_bytes(b"")
+    with pytest.raises(LockedStorageError):
+        storage.convert_layout(Layout.SLOTTED)
+    assert sorted(os.listdir(storage.location)) == ["session", "session.next"]
+
+
+def test_a_missing_slotted_session_raises_naming_it(
+    backend: str, tmp_path: Path
+) -> None:
+    storage = SessionStorage(tmp_path / "gone.session", layout=Layout.SLOTTED)
+    with pytest.raises(FileNotFoundError) as info:
+        storage.save_checkpoint(b"x")
+    assert info.value.filename == storage.location
+    with pytest.raises(FileNotFoundError):
+        storage.load_checkpoint()
+    with pytest.raises(FileNotFoundError):
+        storage.load_previous()
