@@ -1,0 +1,373 @@
+"""The native backend against the fallback: the same errors for the same failures,
+the data types it takes, how it is chosen, and that saves release the GIL."""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from sessionstore import Durability, LockState, SessionStorage, _backend
+from sessionstore._save_plan import plan_save
+
+DURABLE: Final = plan_save(Durability.FULL)
+
+
+@pytest.fixture(scope="module")
+def native() -> _backend.Backend:
+    return _backend.load_native()
+
+
+def _backends(native: _backend.Backend) -> dict[str, _backend.Backend]:
+    return {"python": _backend.PYTHON, "native": native}
+
+
+def _outcome(action: Callable[..., object], *args: object) -> tuple[object, ...]:
+    """What ``action(*args)`` did, in terms both backends must agree on."""
+    try:
+        result = action(*args)
+    except OSError as exc:
+        return (
+            type(exc),
+            exc.errno,
+            exc.strerror,
+            exc.filename,
+            exc.filename2,
+            getattr(exc, "stale", None),
+        )
+    except (TypeError, ValueError, BufferError) as exc:
+        return (type(exc), str(exc))
+    return ("returned", result)
+
+
+def _listing(path: Path) -> list[str]:
+    return sorted(os.listdir(path)) if path.is_dir() else []
+
+
+# Each case prepares a session directory and says what to save into (and how).
+_Case = Callable[[Path], tuple[str, bytes]]
+
+
+def _missing(session: Path) -> tuple[str, bytes]:
+    return str(session / "gone"), DURABLE.codes
+
+
+def _a_file(session: Path) -> tuple[str, bytes]:
+    (session / "file").write_bytes(b"")
+    return str(session / "file"), DURABLE.codes
+
+
+def _leftover(session: Path) -> tuple[str, bytes]:
+    (session / "session.next").write_bytes(b"partial")
+    return str(session), DURABLE.codes
+
+
+def _target_is_a_directory(session: Path) -> tuple[str, bytes]:
+    (session / "session" / "inside").mkdir(parents=True)
+    return str(session), DURABLE.codes
+
+
+def _unwritable(session: Path) -> tuple[str, bytes]:
+    # sysfs refuses new files even to root, unlike a chmod-ed directory.
+    return "/sys/kernel", DURABLE.codes
+
+
+def _nul_in_location(session: Path) -> tuple[str, bytes]:
+    return f"{session}\0x", DURABLE.codes
+
+
+def _unknown_step(session: Path) -> tuple[str, bytes]:
+    return str(session), DURABLE.codes[:4] + b"\x2a"
+
+
+def _relative(session: Path) -> tuple[str, bytes]:
+    return os.path.relpath(session), DURABLE.codes
+
+
+_CASES: Final[dict[str, _Case]] = {
+    "missing-dir": _missing,
+    "location-is-a-file": _a_file,
+    "leftover-next": _leftover,
+    "target-is-a-directory": _target_is_a_directory,
+    "unwritable-dir": _unwritable,
+    "nul-in-location": _nul_in_location,
+    "unknown-step": _unknown_step,
+    "relative-location": _relative,
+}
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_both_backends_fail_alike(
+    native: _backend.Backend, tmp_path: Path, case: str
+) -> None:
+    outcomes = {}
+    for name, chosen in _backends(native).items():
+        session = tmp_path / name
+        session.mkdir()
+        location, codes = _CASES[case](session)
+        result = _outcome(
+            chosen.save, location, b"data", codes, "session.next", "session"
+        )
+        # The same error, up to the name of each backend's own directory.
+        outcomes[name] = (
+            tuple(
+                part.replace(f"/{name}", "/<session>")
+                if isinstance(part, str)
+                else part
+                for part in result
+            ),
+            _listing(session),
+        )
+    assert outcomes["native"] == outcomes["python"]
+    if case == "relative-location":
+        assert outcomes["python"] == (("returned", None), ["session"])
+    else:
+        assert outcomes["python"][0][0] != "returned"
+
+
+def test_a_held_lock_fails_alike(native: _backend.Backend, tmp_path: Path) -> None:
+    outcomes = []
+    for chosen in _backends(native).values():
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            outcomes.append(
+                _outcome(
+                    chosen.save,
+                    str(tmp_path),
+                    b"x",
+                    DURABLE.codes,
+                    "session.next",
+                    "session",
+                )
+            )
+        finally:
+            os.close(fd)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1] == errno.EWOULDBLOCK
+    assert outcomes[0][-1] is False
+    assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda d: d / "gone", id="missing"),
+        pytest.param(lambda d: d, id="directory"),
+    ],
+)
+def test_load_fails_alike(
+    native: _backend.Backend, tmp_path: Path, make: Callable[[Path], Path]
+) -> None:
+    path = str(make(tmp_path))
+    python, ours = (_outcome(b.load, path) for b in (_backend.PYTHON, native))
+    assert ours == python
+    assert python[0] in {FileNotFoundError, IsADirectoryError}
+
+
+@pytest.mark.parametrize("probe", ["lock_state", "break_stale_lock"])
+@pytest.mark.parametrize("where", ["missing", "file"])
+def test_lock_probes_fail_alike(
+    native: _backend.Backend, tmp_path: Path, probe: str, where: str
+) -> None:
+    path = tmp_path / "x"
+    if where == "file":
+        path.write_bytes(b"")
+    outcomes = [
+        _outcome(getattr(b, probe), str(path)) for b in (_backend.PYTHON, native)
+    ]
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] in {FileNotFoundError, NotADirectoryError}
+    assert outcomes[0][3] == str(path)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, for a full disk; needs root and mount rights."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.root
+def test_a_full_disk_fails_alike(native: _backend.Backend, small_tmpfs: Path) -> None:
+    outcomes = {}
+    for name, chosen in _backends(native).items():
+        session = small_tmpfs / name
+        session.mkdir()
+        chosen.save(str(session), b"old", DURABLE.codes, "session.next", "session")
+        result = _outcome(
+            chosen.save,
+            str(session),
+            b"x" * (1 << 20),
+            DURABLE.codes,
+            "session.next",
+            "session",
+        )
+        outcomes[name] = (
+            result[:3],
+            str(result[3]).replace(f"/{name}/", "/"),
+            _listing(session),
+            chosen.load(str(session / "session")),
+        )
+    assert outcomes["native"] == outcomes["python"]
+    assert outcomes["python"][0][:2] == (OSError, errno.ENOSPC)
+    assert outcomes["python"][2:] == (["session"], b"old")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"bytes \x00\xff", id="bytes"),
+        pytest.param(bytearray(b"a bytearray"), id="bytearray"),
+        pytest.param(memoryview(b"--a memoryview slice--")[2:-2], id="memoryview"),
+        pytest.param(memoryview(array.array("I", [1, 2, 3])), id="wide-items"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_native_saves_any_contiguous_buffer(
+    native: _backend.Backend, tmp_path: Path, data: bytes | bytearray | memoryview
+) -> None:
+    native.save(str(tmp_path), data, DURABLE.codes, "session.next", "session")
+
+    assert native.load(str(tmp_path / "session")) == bytes(data)
+    assert _listing(tmp_path) == ["session"]
+
+
+def test_native_refuses_a_strided_buffer_before_touching_the_disk(
+    native: _backend.Backend, tmp_path: Path
+) -> None:
+    strided = memoryview(b"abcdef")[::2]
+
+    with pytest.raises(BufferError, match="contiguous"):
+        native.save(str(tmp_path), strided, DURABLE.codes, "session.next", "session")
+    assert _listing(tmp_path) == []
+
+
+def test_native_lock_state_reports_each_state(
+    native: _backend.Backend, tmp_path: Path
+) -> None:
+    location = str(tmp_path)
+    assert native.lock_state(location) is LockState.UNLOCKED
+    (tmp_path / "session.next").write_bytes(b"")
+    assert native.lock_state(location) is LockState.STALE
+    fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert native.lock_state(location) is LockState.HELD
+        assert native.break_stale_lock(location) is False
+    finally:
+        os.close(fd)
+    assert native.break_stale_lock(location) is True
+    assert _listing(tmp_path) == []
+
+
+def test_a_save_lets_another_thread_run(storage: SessionStorage) -> None:
+    """While a durable save runs, a second Python thread sees ``session.next``.
+
+    The next file exists only inside the save call, so a Python thread can see
+    it only if the save released the GIL; with it held throughout, it never can.
+    """
+    data = b"\x5a" * (32 << 20)
+    next_path = storage.paths.next
+    seen = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if os.path.lexists(next_path):
+                seen.set()
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(20):
+            storage.save_checkpoint(data)
+            if seen.is_set():
+                break
+    finally:
+        done.set()
+        watcher.join()
+    assert seen.is_set()
+
+
+def _fake_extension(**functions: object) -> types.ModuleType:
+    module = types.ModuleType("sessionstore._native")
+    for name, value in functions.items():
+        setattr(module, name, value)
+    return module
+
+
+def test_an_extension_lacking_a_function_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    partial = _fake_extension(save=print, load=print, lock_state=print)
+    monkeypatch.setitem(sys.modules, "sessionstore._native", partial)
+    monkeypatch.delattr("sessionstore._native", raising=False)
+
+    with pytest.raises(ImportError, match="lacks break_stale_lock"):
+        _backend.select({_backend.ENV_VAR: "native"})
+
+
+def test_an_unimportable_extension_falls_back_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "sessionstore._native", None)
+    monkeypatch.delattr("sessionstore._native", raising=False)
+
+    with caplog.at_level(logging.DEBUG, logger="sessionstore"):
+        chosen = _backend.select({})
+
+    assert chosen is _backend.PYTHON
+    assert "native writer unavailable" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("wanted", "expected"), [("", "native"), ("native", "native"), ("python", "python")]
+)
+def test_the_variable_picks_the_backend(wanted: str, expected: str) -> None:
+    assert _backend.select({_backend.ENV_VAR: wanted}).name == expected
+
+
+def test_an_unknown_backend_name_is_an_error() -> None:
+    with pytest.raises(ImportError, match="must be one of"):
+        _backend.select({_backend.ENV_VAR: "rust"})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("SESSIONSTORE_LONG") != "1",
+    reason="writes and reads a file over 2 GiB: set SESSIONSTORE_LONG=1",
+)
+def test_a_checkpoint_over_2_gib_round_trips(storage: SessionStorage) -> None:
+    data = bytearray(b"\xa5") * ((2 << 30) + 4099)
+    data[-1] = 0x5A
+    storage.save_checkpoint(data)
+    loaded = storage.load_checkpoint()
+    assert len(loaded) == len(data)
+    assert loaded[-2:] == b"\xa5\x5a"
+    del loaded, data
