@@ -10,6 +10,7 @@ from ._errors import LockedStorageError
 from ._lock_state import LockState
 from ._options import Durability, Layout
 from ._repository import SessionStorageRepository
+from ._session_info import SessionInfo
 from ._storage import SessionStorage
 
 backend: Final[str] = _active.current.name
@@ -21,6 +22,7 @@ __all__ = [
     "Layout",
     "LockState",
     "LockedStorageError",
+    "SessionInfo",
     "SessionStorage",
     "SessionStorageRepository",
     "backend",

@@ -1,0 +1,91 @@
+"""Which sessions a prune removes: a pure function of the scan, the time and the policy.
+
+The repository's ``prune()`` only executes what ``plan_prune`` decides, so every
+rule below is tested without touching a disk.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+
+import attrs
+
+from ._lock_state import LockState
+from ._session_info import SessionInfo
+
+
+def _check_keep(_: object, __: object, value: int | None) -> None:
+    if value is None:
+        return
+    # bool is an int to Python, but keep=True is a mistake, not "keep one".
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"keep must be an int or None, got {value!r}")
+    if value < 0:
+        raise ValueError(f"keep must not be negative, got {value}")
+
+
+def _check_older_than(_: object, __: object, value: datetime.timedelta | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, datetime.timedelta):
+        raise TypeError(f"older_than must be a timedelta or None, got {value!r}")
+    if value < datetime.timedelta(0):
+        raise ValueError(f"older_than must not be negative, got {value}")
+
+
+@attrs.frozen
+class PrunePolicy:
+    """What a prune may remove; at least one of the two limits is required.
+
+    ``keep=N`` spares the N youngest sessions that are not held by a live
+    writer; ``older_than=age`` spares every session modified within ``age`` of
+    now. Given both, a session goes only when both allow it: outside the N
+    youngest *and* older than ``age``, so neither limit is ever overridden by
+    the other. Given neither, there is no policy, and a prune that would wipe
+    the whole repository by accident is refused with ValueError.
+    """
+
+    keep: int | None = attrs.field(default=None, validator=_check_keep)
+    older_than: datetime.timedelta | None = attrs.field(
+        default=None, validator=_check_older_than
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.keep is None and self.older_than is None:
+            raise ValueError(
+                "prune needs keep, older_than or both; refusing to remove all"
+            )
+
+
+def youngest_first(sessions: Iterable[SessionInfo]) -> list[SessionInfo]:
+    """``sessions`` by ``modified``, youngest first; equal times by location.
+
+    The plan sorts for itself so that its answer depends on the set of sessions
+    only, never on the order a caller happens to pass them in.
+    """
+    by_location = sorted(sessions, key=lambda s: s.location)
+    return sorted(by_location, key=lambda s: s.modified, reverse=True)
+
+
+def plan_prune(
+    sessions: Iterable[SessionInfo],
+    now: datetime.datetime,
+    policy: PrunePolicy,
+) -> list[SessionInfo]:
+    """The sessions ``policy`` removes at ``now``, youngest first.
+
+    A session whose lock is ``HELD`` is never removed and does not count
+    towards ``keep``: a live writer is using it. A ``STALE`` one is fair game,
+    its writer is gone. The answer is a subset of ``sessions``, and planning
+    again on what is left removes nothing more.
+    """
+    if now.tzinfo is None:
+        raise ValueError(f"prune time must be timezone-aware, got {now!r}")
+    candidates = youngest_first(s for s in sessions if s.lock is not LockState.HELD)
+    if policy.keep is not None:
+        candidates = candidates[policy.keep :]
+    if policy.older_than is not None:
+        cutoff = now - policy.older_than
+        candidates = [s for s in candidates if s.modified < cutoff]
+    return candidates

@@ -1,0 +1,170 @@
+"""The prune plan: which sessions go, as a pure function of scan, time and policy."""
+
+from __future__ import annotations
+
+import datetime
+from random import Random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sessionstore import LockState, SessionInfo
+from sessionstore._prune import PrunePolicy, plan_prune, youngest_first
+
+UTC = datetime.timezone.utc
+NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+times = st.datetimes(
+    min_value=datetime.datetime(2025, 1, 1),
+    max_value=datetime.datetime(2026, 7, 1),
+    timezones=st.just(UTC),
+)
+
+
+@st.composite
+def scans(draw: st.DrawFn) -> list[SessionInfo]:
+    """Sessions with distinct locations, any times (ties included), any locks."""
+    names = draw(st.lists(st.text("abcdef", min_size=1, max_size=6), unique=True))
+    # Few distinct times, so that equal modification times are common.
+    pool = draw(st.lists(times, min_size=1, max_size=4))
+    return [
+        SessionInfo(
+            id=name,
+            location=f"/repo/{name}.session",
+            modified=draw(st.sampled_from(pool)),
+            checkpoint_size=draw(st.none() | st.integers(0, 1 << 40)),
+            lock=draw(st.sampled_from(LockState)),
+        )
+        for name in names
+    ]
+
+
+keeps = st.integers(0, 12)
+ages = st.timedeltas(
+    min_value=datetime.timedelta(0), max_value=datetime.timedelta(days=600)
+)
+policies = st.builds(PrunePolicy, keep=st.none() | keeps, older_than=ages) | st.builds(
+    PrunePolicy, keep=keeps, older_than=st.none() | ages
+)
+
+
+def not_held(sessions: list[SessionInfo]) -> list[SessionInfo]:
+    return [s for s in sessions if s.lock is not LockState.HELD]
+
+
+@given(scans(), policies)
+def test_never_removes_a_held_session(
+    sessions: list[SessionInfo], policy: PrunePolicy
+) -> None:
+    assert all(s.lock is not LockState.HELD for s in plan_prune(sessions, NOW, policy))
+
+
+@given(scans(), policies)
+def test_removes_only_sessions_it_was_given(
+    sessions: list[SessionInfo], policy: PrunePolicy
+) -> None:
+    removed = plan_prune(sessions, NOW, policy)
+    assert len(set(removed)) == len(removed)
+    assert set(removed) <= set(sessions)
+
+
+@given(scans(), keeps)
+def test_keep_alone_keeps_exactly_the_n_youngest_not_held(
+    sessions: list[SessionInfo], keep: int
+) -> None:
+    removed = set(plan_prune(sessions, NOW, PrunePolicy(keep=keep)))
+    kept = [s for s in not_held(sessions) if s not in removed]
+    assert len(kept) == min(keep, len(not_held(sessions)))
+    # Every kept session is at least as young as every removed one.
+    for k in kept:
+        for r in removed:
+            assert k.modified >= r.modified
+
+
+@given(scans(), ages)
+def test_older_than_alone_removes_exactly_the_old_sessions_not_held(
+    sessions: list[SessionInfo], age: datetime.timedelta
+) -> None:
+    removed = plan_prune(sessions, NOW, PrunePolicy(older_than=age))
+    assert set(removed) == {s for s in not_held(sessions) if s.modified < NOW - age}
+
+
+@given(scans(), keeps, ages)
+def test_both_limits_remove_only_what_each_alone_would(
+    sessions: list[SessionInfo], keep: int, age: datetime.timedelta
+) -> None:
+    both = set(plan_prune(sessions, NOW, PrunePolicy(keep=keep, older_than=age)))
+    by_keep = set(plan_prune(sessions, NOW, PrunePolicy(keep=keep)))
+    by_age = set(plan_prune(sessions, NOW, PrunePolicy(older_than=age)))
+    assert both == by_keep & by_age
+
+
+@given(scans(), policies)
+def test_pruning_what_is_left_removes_nothing_more(
+    sessions: list[SessionInfo], policy: PrunePolicy
+) -> None:
+    removed = set(plan_prune(sessions, NOW, policy))
+    left = [s for s in sessions if s not in removed]
+    assert plan_prune(left, NOW, policy) == []
+
+
+@given(scans(), policies, st.randoms())
+def test_the_answer_does_not_depend_on_the_input_order(
+    sessions: list[SessionInfo], policy: PrunePolicy, rng: Random
+) -> None:
+    shuffled = list(sessions)
+    rng.shuffle(shuffled)
+    assert plan_prune(shuffled, NOW, policy) == plan_prune(sessions, NOW, policy)
+
+
+@given(scans(), policies)
+def test_the_answer_is_youngest_first(
+    sessions: list[SessionInfo], policy: PrunePolicy
+) -> None:
+    removed = plan_prune(sessions, NOW, policy)
+    assert removed == youngest_first(removed)
+    assert [s.modified for s in removed] == sorted(
+        (s.modified for s in removed), reverse=True
+    )
+
+
+def test_ties_in_time_are_broken_by_location() -> None:
+    same = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    b, a = (
+        SessionInfo(n, f"/r/{n}.session", same, None, LockState.UNLOCKED) for n in "ba"
+    )
+    assert youngest_first([b, a]) == [a, b]
+    assert plan_prune([b, a], NOW, PrunePolicy(keep=1)) == [b]
+
+
+def test_stale_sessions_can_go_held_ones_cannot() -> None:
+    old = datetime.datetime(2025, 1, 1, tzinfo=UTC)
+    stale = SessionInfo("s", "/r/s.session", old, 3, LockState.STALE)
+    held = SessionInfo("h", "/r/h.session", old, 3, LockState.HELD)
+    assert plan_prune([stale, held], NOW, PrunePolicy(keep=0)) == [stale]
+
+
+def test_a_policy_without_limits_is_refused() -> None:
+    with pytest.raises(ValueError, match="keep, older_than or both"):
+        PrunePolicy()
+
+
+@pytest.mark.parametrize(
+    ("keep", "older_than", "error"),
+    [
+        (-1, None, ValueError),
+        (None, datetime.timedelta(seconds=-1), ValueError),
+        (True, None, TypeError),
+        (1.5, None, TypeError),
+        (None, 7, TypeError),
+    ],
+)
+def test_bad_limits_are_refused(keep: object, older_than: object, error: type) -> None:
+    with pytest.raises(error):
+        PrunePolicy(keep=keep, older_than=older_than)  # type: ignore[arg-type]
+
+
+def test_a_naive_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        plan_prune([], datetime.datetime(2026, 1, 1), PrunePolicy(keep=1))

@@ -1,0 +1,285 @@
+"""scan() and prune(): what a repository reports about its sessions, and removes."""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from sessionstore import (
+    LockState,
+    SessionInfo,
+    SessionStorage,
+    SessionStorageRepository,
+)
+from sessionstore._naming import NEXT_NAME, plan_tombstone_name
+from sessionstore._repository import _inspect, _list, _remove_unless_held, describe
+
+UTC = datetime.timezone.utc
+DAY_NS = 86_400 * 10**9
+
+
+def make(
+    repo: Path, data: bytes | None = None, *, age_days: float = 0
+) -> SessionStorage:
+    """A session ``age_days`` old, with ``data`` as checkpoint unless that is None."""
+    storage = SessionStorage.create(repo)
+    if data is not None:
+        storage.save_checkpoint(data)
+    set_age(storage, age_days)
+    return storage
+
+
+def set_age(storage: SessionStorage, age_days: float) -> None:
+    mtime_ns = int(datetime.datetime.now(UTC).timestamp() * 1e9 - age_days * DAY_NS)
+    os.utime(storage.location, ns=(mtime_ns, mtime_ns))
+
+
+@contextmanager
+def held(storage: SessionStorage) -> Iterator[None]:
+    """The session's lock held, as a live writer inside a save holds it."""
+    fd = os.open(storage.location, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def leave_stale_lock(storage: SessionStorage) -> None:
+    """What a writer that died inside a save leaves behind."""
+    Path(storage.location, NEXT_NAME).write_bytes(b"half")
+    set_age(storage, 0)
+
+
+def test_scan_reports_id_location_time_size_and_lock(
+    backend: str, tmp_path: Path
+) -> None:
+    storage = make(tmp_path, b"x" * 1234)
+    mtime_ns = 1_700_000_000_123_456_789
+    os.utime(storage.location, ns=(mtime_ns, mtime_ns))
+    (info,) = SessionStorageRepository(tmp_path).scan()
+    assert info == SessionInfo(
+        id=storage.id,
+        location=storage.location,
+        modified=datetime.datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC),
+        checkpoint_size=1234,
+        lock=LockState.UNLOCKED,
+    )
+    assert info.modified.utcoffset() == datetime.timedelta(0)
+
+
+def test_a_session_without_checkpoint_has_no_size(backend: str, tmp_path: Path) -> None:
+    make(tmp_path, None)
+    make(tmp_path, b"")
+    sizes = {i.checkpoint_size for i in SessionStorageRepository(tmp_path).scan()}
+    assert sizes == {None, 0}
+
+
+def test_scan_lists_what_get_storage_list_lists_in_the_same_order(
+    backend: str, tmp_path: Path
+) -> None:
+    for age in (3, 1, 2, 5, 4):
+        make(tmp_path, b"c", age_days=age)
+    (tmp_path / "file.session").write_bytes(b"")
+    (tmp_path / ".hidden.session").mkdir()
+    (tmp_path / "link.session").symlink_to(tmp_path / ".hidden.session")
+    repo = SessionStorageRepository(tmp_path)
+    infos = repo.scan()
+    assert [i.location for i in infos] == [s.location for s in repo.get_storage_list()]
+    assert len(infos) == 5
+    assert [i.modified for i in infos] == sorted(
+        (i.modified for i in infos), reverse=True
+    )
+
+
+def test_scan_reports_each_lock_state(backend: str, tmp_path: Path) -> None:
+    unlocked = make(tmp_path, b"u", age_days=3)
+    stale = make(tmp_path, b"s", age_days=2)
+    leave_stale_lock(stale)
+    busy = make(tmp_path, b"h", age_days=1)
+    repo = SessionStorageRepository(tmp_path)
+    with held(busy):
+        locks = {i.location: i.lock for i in repo.scan()}
+    assert locks == {
+        unlocked.location: LockState.UNLOCKED,
+        stale.location: LockState.STALE,
+        busy.location: LockState.HELD,
+    }
+    # The same answers the per-session probe gives.
+    assert {loc: SessionStorage(loc).lock_state() for loc in locks} == {
+        unlocked.location: LockState.UNLOCKED,
+        stale.location: LockState.STALE,
+        busy.location: LockState.UNLOCKED,
+    }
+
+
+def test_a_missing_repository_scans_empty(backend: str, tmp_path: Path) -> None:
+    assert SessionStorageRepository(tmp_path / "missing").scan() == []
+
+
+def test_a_repository_that_is_a_file_raises(backend: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        SessionStorageRepository(tmp_path / "file").scan()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
+def test_a_repository_it_may_not_read_raises(backend: str, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make(repo, b"x")
+    repo.chmod(0o700)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        status = 3
+        try:
+            os.setuid(65534)
+            SessionStorageRepository(repo).scan()
+            status = 1
+        except PermissionError:
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "scan did not raise PermissionError"
+
+
+def test_a_session_removed_between_listing_and_inspection_is_left_out(
+    backend: str, tmp_path: Path
+) -> None:
+    keep = make(tmp_path, b"k", age_days=1)
+    gone_with_checkpoint = make(tmp_path, b"g", age_days=2)
+    gone_empty = make(tmp_path, None, age_days=3)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listed = _list(dir_fd).sessions
+        gone_with_checkpoint.remove()
+        gone_empty.remove()
+        infos = _inspect(str(tmp_path), dir_fd, listed)
+    finally:
+        os.close(dir_fd)
+    assert [i.location for i in infos] == [keep.location]
+
+
+def test_describe_reports_one_session_as_scan_does(
+    backend: str, tmp_path: Path
+) -> None:
+    storage = make(tmp_path, b"abc")
+    assert [describe(storage.location)] == SessionStorageRepository(tmp_path).scan()
+    with pytest.raises(FileNotFoundError) as raised:
+        describe(str(tmp_path / "missing.session"))
+    assert raised.value.filename == str(tmp_path / "missing.session")
+
+
+def names(infos: list[SessionInfo]) -> list[str]:
+    return [i.id for i in infos]
+
+
+def test_prune_keep_removes_all_but_the_n_youngest(
+    backend: str, tmp_path: Path
+) -> None:
+    sessions = [make(tmp_path, b"x", age_days=age) for age in (1, 2, 3, 4)]
+    repo = SessionStorageRepository(tmp_path)
+    removed = repo.prune(keep=2)
+    assert names(removed) == [s.id for s in sessions[2:]]
+    assert repo.get_storage_list() == sessions[:2]
+    assert not any(os.path.lexists(s.location) for s in sessions[2:])
+
+
+def test_prune_older_than_removes_the_old_ones(backend: str, tmp_path: Path) -> None:
+    young = make(tmp_path, b"x", age_days=1)
+    old = make(tmp_path, b"x", age_days=10)
+    repo = SessionStorageRepository(tmp_path)
+    assert names(repo.prune(older_than=datetime.timedelta(days=7))) == [old.id]
+    assert repo.get_storage_list() == [young]
+
+
+def test_prune_with_both_limits_spares_what_either_spares(
+    backend: str, tmp_path: Path
+) -> None:
+    recent = [make(tmp_path, b"x", age_days=age) for age in (1, 2, 3)]
+    old = [make(tmp_path, b"x", age_days=age) for age in (10, 11)]
+    repo = SessionStorageRepository(tmp_path)
+    # keep=1 alone would remove four; the age spares the recent ones.
+    removed = repo.prune(keep=1, older_than=datetime.timedelta(days=7))
+    assert names(removed) == [s.id for s in old]
+    assert repo.get_storage_list() == recent
+
+
+def test_a_dry_run_names_the_same_sessions_and_removes_nothing(
+    backend: str, tmp_path: Path
+) -> None:
+    sessions = [make(tmp_path, b"x", age_days=age) for age in (1, 2, 3)]
+    tombstone = tmp_path / plan_tombstone_name("old.session", "dead")
+    tombstone.mkdir()
+    repo = SessionStorageRepository(tmp_path)
+    planned = repo.prune(keep=1, dry_run=True)
+    assert repo.get_storage_list() == sessions
+    assert tombstone.is_dir()
+    assert repo.prune(keep=1) == planned
+
+
+def test_prune_never_removes_a_held_session(backend: str, tmp_path: Path) -> None:
+    busy = make(tmp_path, b"x", age_days=30)
+    idle = make(tmp_path, b"x", age_days=1)
+    stale = make(tmp_path, b"x", age_days=20)
+    leave_stale_lock(stale)
+    set_age(stale, 20)
+    repo = SessionStorageRepository(tmp_path)
+    with held(busy):
+        removed = repo.prune(keep=0)
+    assert sorted(names(removed)) == sorted([idle.id, stale.id])
+    assert repo.get_storage_list() == [busy]
+
+
+def test_a_session_locked_after_the_scan_is_not_removed(
+    backend: str, tmp_path: Path
+) -> None:
+    storage = make(tmp_path, b"precious")
+    (info,) = SessionStorageRepository(tmp_path).scan()
+    assert info.lock is LockState.UNLOCKED
+    with held(storage):
+        assert _remove_unless_held(info) is False
+    assert storage.load_checkpoint() == b"precious"
+    assert _remove_unless_held(info) is True
+    assert not os.path.lexists(storage.location)
+
+
+def test_prune_finishes_interrupted_removals(backend: str, tmp_path: Path) -> None:
+    session = make(tmp_path, b"x", age_days=1)
+    tombstone = tmp_path / plan_tombstone_name("pbox-old.session", "dead")
+    (tombstone / "inner").mkdir(parents=True)
+    (tombstone / "session").write_bytes(b"half removed")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep")
+    (tombstone / "link").symlink_to(outside)
+    repo = SessionStorageRepository(tmp_path)
+    assert repo.prune(keep=5) == []
+    assert not tombstone.exists()
+    assert (outside / "precious").read_bytes() == b"keep"
+    assert repo.get_storage_list() == [session]
+
+
+def test_prune_of_a_missing_repository_removes_nothing(
+    backend: str, tmp_path: Path
+) -> None:
+    assert SessionStorageRepository(tmp_path / "missing").prune(keep=0) == []
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{}, {"keep": -1}, {"older_than": datetime.timedelta(days=-1)}],
+)
+def test_prune_refuses_bad_limits_before_touching_anything(
+    backend: str, tmp_path: Path, limits: dict[str, object]
+) -> None:
+    session = make(tmp_path, b"x", age_days=100)
+    with pytest.raises(ValueError):
+        SessionStorageRepository(tmp_path).prune(**limits)  # type: ignore[arg-type]
+    assert SessionStorageRepository(tmp_path).get_storage_list() == [session]
