@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeVar
-
 import attrs
 
 
@@ -14,9 +12,6 @@ class ListedSession:
 
     name: str
     mtime_ns: int
-
-
-_T = TypeVar("_T")
 
 
 def sort_key(mtime_ns: int, name: str) -> tuple[int, str]:
