@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from hypothesis import given
@@ -31,7 +32,7 @@ def test_the_order_does_not_depend_on_the_input_order(
 @given(sessions)
 def test_younger_comes_first_and_ties_go_by_name(listed: list[ListedSession]) -> None:
     ordered = youngest_first(listed)
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         assert a.mtime_ns > b.mtime_ns or (a.mtime_ns == b.mtime_ns and a.name < b.name)
 
 
