@@ -1,0 +1,452 @@
+"""Every state a power cut during a save can leave on disk, and recovery from each.
+
+The explorer runs a save plan (``plan_save()``) step by step on a model of one
+session directory, cuts the power after every step, enumerates every state the
+disk may then hold, writes each into a real directory and checks that the real
+library recovers from it: ``load_checkpoint()`` gives the old checkpoint or the
+new one, in full (only the new one once the save has returned); ``lock_state()``
+is UNLOCKED, or STALE exactly when ``session.next`` is there; after
+``break_stale_lock()`` a save works.
+
+Persistence model
+-----------------
+Conservative: it assumes less of a filesystem than ext4, xfs or btrfs promise.
+
+1. State. One directory maps names to inodes; an inode holds bytes. The model
+   keeps what the program sees and, apart, what is durable: sure to be on disk.
+2. Effects. A step issues effects: entry effects on the directory (link a new
+   inode under a name, rename, unlink) and data effects on an inode (write bytes
+   at an offset, which may extend the file).
+3. Barriers. A flush (``fsync``/``fdatasync`` of a file, ``fsync`` of the
+   directory) that has returned makes every effect issued before it on that one
+   object durable: a file's flush its data and size, the directory's flush its
+   entries. Nothing else orders anything: a file's flush does not make its name
+   durable, the directory's flush does not make the data of the files it names
+   durable, and a flush that was still running when the power went off counts
+   for nothing.
+4. A power cut leaves the durable state plus any subset of the effects that
+   were issued but are not yet durable, each chosen independently; those that
+   land take effect in the order they were issued (a journal replays in order).
+   In particular a rename may land while the data of the file it names does not.
+5. Atomicity. An entry effect lands whole or not at all; a rename leaves its
+   target naming the old inode or the renamed one, never nothing, but its source
+   name may survive as a second link to the renamed inode. A data effect tears
+   at 512-byte sectors: each sector it covers lands or not, a sector that did not
+   land reads as what was durable there (zeros past the durable end of the file),
+   and a write that extended the file leaves the old size or the new one.
+6. Locks (``flock``) live in memory: no power cut leaves one held.
+7. The session directory itself is durable before the save starts
+   (``SessionStorage.create`` flushes its parent).
+
+A step that was running when the power went off has issued its effects (all,
+none or a torn part of them, which rule 5 covers) and has not completed its
+barrier, so cutting after every step, with a step's barrier complete only from
+the cut after it on, enumerates every state of a cut at any moment.
+
+What each step does to the disk is a table from ``SaveStep`` to effects
+(``REPLACE_STEPS`` for the seed's layout); another layout adds its steps with
+their effects (say a ``pwrite`` of a record into a slot, a ``Write`` at the
+slot's offset, and an ``fdatasync``, a ``Flush`` of that inode) and explores its
+plan with the same machinery. Data must stay within ``MAX_TORN_SECTORS`` sectors
+per write, so that tearing is enumerated exhaustively rather than sampled.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from sessionstore import LockState, SessionStorage
+from sessionstore._naming import NEXT_NAME
+from sessionstore._save_plan import SavePlan, SaveStep
+
+# The unit a disk writes atomically: a write is torn at these boundaries only.
+SECTOR: Final = 512
+# Past this many sectors per write, exhaustive tearing (2**n states) gets slow.
+MAX_TORN_SECTORS: Final = 8
+# The object a directory flush makes durable; inodes are numbered from 1.
+DIRECTORY: Final = 0
+
+
+@attrs.frozen
+class Disk:
+    """Names in the session directory and the bytes of each inode."""
+
+    entries: Mapping[str, int]
+    inodes: Mapping[int, bytes]
+
+    @classmethod
+    def read(cls, directory: Path) -> Disk:
+        """The disk as a real directory holds it (hard links share an inode)."""
+        entries: dict[str, int] = {}
+        inodes: dict[int, bytes] = {}
+        numbers: dict[int, int] = {}
+        for path in sorted(directory.iterdir()):
+            number = numbers.setdefault(path.stat().st_ino, len(numbers) + 1)
+            entries[path.name] = number
+            inodes[number] = path.read_bytes()
+        return cls(entries, inodes)
+
+    def with_entries(self, entries: Mapping[str, int]) -> Disk:
+        return attrs.evolve(self, entries=dict(entries))
+
+    def with_inode(self, inode: int, data: bytes) -> Disk:
+        return attrs.evolve(self, inodes={**self.inodes, inode: data})
+
+
+# -- effects --------------------------------------------------------------------
+
+# How one effect may have landed: a label for reports and the disk it leaves.
+Landing = tuple[str, Disk]
+
+
+@attrs.frozen
+class Link:
+    """A new inode gets a name (``openat`` with ``O_CREAT``)."""
+
+    name: str
+    inode: int
+    target: int = attrs.field(default=DIRECTORY, repr=False)
+
+    def apply(self, disk: Disk) -> Disk:
+        linked = disk.with_entries({**disk.entries, self.name: self.inode})
+        if self.inode in disk.inodes:
+            return linked
+        return linked.with_inode(self.inode, b"")
+
+    def landings(self, disk: Disk) -> list[Landing]:
+        return [(f"{self} lost", disk), (f"{self} landed", self.apply(disk))]
+
+
+@attrs.frozen
+class Rename:
+    """``source`` is renamed over ``destination``; it named ``inode`` when issued."""
+
+    source: str
+    destination: str
+    inode: int
+    target: int = attrs.field(default=DIRECTORY, repr=False)
+
+    def apply(self, disk: Disk, *, keep_source: bool = False) -> Disk:
+        entries = {**disk.entries, self.destination: self.inode}
+        if not keep_source and entries.get(self.source) == self.inode:
+            del entries[self.source]
+        return disk.with_entries(entries)
+
+    def landings(self, disk: Disk) -> list[Landing]:
+        return [
+            (f"{self} lost", disk),
+            (f"{self} landed", self.apply(disk)),
+            (f"{self} landed, source kept", self.apply(disk, keep_source=True)),
+        ]
+
+
+@attrs.frozen
+class Unlink:
+    """``name`` is removed; it named ``inode`` when issued."""
+
+    name: str
+    inode: int
+    target: int = attrs.field(default=DIRECTORY, repr=False)
+
+    def apply(self, disk: Disk) -> Disk:
+        entries = dict(disk.entries)
+        if entries.get(self.name) == self.inode:
+            del entries[self.name]
+        return disk.with_entries(entries)
+
+    def landings(self, disk: Disk) -> list[Landing]:
+        return [(f"{self} lost", disk), (f"{self} landed", self.apply(disk))]
+
+
+@attrs.frozen
+class Write:
+    """``data`` written into ``inode`` at ``offset``."""
+
+    inode: int
+    offset: int
+    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+
+    @property
+    def target(self) -> int:
+        return self.inode
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+    def apply(self, disk: Disk) -> Disk:
+        return self._land(disk, self._sectors(), extend=True)
+
+    def _sectors(self) -> range:
+        if not self.data:
+            return range(0)
+        return range(self.offset // SECTOR, (self.end - 1) // SECTOR + 1)
+
+    def _land(self, disk: Disk, sectors: Sequence[int], *, extend: bool) -> Disk:
+        old = disk.inodes.get(self.inode, b"")
+        content = bytearray(old.ljust(max(len(old), self.end), b"\0"))
+        for sector in sectors:
+            start = max(sector * SECTOR, self.offset)
+            stop = min((sector + 1) * SECTOR, self.end)
+            content[start:stop] = self.data[start - self.offset : stop - self.offset]
+        size = max(len(old), self.end) if extend else len(old)
+        return disk.with_inode(self.inode, bytes(content[:size]))
+
+    def landings(self, disk: Disk) -> list[Landing]:
+        sectors = self._sectors()
+        if len(sectors) > MAX_TORN_SECTORS:
+            raise ValueError(
+                f"{self} covers {len(sectors)} sectors; keep explored writes within "
+                f"{MAX_TORN_SECTORS} so that tearing is enumerated exhaustively"
+            )
+        extends = self.end > len(disk.inodes.get(self.inode, b""))
+        result = []
+        for mask in itertools.product((False, True), repeat=len(sectors)):
+            landed = [s for s, keep in zip(sectors, mask, strict=True) if keep]
+            for extend in (False, True) if extends else (False,):
+                size = "new" if extend else "old"
+                label = f"{self}: sectors {landed} landed, size {size}"
+                result.append((label, self._land(disk, landed, extend=extend)))
+        return result
+
+
+Effect = Link | Rename | Unlink | Write
+
+
+@attrs.frozen
+class Flush:
+    """A barrier: once it returns, every earlier effect on ``target`` is durable."""
+
+    target: int
+
+
+# -- what each step does ----------------------------------------------------------
+
+
+@attrs.define
+class Execution:
+    """The program's side of a save in progress: what a step model reads and changes."""
+
+    plan: SavePlan
+    payload: bytes
+    """what the plan's write step writes (the checkpoint, for the seed's layout)"""
+    disk: Disk
+    """the disk as the program sees it (every issued effect applied)"""
+    handles: dict[str, int] = attrs.Factory(dict)
+    """open files by role (``"next"``), as inode numbers"""
+
+    def new_inode(self) -> int:
+        number = max([DIRECTORY, *self.disk.inodes]) + 1
+        self.disk = self.disk.with_inode(number, b"")
+        return number
+
+
+StepModel = Callable[[Execution], Sequence[Effect | Flush]]
+
+
+def _create_next(run: Execution) -> Sequence[Effect | Flush]:
+    run.handles["next"] = run.new_inode()
+    return [Link(run.plan.next_name, run.handles["next"])]
+
+
+def _nothing_on_disk(run: Execution) -> Sequence[Effect | Flush]:
+    return []
+
+
+REPLACE_STEPS: Final[Mapping[SaveStep, StepModel]] = {
+    SaveStep.OPEN_DIR: _nothing_on_disk,
+    SaveStep.LOCK_DIR: _nothing_on_disk,  # rule 6: a lock is memory only
+    SaveStep.CREATE_NEXT: _create_next,
+    SaveStep.WRITE_NEXT: lambda run: [Write(run.handles["next"], 0, run.payload)],
+    SaveStep.FSYNC_NEXT: lambda run: [Flush(run.handles["next"])],
+    SaveStep.CLOSE_NEXT: _nothing_on_disk,
+    SaveStep.RENAME_NEXT: lambda run: [
+        Rename(run.plan.next_name, run.plan.target_name, run.handles["next"])
+    ],
+    SaveStep.FSYNC_DIR: lambda run: [Flush(DIRECTORY)],
+    SaveStep.CLOSE_DIR: _nothing_on_disk,
+}
+"""The on-disk effects of the steps of the replace-by-rename save."""
+
+
+# -- enumerating crash states ---------------------------------------------------
+
+
+@attrs.frozen
+class CrashState:
+    """One state of the session directory after a power cut.
+
+    ``files`` is what each name reads as; ``links`` groups names that are one
+    inode. ``returned`` says whether the save had returned before the cut;
+    ``cut`` and ``landed`` say how the state came about, for reports.
+    """
+
+    files: tuple[tuple[str, bytes], ...]
+    links: tuple[tuple[str, ...], ...]
+    returned: bool
+    cut: str = attrs.field(eq=False)
+    landed: tuple[str, ...] = attrs.field(eq=False)
+
+    @classmethod
+    def of(
+        cls, disk: Disk, *, returned: bool, cut: str, landed: Sequence[str]
+    ) -> CrashState:
+        names_of: dict[int, list[str]] = {}
+        for name, inode in sorted(disk.entries.items()):
+            names_of.setdefault(inode, []).append(name)
+        return cls(
+            files=tuple(sorted((n, disk.inodes[i]) for n, i in disk.entries.items())),
+            links=tuple(
+                sorted(tuple(names) for names in names_of.values() if len(names) > 1)
+            ),
+            returned=returned,
+            cut=cut,
+            landed=tuple(landed),
+        )
+
+    def content(self, name: str) -> bytes | None:
+        return dict(self.files).get(name)
+
+    def materialize(self, directory: Path) -> None:
+        """Write this state into ``directory``, a new directory."""
+        directory.mkdir(mode=0o700)
+        linked = {name: group[0] for group in self.links for name in group[1:]}
+        for name, data in self.files:
+            if name not in linked:
+                (directory / name).write_bytes(data)
+        for name, first in linked.items():
+            os.link(directory / first, directory / name)
+
+    def __str__(self) -> str:
+        files = ", ".join(f"{n}: {len(d)} bytes" for n, d in self.files) or "empty"
+        links = f", linked {self.links}" if self.links else ""
+        landed = "; ".join(self.landed) or "nothing pending"
+        return f"cut {self.cut}: {files}{links} [{landed}]"
+
+
+def _landings(
+    pending: Sequence[Effect], disk: Disk
+) -> Iterator[tuple[Disk, list[str]]]:
+    """Every disk the pending effects may leave, in issue order (rules 4 and 5)."""
+    if not pending:
+        yield disk, []
+        return
+    first, rest = pending[0], pending[1:]
+    for label, landed in first.landings(disk):
+        for final, labels in _landings(rest, landed):
+            yield final, [label, *labels]
+
+
+def explore(
+    plan: SavePlan,
+    before: Disk,
+    payload: bytes,
+    steps: Mapping[SaveStep, StepModel] = REPLACE_STEPS,
+) -> list[CrashState]:
+    """Every distinct state a power cut at any moment of ``plan`` can leave.
+
+    ``before`` is the durable disk when the save starts; ``payload`` is what the
+    plan writes. States that look alike on disk and agree on whether the save
+    had returned are reported once.
+    """
+    unknown = [step for step in plan.steps if step not in steps]
+    if unknown:
+        raise ValueError(f"no model of the on-disk effects of {unknown}")
+    run = Execution(plan, payload, before)
+    durable = before
+    pending: list[Effect] = []
+    found: dict[CrashState, None] = {}
+    cuts = [("before the save", None), *((f"after {s.name}", s) for s in plan.steps)]
+    for number, (cut, step) in enumerate(cuts):
+        if step is not None:
+            for effect in steps[step](run):
+                if isinstance(effect, Flush):
+                    durable = _flush(durable, pending, effect.target)
+                    pending = [e for e in pending if e.target != effect.target]
+                else:
+                    pending.append(effect)
+                    run.disk = effect.apply(run.disk)
+        returned = number == len(cuts) - 1
+        for disk, labels in _landings(pending, durable):
+            state = CrashState.of(disk, returned=returned, cut=cut, landed=labels)
+            found.setdefault(state)
+    return list(found)
+
+
+def _flush(durable: Disk, pending: Sequence[Effect], target: int) -> Disk:
+    for effect in pending:
+        if effect.target == target:
+            durable = effect.apply(durable)
+    return durable
+
+
+# -- checking recovery with the real library ------------------------------------------
+
+
+class Problem(enum.Enum):
+    """What a crash state did wrong."""
+
+    TORN = "load gives neither the old nor the new checkpoint in full"
+    LOST = "the save had returned, yet the old checkpoint loads"
+    LOCK = "the lock state is not UNLOCKED, or STALE exactly when session.next is left"
+    STUCK = "after break_stale_lock() a save does not work"
+
+
+@attrs.frozen
+class Violation:
+    state: CrashState
+    problem: Problem
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.problem.name}: {self.detail}\n    in {self.state}"
+
+
+def check(
+    state: CrashState, directory: Path, *, old: bytes, new: bytes
+) -> list[Violation]:
+    """Materialize ``state`` in ``directory`` and recover from it with the library."""
+    state.materialize(directory)
+    storage = SessionStorage(directory)
+    found: list[Violation] = []
+    loaded = storage.load_checkpoint()
+    if loaded != new and (state.returned or loaded != old):
+        problem = Problem.LOST if loaded == old else Problem.TORN
+        found.append(Violation(state, problem, f"loaded {len(loaded)} bytes"))
+    leftover = state.content(NEXT_NAME) is not None
+    lock = storage.lock_state()
+    if lock is not (LockState.STALE if leftover else LockState.UNLOCKED):
+        found.append(Violation(state, Problem.LOCK, f"lock_state() is {lock}"))
+    broke = storage.break_stale_lock()
+    if broke is not leftover:
+        found.append(Violation(state, Problem.LOCK, f"break_stale_lock() gave {broke}"))
+    after = b"the save after recovery"
+    try:
+        storage.save_checkpoint(after)
+        again = storage.load_checkpoint()
+    except OSError as exc:
+        found.append(Violation(state, Problem.STUCK, repr(exc)))
+    else:
+        if again != after:
+            found.append(
+                Violation(state, Problem.STUCK, f"then loaded {len(again)} bytes")
+            )
+    return found
+
+
+def check_all(
+    states: Sequence[CrashState], workdir: Path, *, old: bytes, new: bytes
+) -> list[Violation]:
+    """Check every state, each in its own directory under ``workdir``."""
+    workdir.mkdir(exist_ok=True)
+    found: list[Violation] = []
+    for number, state in enumerate(states):
+        found += check(state, workdir / f"state-{number}.session", old=old, new=new)
+    return found
