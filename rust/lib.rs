@@ -4,6 +4,7 @@
 //! `save`, `load` or `lock` with the GIL released, and turns failures into the
 //! exceptions `sessionstore._python_writer` raises for the same failure.
 
+pub mod checkpoint_worker;
 pub mod load;
 pub mod lock;
 pub mod save;
@@ -244,12 +245,135 @@ fn break_stale_lock(py: Python<'_>, location: PathBuf) -> PyResult<bool> {
         })
 }
 
+/// A `bytes` object the saving thread reads without the interpreter: bytes are
+/// immutable, and the owned reference keeps them alive until the save is done.
+struct HeldBytes {
+    _owner: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// Only `write(2)` reads the memory; dropping the owner without the interpreter
+// leaves the decref to PyO3's pool, done at the next call into the extension.
+unsafe impl Send for HeldBytes {}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// How often a blocked `flush` looks for a signal (Ctrl-C) to raise.
+const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The native worker of `CheckpointWriter`: a Rust thread that saves with the
+/// same plan as `save`, never holding the GIL. The writer documents the behaviour.
+#[pyclass(module = "sessionstore._native", frozen)]
+struct CheckpointWorker {
+    worker: checkpoint_worker::Worker<HeldBytes>,
+    paths: SavePaths,
+    codes: Py<PyBytes>,
+}
+
+impl CheckpointWorker {
+    fn error(&self, py: Python<'_>, error: SaveError) -> PyErr {
+        save_error(py, error, &self.paths, self.codes.bind(py))
+    }
+}
+
+#[pymethods]
+impl CheckpointWorker {
+    #[new]
+    fn new(
+        location: PathBuf,
+        codes: &Bound<'_, PyBytes>,
+        next_name: PathBuf,
+        target: PathBuf,
+    ) -> PyResult<Self> {
+        let paths = SavePaths {
+            location: path_bytes(location),
+            next_name: path_bytes(next_name),
+            target: path_bytes(target),
+        };
+        let plan = checkpoint_worker::Plan {
+            location: c_path(&paths.location)?,
+            next_name: c_path(&paths.next_name)?,
+            target: c_path(&paths.target)?,
+            codes: codes.as_bytes().to_vec(),
+        };
+        let worker = checkpoint_worker::Worker::start(plan, "sessionstore-writer".into())?;
+        Ok(Self {
+            worker,
+            paths,
+            codes: codes.clone().unbind(),
+        })
+    }
+
+    fn submit(&self, py: Python<'_>, data: &Bound<'_, PyBytes>) -> PyResult<()> {
+        let bytes = data.as_bytes();
+        let held = HeldBytes {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            _owner: data.clone().unbind(),
+        };
+        self.worker.submit(held).map_err(|refused| match refused {
+            checkpoint_worker::Refused::Closed => PyValueError::new_err(format!(
+                "checkpoint writer of {} is closed",
+                String::from_utf8_lossy(&self.paths.location)
+            )),
+            checkpoint_worker::Refused::Failed(error) => self.error(py, error),
+        })
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let flush = self
+            .worker
+            .begin_flush()
+            .map_err(|error| self.error(py, error))?;
+        loop {
+            match py.detach(|| self.worker.wait(flush, SIGNAL_CHECK)) {
+                Some(outcome) => return outcome.map_err(|error| self.error(py, error)),
+                None => py.check_signals()?,
+            }
+        }
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.worker.mark_closed() {
+            return match self.worker.take_error() {
+                Some(error) => Err(self.error(py, error)),
+                None => Ok(()),
+            };
+        }
+        let flushed = self.flush(py);
+        py.detach(|| self.worker.stop(None));
+        flushed
+    }
+
+    fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let timeout = std::time::Duration::try_from_secs_f64(timeout)
+            .map_err(|err| PyValueError::new_err(format!("timeout: {err}")))?;
+        Ok(py.detach(|| self.worker.stop(Some(timeout))))
+    }
+
+    #[getter]
+    fn saves(&self) -> u64 {
+        self.worker.saves()
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.worker.is_closed()
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(lock_state, m)?)?;
     m.add_function(wrap_pyfunction!(break_stale_lock, m)?)?;
+    m.add_class::<CheckpointWorker>()?;
     Ok(())
 }
 

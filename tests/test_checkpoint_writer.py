@@ -234,14 +234,53 @@ def test_close_flushes_and_is_idempotent(storage: SessionStorage) -> None:
     assert writer.saves == 1
 
 
-def test_close_stops_the_worker(storage: SessionStorage) -> None:
-    before = set(threading.enumerate())
+def os_threads() -> int:
+    """How many threads this process runs, Python's or not."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_close_stops_the_worker_thread(storage: SessionStorage) -> None:
+    before = os_threads()
     writer = storage.writer()
-    started = set(threading.enumerate()) - before
+    assert os_threads() == before + 1
     writer.submit(b"x")
     writer.close()
-    assert started
-    assert not any(thread.is_alive() for thread in started)
+    deadline = time.monotonic() + PATIENCE
+    # The thread has said it is done; the kernel reaps it a moment later.
+    while os_threads() > before:
+        assert time.monotonic() < deadline, "the worker thread outlived close()"
+        time.sleep(0.001)
+
+
+def test_the_native_worker_is_not_a_python_thread(
+    backend: str, storage: SessionStorage
+) -> None:
+    before = set(threading.enumerate())
+    with storage.writer() as writer:
+        python_threads = set(threading.enumerate()) - before
+        writer.submit(b"x")
+    assert len(python_threads) == (0 if backend == "native" else 1)
+
+
+def test_the_native_worker_saves_while_the_caller_holds_the_gil(
+    backend: str, storage: SessionStorage
+) -> None:
+    if backend != "native":
+        pytest.skip("the threading worker needs the GIL between syscalls")
+    previous = sys.getswitchinterval()
+    # Python threads now wait up to a minute for the GIL; the native one does not.
+    sys.setswitchinterval(60.0)
+    try:
+        with storage.writer() as writer:
+            writer.submit(b"saved while the caller spins")
+            deadline = time.monotonic() + PATIENCE
+            while writer.saves == 0 and time.monotonic() < deadline:
+                pass
+            saves = writer.saves
+    finally:
+        sys.setswitchinterval(previous)
+    assert saves == 1
+    assert storage.load_checkpoint() == b"saved while the caller spins"
 
 
 def test_submit_after_close_raises_value_error_naming_the_storage(

@@ -2,9 +2,14 @@
 
 A durable save costs a millisecond or more on a real disk; a harness that
 checkpoints after every job should not wait for it. ``submit()`` only puts the
-checkpoint in a one-place slot; a worker thread saves whatever is in the slot,
-one save at a time, so a checkpoint superseded before its turn is never written
+checkpoint in a one-place slot; a worker saves whatever is in the slot, one
+save at a time, so a checkpoint superseded before its turn is never written
 and the newest one always is.
+
+Two workers behave alike: the native extension's (a Rust thread running the
+native save plan, never holding the GIL) for the native backend and the replace
+layout, and a ``threading`` one calling ``storage.save_checkpoint()`` for
+everything else.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import threading
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
+from . import _backend
+from ._options import Layout
+from ._save_plan import plan_save
 from ._storage import as_checkpoint
 
 if TYPE_CHECKING:
@@ -30,8 +38,31 @@ log = logging.getLogger("sessionstore")
 _EXIT_WAIT: Final = 10.0
 
 
+class _Worker(Protocol):
+    """What the writer asks of a worker; both workers provide it alike."""
+
+    @property
+    def saves(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def submit(self, data: bytes) -> None:
+        """Take ``data``, or raise: ValueError once closed, else a pending error."""
+
+    def flush(self) -> None:
+        """Wait for the newest submission to settle; raise its save's error."""
+
+    def close(self) -> None:
+        """Flush, then end the thread; once closed, raise only a pending error."""
+
+    def stop(self, timeout: float) -> bool:
+        """Close without raising, letting the thread save what waits; wait up to
+        ``timeout`` for it; whether it ended (or cannot be waited for)."""
+
+
 class _Handoff:
-    """What the submitting threads and the worker share, guarded by ``changed``.
+    """What the submitting threads and the worker thread share, under ``changed``.
 
     Checkpoints are numbered in submission order. ``settled`` is the number of
     the newest checkpoint whose fate is known: saved (``durable``) or lost to a
@@ -56,7 +87,7 @@ class _Handoff:
 
     def __init__(self) -> None:
         self.changed = threading.Condition(threading.Lock())
-        self.waiting: bytes | bytearray | memoryview | None = None
+        self.waiting: bytes | None = None
         self.submitted = 0
         self.durable = 0
         self.settled = 0
@@ -73,9 +104,7 @@ class _Handoff:
         return error
 
 
-def _work(
-    handoff: _Handoff, save: Callable[[bytes | bytearray | memoryview], None]
-) -> None:
+def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
     """Save whatever waits in the slot, one at a time, until told to stop.
 
     The slot is emptied before the save starts, so a submission during the
@@ -112,25 +141,118 @@ def _work(
         del data
 
 
-def _finish(handoff: _Handoff, worker: threading.Thread) -> None:
+class _ThreadedWorker:
+    """The worker as a daemon thread calling ``storage.save_checkpoint()``."""
+
+    __slots__ = ("_handoff", "_location", "_thread")
+
+    def __init__(self, storage: SessionStorage) -> None:
+        self._location = storage.location
+        self._handoff = handoff = _Handoff()
+        self._thread = threading.Thread(
+            target=_work,
+            args=(handoff, storage.save_checkpoint),
+            name="sessionstore-writer",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def saves(self) -> int:
+        return self._handoff.saves
+
+    @property
+    def closed(self) -> bool:
+        return self._handoff.closed
+
+    def submit(self, data: bytes) -> None:
+        handoff = self._handoff
+        with handoff.changed:
+            if handoff.closed:
+                raise ValueError(f"checkpoint writer of {self._location} is closed")
+            error = handoff.take_error()
+            if error is None:
+                handoff.waiting = data
+                handoff.submitted += 1
+                handoff.changed.notify_all()
+        if error is not None:
+            raise error
+
+    def flush(self) -> None:
+        handoff = self._handoff
+        with handoff.changed:
+            error = handoff.take_error()
+            if error is None:
+                target = handoff.submitted
+                failures = handoff.failures
+                while handoff.settled < target:
+                    handoff.changed.wait()
+                if handoff.durable < target and handoff.failures > failures:
+                    # The save this flush waited for failed: its error is owed to
+                    # this caller even when another thread's call raised it first.
+                    error = handoff.take_error() or copy.copy(handoff.last_failure)
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        handoff = self._handoff
+        with handoff.changed:
+            if handoff.closed:
+                error = handoff.take_error()
+            else:
+                handoff.closed = True
+                error = None
+        if error is not None:
+            raise error
+        try:
+            self.flush()
+        finally:
+            self.stop(None)
+
+    def stop(self, timeout: float | None) -> bool:
+        handoff = self._handoff
+        with handoff.changed:
+            handoff.closed = True
+            handoff.stopping = True
+            handoff.changed.notify_all()
+        if self._thread is threading.current_thread():
+            # Collected by its own thread, which goes on to save what waits.
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def _native_worker(storage: SessionStorage) -> _Worker | None:
+    """The native worker for ``storage``, when the active backend's save is native.
+
+    A storage of another layout, or a backend whose save was replaced (tests
+    instrument it), gets the threading worker, which goes through that save.
+    """
+    current = _backend.active.current
+    if current.name != "native" or storage.layout is not Layout.REPLACE:
+        return None
+    from . import _native
+
+    if current.save is not _native.save:
+        return None
+    plan = plan_save(storage.durability)
+    return _native.CheckpointWorker(
+        storage.location, plan.codes, plan.next_name, plan.target_name
+    )
+
+
+def _finish(worker: _Worker) -> None:
     """Save what an unclosed writer still holds, at garbage collection or exit.
 
     Nobody is left to raise an error to, so a failure is logged, never dropped
     in silence.
     """
-    with handoff.changed:
-        handoff.closed = True
-        handoff.stopping = True
-        handoff.changed.notify_all()
-    if worker is threading.current_thread():
-        return
-    worker.join(_EXIT_WAIT)
-    if worker.is_alive():
+    if not worker.stop(_EXIT_WAIT):
         log.error("checkpoint writer still saving after %.0f s; giving up", _EXIT_WAIT)
         return
-    with handoff.changed:
-        error = handoff.take_error()
-    if error is not None:
+    try:
+        worker.close()
+    except Exception as error:
         log.error("checkpoint writer closed unflushed; its last save failed: %r", error)
 
 
@@ -151,24 +273,18 @@ class CheckpointWriter:
     its data; the storage keeps the last checkpoint saved before the failure.
     Submitting again after the error saves normally.
 
-    The worker is a daemon thread: a writer that is garbage collected or still
-    open at interpreter exit gets its last checkpoint saved (waiting at most
-    ten seconds at exit), and a failure then is logged, not raised.
+    A writer that is garbage collected or still open at interpreter exit gets
+    its last checkpoint saved (exit waits at most ten seconds for it), and a
+    failure then is logged, not raised.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_handoff", "_storage", "_worker")
+    __slots__ = ("__weakref__", "_finalizer", "_storage", "_worker")
 
     def __init__(self, storage: SessionStorage) -> None:
         self._storage = storage
-        self._handoff = handoff = _Handoff()
-        self._worker = threading.Thread(
-            target=_work,
-            args=(handoff, storage.save_checkpoint),
-            name=f"sessionstore-writer-{storage.id}",
-            daemon=True,
-        )
-        self._worker.start()
-        self._finalizer = weakref.finalize(self, _finish, handoff, self._worker)
+        worker = _native_worker(storage) or _ThreadedWorker(storage)
+        self._worker = worker
+        self._finalizer = weakref.finalize(self, _finish, worker)
 
     @property
     def storage(self) -> SessionStorage:
@@ -178,12 +294,12 @@ class CheckpointWriter:
     @property
     def saves(self) -> int:
         """How many saves ran (failed ones included); at most one per submission."""
-        return self._handoff.saves
+        return self._worker.saves
 
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
-        return self._handoff.closed
+        return self._worker.closed
 
     def submit(self, data: bytes | bytearray | memoryview) -> None:
         """Hand ``data`` over to be saved, replacing any checkpoint still waiting.
@@ -193,21 +309,7 @@ class CheckpointWriter:
         save, if any, instead of taking ``data``.
         """
         buffer = as_checkpoint(data)
-        if not isinstance(buffer, bytes):
-            buffer = bytes(buffer)
-        handoff = self._handoff
-        with handoff.changed:
-            if handoff.closed:
-                raise ValueError(
-                    f"checkpoint writer of {self._storage.location} is closed"
-                )
-            error = handoff.take_error()
-            if error is None:
-                handoff.waiting = buffer
-                handoff.submitted += 1
-                handoff.changed.notify_all()
-        if error is not None:
-            raise error
+        self._worker.submit(buffer if isinstance(buffer, bytes) else bytes(buffer))
 
     def flush(self) -> None:
         """Block until every checkpoint submitted so far is saved or superseded.
@@ -215,39 +317,15 @@ class CheckpointWriter:
         Returns at once when nothing is pending (also after ``close()``); raises
         the error of a background save that has not been raised yet.
         """
-        handoff = self._handoff
-        with handoff.changed:
-            error = handoff.take_error()
-            if error is None:
-                target = handoff.submitted
-                failures = handoff.failures
-                while handoff.settled < target:
-                    handoff.changed.wait()
-                if handoff.durable < target and handoff.failures > failures:
-                    # The save this flush waited for failed: its error is owed to
-                    # this caller even when another thread's call raised it first.
-                    error = handoff.take_error() or copy.copy(handoff.last_failure)
-        if error is not None:
-            raise error
+        self._worker.flush()
 
     def close(self) -> None:
         """Flush, then stop the worker; later calls do nothing.
 
         The worker stops even when the flush raises; the error is raised after.
         """
-        handoff = self._handoff
-        with handoff.changed:
-            if handoff.closed:
-                return
-            handoff.closed = True
-        try:
-            self.flush()
-        finally:
-            self._finalizer.detach()
-            with handoff.changed:
-                handoff.stopping = True
-                handoff.changed.notify_all()
-            self._worker.join()
+        self._finalizer.detach()
+        self._worker.close()
 
     def __enter__(self) -> CheckpointWriter:
         return self
