@@ -1,0 +1,89 @@
+"""Several processes saving into one session while another reads it.
+
+Four writers make 200 saves each, all at once, while this process loads (and
+probes the lock) in a loop: each save either succeeds or finds the lock held by
+a live writer; each load is a complete checkpoint; the probe never calls a live
+writer dead; the checkpoint left at the end is one a writer saved.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Final
+
+from checkpoint_child import TornCheckpoint, checkpoint_id
+from sessionstore import LockState, SessionStorage
+
+CHILD: Final = str(Path(__file__).with_name("checkpoint_child.py"))
+WRITERS: Final = 4
+SAVES: Final = 200
+MAX_SIZE: Final = 64 * 1024
+
+
+def test_concurrent_writers_and_a_reader_see_only_whole_checkpoints(
+    storage: SessionStorage, backend: str, backend_env: dict[str, str]
+) -> None:
+    writers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                CHILD,
+                "saves",
+                storage.location,
+                str(SAVES),
+                str(n),
+                str(MAX_SIZE),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=backend_env,
+        )
+        for n in range(WRITERS)
+    ]
+    for writer in writers:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == f"ready {backend}\n"
+    for writer in writers:
+        assert writer.stdin is not None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+
+    loaded: Counter[str | None] = Counter()
+    states: Counter[LockState] = Counter()
+    while any(writer.poll() is None for writer in writers):
+        try:
+            loaded[checkpoint_id(storage.load_checkpoint())] += 1
+        except TornCheckpoint as torn:
+            raise AssertionError(f"a load saw a torn checkpoint: {torn}") from None
+        states[storage.lock_state()] += 1
+
+    saved: set[str] = set()
+    outcomes: Counter[str] = Counter()
+    for writer in writers:
+        out, _ = writer.communicate()
+        assert writer.returncode == 0, f"a writer failed: exit {writer.returncode}"
+        lines = out.splitlines()
+        assert len(lines) == SAVES
+        for line in lines:
+            kind, *rest = line.split()
+            outcomes[kind] += 1
+            if kind == "ok":
+                saved.add(rest[0])
+            else:
+                assert rest == [str(errno.EWOULDBLOCK), "False"], line
+    assert outcomes["ok"] + outcomes["locked"] == WRITERS * SAVES
+    assert saved, "no save succeeded"
+    final = checkpoint_id(storage.load_checkpoint())
+    assert final in saved
+    # Every checkpoint a load saw was one a writer saved (or none yet).
+    assert set(loaded) - {None} <= saved
+    assert states[LockState.STALE] == 0, states
+    print(
+        f"{backend}: saves {dict(outcomes)}, loads {loaded.total()}, "
+        f"locks {dict(states)}"
+    )
