@@ -5,19 +5,20 @@
 //! exceptions `sessionstore._python_writer` raises for the same failure.
 
 pub mod checkpoint_worker;
+pub mod listing;
 pub mod load;
 pub mod lock;
 pub mod save;
 pub mod sys;
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
 use crate::save::{At, Checkpoint, Cleanup, Failure, Save, SaveError};
 
@@ -25,9 +26,74 @@ fn path_bytes(path: PathBuf) -> Vec<u8> {
     path.into_os_string().into_vec()
 }
 
-/// A path as a C string; a NUL inside is refused as Python's `os` functions refuse it.
+/// A path as an owned C string; a NUL inside is refused as Python's `os`
+/// functions refuse it.
 fn c_path(path: &[u8]) -> PyResult<CString> {
     sys::c_path(path).ok_or_else(|| PyValueError::new_err("embedded null byte"))
+}
+
+/// A path argument as the C string the syscalls take, borrowed from the Python
+/// object that holds it: no copy on the way to the kernel.
+///
+/// A `str` lends its cached UTF-8 form (the file system encoding on Linux); one
+/// that UTF-8 cannot hold (lone surrogates from undecodable names) is encoded
+/// as `os.fsencode` does. A `bytes` path, or a `PathLike` of either, works too.
+struct FsPath<'py> {
+    // Keeps the memory behind `ptr` alive.
+    _holder: Bound<'py, PyAny>,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl<'py> FsPath<'py> {
+    fn new(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = obj.py();
+        let mut path = if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+            obj.clone()
+        } else {
+            unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyOS_FSPath(obj.as_ptr()))? }
+        };
+        if let Ok(text) = path.cast::<PyString>() {
+            // CPython keeps the UTF-8 form with a NUL after it, for the string's life.
+            if let Ok(utf8) = text.to_str() {
+                let (ptr, len) = (utf8.as_ptr(), utf8.len());
+                return Self::checked(path, ptr, len);
+            }
+            path = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    pyo3::ffi::PyUnicode_EncodeFSDefault(text.as_ptr()),
+                )?
+            };
+        }
+        let bytes = path.cast::<PyBytes>()?.as_bytes();
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        Self::checked(path, ptr, len)
+    }
+
+    fn checked(holder: Bound<'py, PyAny>, ptr: *const u8, len: usize) -> PyResult<Self> {
+        let path = Self {
+            _holder: holder,
+            ptr,
+            len,
+        };
+        // Refused as Python's `os` functions refuse it: no syscall can name it.
+        if path.as_bytes().contains(&0) {
+            return Err(PyValueError::new_err("embedded null byte"));
+        }
+        Ok(path)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn as_c_str(&self) -> &CStr {
+        // Both sources end their bytes with a NUL, and none is inside (checked).
+        unsafe {
+            CStr::from_bytes_with_nul_unchecked(std::slice::from_raw_parts(self.ptr, self.len + 1))
+        }
+    }
 }
 
 /// `os.path.join(dir, name)` on bytes, so error paths read as the fallback's do.
@@ -141,53 +207,66 @@ fn save_error(
 /// Execute a save plan (`codes`) in `location`, with the GIL released throughout.
 #[pyfunction]
 #[pyo3(name = "save")]
-fn save_checkpoint(
-    py: Python<'_>,
-    location: PathBuf,
-    data: &Bound<'_, PyAny>,
-    codes: &Bound<'_, PyBytes>,
-    next_name: PathBuf,
-    target: PathBuf,
+fn save_checkpoint<'py>(
+    py: Python<'py>,
+    location: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    codes: &Bound<'py, PyBytes>,
+    next_name: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
 ) -> PyResult<()> {
-    let paths = SavePaths {
-        location: path_bytes(location),
-        next_name: path_bytes(next_name),
-        target: path_bytes(target),
-    };
-    let (c_location, c_next, c_target) = (
-        c_path(&paths.location)?,
-        c_path(&paths.next_name)?,
-        c_path(&paths.target)?,
+    let (location, next_name, target) = (
+        FsPath::new(location)?,
+        FsPath::new(next_name)?,
+        FsPath::new(target)?,
     );
-    let buffer = PyUntypedBuffer::get(data)?;
-    if !buffer.is_c_contiguous() {
-        return Err(PyBufferError::new_err(
-            "checkpoint buffer is not C-contiguous",
-        ));
-    }
-    // The buffer export pins the memory (a bytearray cannot resize) until released.
-    let checkpoint =
-        unsafe { Checkpoint::from_raw(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) };
+    // bytes lend their memory directly; anything else through the buffer
+    // protocol, whose export pins the memory (a bytearray cannot resize) until
+    // released.
+    let mut buffer = None;
+    let checkpoint = if let Ok(bytes) = data.cast::<PyBytes>() {
+        Checkpoint::of(bytes.as_bytes())
+    } else {
+        let exported = buffer.insert(PyUntypedBuffer::get(data)?);
+        if !exported.is_c_contiguous() {
+            return Err(PyBufferError::new_err(
+                "checkpoint buffer is not C-contiguous",
+            ));
+        }
+        unsafe { Checkpoint::from_raw(exported.buf_ptr().cast::<u8>(), exported.len_bytes()) }
+    };
     let plan = Save {
-        location: &c_location,
-        next_name: &c_next,
-        target: &c_target,
+        location: location.as_c_str(),
+        next_name: next_name.as_c_str(),
+        target: target.as_c_str(),
         codes: codes.as_bytes(),
     };
     let outcome = py.detach(move || plan.run(checkpoint));
-    buffer.release(py);
-    outcome.map_err(|error| save_error(py, error, &paths, codes))
+    if let Some(exported) = buffer {
+        exported.release(py);
+    }
+    outcome.map_err(|error| {
+        let paths = SavePaths {
+            location: location.as_bytes().to_vec(),
+            next_name: next_name.as_bytes().to_vec(),
+            target: target.as_bytes().to_vec(),
+        };
+        save_error(py, error, &paths, codes)
+    })
 }
 
 /// Every byte of the file at `path`, read straight into the returned bytes.
 #[pyfunction]
 #[pyo3(name = "load")]
-fn load_checkpoint<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
-    let path = path_bytes(path);
-    let c = c_path(&path)?;
+fn load_checkpoint<'py>(
+    py: Python<'py>,
+    path: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let path = FsPath::new(path)?;
+    let c = path.as_c_str();
     let opened = py
-        .detach(|| load::open(&c))
-        .map_err(|errno| errno_error(py, errno, &path))?;
+        .detach(|| load::open(c))
+        .map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
     let size = opened.size;
     // An uninitialised bytes object of the file's size: the reads fill it in place.
     let bytes = unsafe {
@@ -210,8 +289,8 @@ fn load_checkpoint<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, P
         let filled = load::fill(fd, dest);
         (filled, sys::close(fd))
     });
-    let filled = filled.map_err(|errno| errno_error(py, errno, &path))?;
-    closed.map_err(|errno| errno_error(py, errno, &path))?;
+    let filled = filled.map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
+    closed.map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
     if filled.read == size && filled.beyond.is_empty() {
         return Ok(bytes);
     }
@@ -223,25 +302,27 @@ fn load_checkpoint<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, P
 
 /// The lock of the session at `location`: 0 unlocked, 1 held, 2 stale.
 #[pyfunction]
-fn lock_state(py: Python<'_>, location: PathBuf) -> PyResult<u8> {
-    let location = path_bytes(location);
-    let c = c_path(&location)?;
-    py.detach(|| lock::lock_state(&c))
+fn lock_state(py: Python<'_>, location: &Bound<'_, PyAny>) -> PyResult<u8> {
+    let location = FsPath::new(location)?;
+    let c = location.as_c_str();
+    py.detach(|| lock::lock_state(c))
         .map(|state| state as u8)
-        .map_err(|errno| errno_error(py, errno, &location))
+        .map_err(|errno| errno_error(py, errno, location.as_bytes()))
 }
 
 /// Remove a leftover `session.next` only while no live writer can hold the lock.
 #[pyfunction]
-fn break_stale_lock(py: Python<'_>, location: PathBuf) -> PyResult<bool> {
-    let location = path_bytes(location);
-    let c = c_path(&location)?;
-    py.detach(|| lock::break_stale_lock(&c))
+fn break_stale_lock(py: Python<'_>, location: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let location = FsPath::new(location)?;
+    let c = location.as_c_str();
+    py.detach(|| lock::break_stale_lock(c))
         .map_err(|error| match error {
-            lock::BreakError::Location(errno) => errno_error(py, errno, &location),
-            lock::BreakError::Next(errno) => {
-                errno_error(py, errno, &join(&location, lock::NEXT_NAME.to_bytes()))
-            }
+            lock::BreakError::Location(errno) => errno_error(py, errno, location.as_bytes()),
+            lock::BreakError::Next(errno) => errno_error(
+                py,
+                errno,
+                &join(location.as_bytes(), lock::NEXT_NAME.to_bytes()),
+            ),
         })
 }
 
@@ -356,6 +437,14 @@ impl CheckpointWorker {
         Ok(py.detach(|| self.worker.stop(Some(timeout))))
     }
 
+    fn pause(&self, py: Python<'_>) {
+        py.detach(|| self.worker.pause());
+    }
+
+    fn resume(&self) {
+        self.worker.resume();
+    }
+
     #[getter]
     fn saves(&self) -> u64 {
         self.worker.saves()
@@ -373,6 +462,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(lock_state, m)?)?;
     m.add_function(wrap_pyfunction!(break_stale_lock, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::list_sessions, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::scan_sessions, m)?)?;
     m.add_class::<CheckpointWorker>()?;
     Ok(())
 }
