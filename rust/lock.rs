@@ -150,10 +150,16 @@ pub fn break_stale_lock(location: &CStr) -> Result<bool, BreakError> {
     let outcome = match sys::flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
         Err(errno) if sys::is_busy(errno) => Ok(false),
         Err(errno) => Err(BreakError::Location(errno)),
-        Ok(()) => match sys::unlinkat(dir, NEXT_NAME) {
-            Ok(()) => Ok(true),
-            Err(libc::ENOENT) => Ok(false),
+        // Looked up first: a read-only filesystem refuses an unlink with EROFS
+        // before it looks the name up; nothing to break is no error.
+        Ok(()) => match look_at_next(dir) {
+            Ok(None) => Ok(false),
             Err(errno) => Err(BreakError::Next(errno)),
+            Ok(Some(_)) => match sys::unlinkat(dir, NEXT_NAME) {
+                Ok(()) => Ok(true),
+                Err(libc::ENOENT) => Ok(false),
+                Err(errno) => Err(BreakError::Next(errno)),
+            },
         },
     };
     // Closing releases the lock; its error matters only if nothing failed before.

@@ -236,11 +236,11 @@ def break_stale_lock(location: str) -> bool:
             if exc.errno in _BUSY:
                 return False
             raise _with_path(exc, location) from exc
-        # Looked up first: a read-only filesystem refuses an unlink with EROFS
-        # before it looks the name up, and nothing to break is not an error.
-        if _look_at_next(dir_fd) is None:
-            return False
         try:
+            # Looked up first: a read-only filesystem refuses an unlink with
+            # EROFS before it looks the name up; nothing to break is no error.
+            if _look_at_next(dir_fd) is None:
+                return False
             os.unlink(NEXT_NAME, dir_fd=dir_fd)
         except FileNotFoundError:
             return False
