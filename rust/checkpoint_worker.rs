@@ -67,6 +67,8 @@ struct Slot<D> {
     closed: bool,
     stopping: bool,
     running: bool,
+    paused: bool,
+    saving: bool,
 }
 
 struct Shared<D> {
@@ -105,6 +107,8 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
                 closed: false,
                 stopping: false,
                 running: true,
+                paused: false,
+                saving: false,
             }),
             changed: Condvar::new(),
             plan,
@@ -198,6 +202,26 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
         !slot.running
     }
 
+    /// Hold the thread between saves: wait for a save in flight to end, and
+    /// start none until `resume`. A process forks while paused, so the child
+    /// inherits no descriptor, and no lock, of a save.
+    pub fn pause(&self) {
+        let mut slot = self.shared.lock();
+        slot.paused = true;
+        drop(
+            self.shared
+                .changed
+                .wait_while(slot, |slot| slot.saving)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+    }
+
+    /// Let the thread save again after `pause`.
+    pub fn resume(&self) {
+        self.shared.lock().paused = false;
+        self.shared.changed.notify_all();
+    }
+
     /// The error of a background save nobody has seen yet, now taken.
     pub fn take_error(&self) -> Option<SaveError> {
         self.shared.lock().error.take()
@@ -231,7 +255,9 @@ fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
     loop {
         slot = shared
             .changed
-            .wait_while(slot, |slot| slot.waiting.is_none() && !slot.stopping)
+            .wait_while(slot, |slot| {
+                !slot.stopping && (slot.waiting.is_none() || slot.paused)
+            })
             .unwrap_or_else(PoisonError::into_inner);
         let Some(data) = slot.waiting.take() else {
             slot.running = false;
@@ -239,10 +265,12 @@ fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
             return;
         };
         let number = slot.submitted;
+        slot.saving = true;
         drop(slot);
         let outcome = shared.plan.run(data.as_ref());
         drop(data);
         slot = shared.lock();
+        slot.saving = false;
         slot.saves += 1;
         let dropped = match outcome {
             Ok(()) => {
@@ -372,6 +400,20 @@ mod tests {
         );
         assert_eq!(worker.begin_flush().map(drop), Ok(()));
         assert_eq!(worker.take_error(), None);
+    }
+
+    #[test]
+    fn a_paused_worker_starts_no_save_until_resumed() {
+        let dir = TempDir::new("paused");
+        let worker = worker(&dir.0);
+        worker.pause();
+        worker.submit(b"held".to_vec()).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(worker.saves(), 0);
+        assert!(!dir.0.join("session").exists());
+        worker.resume();
+        flush(&worker).unwrap();
+        assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"held");
     }
 
     #[test]

@@ -27,6 +27,7 @@ import pytest
 from sessionstore import (
     CheckpointWriter,
     Durability,
+    Layout,
     LockedStorageError,
     LockState,
     SessionStorage,
@@ -107,6 +108,19 @@ def test_flush_makes_the_submitted_checkpoint_loadable(
     assert writer.saves == 1
     writer.close()
     assert os.listdir(storage.location) == ["session"]
+
+
+def test_a_slotted_storage_is_saved_through_its_layout(
+    backend: str, tmp_path: Path
+) -> None:
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    with storage.writer() as writer:
+        writer.submit(b"first")
+        writer.flush()
+        writer.submit(b"second")
+    assert os.listdir(storage.location) == ["session.slots"]
+    assert storage.load_checkpoint() == b"second"
+    assert storage.load_previous() == b"first"
 
 
 def test_storage_writer_saves_to_that_storage(storage: SessionStorage) -> None:
@@ -590,6 +604,51 @@ def test_an_unclosed_writer_saves_its_last_checkpoint_at_exit(
         [sys.executable, "-c", script, storage.location], env=backend_env, check=True
     )
     assert storage.load_checkpoint() == b"unclosed 99"
+
+
+def test_a_forked_child_refuses_the_parents_writer_and_exits_promptly(
+    storage: SessionStorage, backend_env: dict[str, str]
+) -> None:
+    # The fork comes while the parent saves 32 MiB: the child must not inherit
+    # that save's locked directory. It then exits normally, through the exit
+    # hooks, with the parent's last checkpoint still waiting: it must neither
+    # save it nor wait for a worker thread that does not exist in the child.
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from sessionstore import SessionStorage
+
+        writer = SessionStorage(sys.argv[1]).writer()
+        writer.submit(b"x" * (32 << 20))
+        time.sleep(0.01)
+        writer.submit(b"the parent's")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                writer.submit(b"the child's")
+            except ValueError as exc:
+                print("refused:", exc)
+            writer.flush()
+            writer.close()
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exit status", os.waitstatus_to_exitcode(status))
+        writer.close()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, storage.location],
+        env=backend_env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    )
+    refused, status = done.stdout.splitlines()
+    assert refused.startswith(f"refused: checkpoint writer of {storage.location}")
+    assert "not to this fork" in refused
+    assert status == "child exit status 0"
+    assert storage.load_checkpoint() == b"the parent's"
 
 
 def test_an_unclosed_writer_saves_its_last_checkpoint_when_collected(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import sys
 import threading
 import weakref
@@ -60,6 +61,12 @@ class _Worker(Protocol):
         """Close without raising, letting the thread save what waits; wait up to
         ``timeout`` for it; whether it ended (or cannot be waited for)."""
 
+    def pause(self) -> None:
+        """Wait for a save in flight to end, and start none until ``resume``."""
+
+    def resume(self) -> None:
+        """Let the thread save again after ``pause``."""
+
 
 class _Handoff:
     """What the submitting threads and the worker thread share, under ``changed``.
@@ -78,7 +85,9 @@ class _Handoff:
         "error",
         "failures",
         "last_failure",
+        "paused",
         "saves",
+        "saving",
         "settled",
         "stopping",
         "submitted",
@@ -97,6 +106,8 @@ class _Handoff:
         self.last_failure: BaseException | None = None
         self.closed = False
         self.stopping = False
+        self.paused = False
+        self.saving = False
 
     def take_error(self) -> BaseException | None:
         """The error nobody has seen yet, now counted as seen."""
@@ -114,17 +125,19 @@ def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
     changed = handoff.changed
     while True:
         with changed:
-            while handoff.waiting is None and not handoff.stopping:
+            while not handoff.stopping and (handoff.waiting is None or handoff.paused):
                 changed.wait()
             data = handoff.waiting
             if data is None:
                 return
             number = handoff.submitted
             handoff.waiting = None
+            handoff.saving = True
         try:
             save(data)
         except BaseException as exc:
             with changed:
+                handoff.saving = False
                 handoff.saves += 1
                 handoff.failures += 1
                 handoff.error = handoff.last_failure = exc
@@ -133,6 +146,7 @@ def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
                 changed.notify_all()
         else:
             with changed:
+                handoff.saving = False
                 handoff.saves += 1
                 handoff.durable = number
                 handoff.settled = max(handoff.settled, number)
@@ -221,6 +235,19 @@ class _ThreadedWorker:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def pause(self) -> None:
+        handoff = self._handoff
+        with handoff.changed:
+            handoff.paused = True
+            while handoff.saving:
+                handoff.changed.wait()
+
+    def resume(self) -> None:
+        handoff = self._handoff
+        with handoff.changed:
+            handoff.paused = False
+            handoff.changed.notify_all()
+
 
 def _native_worker(storage: SessionStorage) -> _Worker | None:
     """The native worker for ``storage``, when the active backend's save is native.
@@ -239,6 +266,82 @@ def _native_worker(storage: SessionStorage) -> _Worker | None:
     return _native.CheckpointWorker(
         storage.location, plan.codes, plan.next_name, plan.target_name
     )
+
+
+class _Forked:
+    """The worker of a writer inherited by a forked child, where no thread runs it.
+
+    The child saves nothing of the parent's and submits nothing of its own: its
+    submissions are refused, and it has nothing to flush or close.
+    """
+
+    __slots__ = ("_location", "_parent")
+
+    saves: Final = 0
+    closed: Final = True
+
+    def __init__(self, location: str, parent: int) -> None:
+        self._location = location
+        self._parent = parent
+
+    def submit(self, data: bytes) -> None:
+        raise ValueError(
+            f"checkpoint writer of {self._location} belongs to process "
+            f"{self._parent}, not to this fork of it"
+        )
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stop(self, timeout: float) -> bool:
+        return True
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+
+_live_writers: weakref.WeakSet[CheckpointWriter] = weakref.WeakSet()
+# The workers paused for a fork in progress.
+_paused: list[_Worker] = []
+# The workers forked children inherited. Never touched again: a lock their
+# thread held at the fork stays held in the child for ever.
+_inherited: list[_Worker] = []
+
+
+def _pause_writers_for_fork() -> None:
+    """No save is in flight while the process forks.
+
+    A save holds the session directory open and flock-ed; a child forking in
+    the middle of it would inherit that descriptor and hold the lock for as long
+    as it lives, so every later save of the parent would find it held.
+    """
+    for writer in list(_live_writers):
+        writer._worker.pause()
+        _paused.append(writer._worker)
+
+
+def _resume_writers_in_parent() -> None:
+    while _paused:
+        _paused.pop().resume()
+
+
+def _orphan_writers_in_child() -> None:
+    _paused.clear()
+    for writer in list(_live_writers):
+        writer._orphan()
+
+
+os.register_at_fork(
+    before=_pause_writers_for_fork,
+    after_in_parent=_resume_writers_in_parent,
+    after_in_child=_orphan_writers_in_child,
+)
 
 
 def _finish(worker: _Worker) -> None:
@@ -275,16 +378,28 @@ class CheckpointWriter:
 
     A writer that is garbage collected or still open at interpreter exit gets
     its last checkpoint saved (exit waits at most ten seconds for it), and a
-    failure then is logged, not raised.
+    failure then is logged, not raised. In a child forked from the process
+    that made it, a writer is closed: its submissions are refused, and the
+    parent alone saves what it submitted.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_storage", "_worker")
+    __slots__ = ("__weakref__", "_finalizer", "_pid", "_storage", "_worker")
+
+    _worker: _Worker
 
     def __init__(self, storage: SessionStorage) -> None:
         self._storage = storage
+        self._pid = os.getpid()
         worker = _native_worker(storage) or _ThreadedWorker(storage)
         self._worker = worker
         self._finalizer = weakref.finalize(self, _finish, worker)
+        _live_writers.add(self)
+
+    def _orphan(self) -> None:
+        """In a forked child: leave the parent's worker alone, and refuse work."""
+        self._finalizer.detach()
+        _inherited.append(self._worker)
+        self._worker = _Forked(self._storage.location, self._pid)
 
     @property
     def storage(self) -> SessionStorage:
