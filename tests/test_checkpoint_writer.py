@@ -24,6 +24,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+import filesystems
 from sessionstore import (
     CheckpointWriter,
     Durability,
@@ -416,20 +417,11 @@ def test_a_vanished_directory_raises_file_not_found_error_once(
     assert_raised_once(writer)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A mounted 256 KiB tmpfs, so a bigger checkpoint fills it."""
-    if os.geteuid() != 0:
-        pytest.skip("filling a disk needs a small tmpfs mounted, which needs root")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mount], check=True
-    )
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", mount], check=True)
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A small tmpfs, which a checkpoint of twice its size fills."""
+    for mount in filesystems.mount_or_skip(filesystems.TMPFS, tmp_path_factory):
+        yield mount.root
 
 
 @pytest.mark.root
@@ -440,7 +432,7 @@ def test_a_full_disk_raises_enospc_once_and_keeps_the_old_checkpoint(
     storage = SessionStorage.create(small_disk)
     storage.save_checkpoint(OLD)
     writer = storage.writer()
-    writer.submit(b"x" * MiB)
+    writer.submit(b"x" * (2 * filesystems.TMPFS_SIZE))
     with pytest.raises(OSError) as info:
         observe(writer, observer)
     assert info.value.errno == errno.ENOSPC
