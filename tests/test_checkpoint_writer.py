@@ -132,6 +132,13 @@ def test_storage_writer_saves_to_that_storage(storage: SessionStorage) -> None:
     assert storage.load_checkpoint() == b"through storage.writer()"
 
 
+def test_a_location_no_save_can_name_is_refused_at_once(
+    backend: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="null byte"):
+        SessionStorage(f"{tmp_path}/a\0b.session").writer()
+
+
 def test_the_last_of_1000_submissions_is_loaded_after_flush(
     storage: SessionStorage,
 ) -> None:

@@ -388,6 +388,11 @@ class CheckpointWriter:
     _worker: _Worker
 
     def __init__(self, storage: SessionStorage) -> None:
+        if "\0" in storage.location:
+            # No save could ever name it; say so now rather than at the first flush.
+            raise ValueError(
+                f"embedded null byte in session location {storage.location!r}"
+            )
         self._storage = storage
         self._pid = os.getpid()
         worker = _native_worker(storage) or _ThreadedWorker(storage)
