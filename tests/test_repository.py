@@ -16,9 +16,11 @@ from sessionstore import (
     SessionInfo,
     SessionStorage,
     SessionStorageRepository,
+    _backend,
+    _python_listing,
 )
 from sessionstore._naming import NEXT_NAME, plan_tombstone_name
-from sessionstore._repository import _inspect, _list, _remove_unless_held, describe
+from sessionstore._repository import _remove_unless_held, describe
 
 UTC = datetime.timezone.utc
 DAY_NS = 86_400 * 10**9
@@ -150,20 +152,85 @@ def test_a_repository_it_may_not_read_raises(backend: str, tmp_path: Path) -> No
 
 
 def test_a_session_removed_between_listing_and_inspection_is_left_out(
-    backend: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
+    # Only the fallback can be stopped between the two; the native listing runs
+    # the same steps in one call and is compared with it below.
     keep = make(tmp_path, b"k", age_days=1)
     gone_with_checkpoint = make(tmp_path, b"g", age_days=2)
     gone_empty = make(tmp_path, None, age_days=3)
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        listed = _list(dir_fd).sessions
+        listed, _ = _python_listing._listed(str(tmp_path), dir_fd, tombstones=False)
         gone_with_checkpoint.remove()
         gone_empty.remove()
-        infos = _inspect(str(tmp_path), dir_fd, listed)
+        scanned = [
+            _python_listing._scanned(str(tmp_path), dir_fd, name, st)
+            for name, st in listed
+        ]
     finally:
         os.close(dir_fd)
-    assert [i.location for i in infos] == [keep.location]
+    assert [s and s[0] for s in scanned] == [
+        os.path.basename(keep.location),
+        None,
+        None,
+    ]
+
+
+def awkward_repository(repo: Path) -> None:
+    """Everything a listing must tell apart, and ties only the name can order."""
+    tied = [
+        b"b.session",
+        b"a.session",
+        b"\xff-undecodable.session",
+        "é.session".encode(),
+    ]
+    for name in tied:
+        os.makedirs(os.path.join(bytes(repo), name))
+    SessionStorage(repo / "a.session").save_checkpoint(b"12345")
+    leave_stale_lock(SessionStorage(repo / "b.session"))
+    for name in tied:
+        os.utime(os.path.join(bytes(repo), name), ns=(5 * DAY_NS, 5 * DAY_NS))
+    old = SessionStorage(repo / "old.session")
+    os.mkdir(old.location)
+    os.utime(old.location, ns=(DAY_NS, DAY_NS))
+    (repo / "file.session").write_bytes(b"")
+    (repo / ".hidden.session").mkdir()
+    (repo / "link.session").symlink_to(repo / "old.session")
+    (repo / plan_tombstone_name("x.session", "ab")).mkdir()
+    (repo / plan_tombstone_name("y.session", "cd")).write_bytes(b"")
+    (repo / plan_tombstone_name("z.session", "ef")).symlink_to(repo / "old.session")
+
+
+def test_both_backends_list_and_scan_alike(tmp_path: Path) -> None:
+    awkward_repository(tmp_path)
+    native = _backend.load_native()
+    python = _backend.PYTHON
+    location = str(tmp_path)
+    assert native.list_sessions(location) == python.list_sessions(location)
+    assert native.scan_sessions(location) == python.scan_sessions(location)
+    names = python.list_sessions(location)
+    assert names is not None
+    assert names[-1] == "old.session"
+    assert names[:4] == sorted(names[:4])
+    assert len(names) == 5
+    scanned = python.scan_sessions(location)
+    assert scanned is not None
+    assert scanned[1] == [plan_tombstone_name("x.session", "ab")]
+    missing = str(tmp_path / "missing")
+    assert native.list_sessions(missing) is python.list_sessions(missing) is None
+    assert native.scan_sessions(missing) is python.scan_sessions(missing) is None
+
+
+@pytest.mark.parametrize("function", ["list_sessions", "scan_sessions"])
+def test_both_backends_raise_alike_naming_the_repository(
+    tmp_path: Path, function: str
+) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    for chosen in (_backend.load_native(), _backend.PYTHON):
+        with pytest.raises(NotADirectoryError) as raised:
+            getattr(chosen, function)(str(tmp_path / "file"))
+        assert raised.value.filename == str(tmp_path / "file")
 
 
 def test_describe_reports_one_session_as_scan_does(

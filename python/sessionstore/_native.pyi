@@ -3,7 +3,15 @@
 
 from typing import final
 
-__all__ = ["CheckpointWorker", "break_stale_lock", "load", "lock_state", "save"]
+__all__ = [
+    "CheckpointWorker",
+    "break_stale_lock",
+    "list_sessions",
+    "load",
+    "lock_state",
+    "save",
+    "scan_sessions",
+]
 
 def save(
     location: str,
@@ -15,6 +23,19 @@ def save(
 def load(path: str) -> bytes: ...
 def lock_state(location: str) -> int: ...
 def break_stale_lock(location: str) -> bool: ...
+
+# The repository listing; sessionstore._python_listing documents the behaviour.
+# A scanned session is (name, mtime_ns, st_dev, st_ino, checkpoint_size,
+# next_ino, next_ctime_ns).
+def list_sessions(location: str) -> list[str] | None: ...
+def scan_sessions(
+    location: str,
+) -> (
+    tuple[
+        list[tuple[str, int, int, int, int | None, int | None, int | None]], list[str]
+    ]
+    | None
+): ...
 
 # The worker of sessionstore.CheckpointWriter, which documents the behaviour.
 @final

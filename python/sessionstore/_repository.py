@@ -6,24 +6,17 @@ import datetime
 import errno
 import fcntl
 import os
-import stat
 from collections.abc import Iterator
-from typing import Final, NamedTuple
+from typing import Final
 
 import attrs
 
 from . import _backend
 from ._default_location import default_location
 from ._lock_state import FileKey, NextFile, classify_lock
-from ._naming import (
-    CHECKPOINT_NAME,
-    NEXT_NAME,
-    is_session_name,
-    is_tombstone_name,
-    session_id,
-)
-from ._ordering import sort_key
+from ._naming import NEXT_NAME, session_id
 from ._prune import PrunePolicy, plan_prune
+from ._python_listing import ScannedSession, scan_session
 from ._python_writer import read_lock_table
 from ._session_info import SessionInfo, modified_at
 from ._storage import SessionStorage, remove_tree
@@ -42,132 +35,49 @@ def _as_repository_location(value: str | os.PathLike[str] | None) -> str:
     return path
 
 
-_REPOSITORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-class _Found(NamedTuple):
-    """A session directory a listing found: its name and its own ``lstat``."""
-
-    name: str
-    st: os.stat_result
-
-
-class _Listing(NamedTuple):
-    """One pass over the repository directory."""
-
-    sessions: list[_Found]
-    """youngest first"""
-    tombstones: list[str]
-    """names of hidden leftovers of interrupted removals"""
-
-
-def _open_repository(location: str) -> int | None:
-    """The repository directory, open; None when it does not exist."""
+def _look_at_next(location: str) -> NextFile | None:
     try:
-        return os.open(location, _REPOSITORY_FLAGS)
-    except FileNotFoundError:
+        st = os.stat(os.path.join(location, NEXT_NAME), follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    return NextFile(st.st_ino, st.st_ctime_ns)
 
 
-def _list(dir_fd: int, *, tombstones: bool = False) -> _Listing:
-    """The session directories in ``dir_fd``, youngest first, one ``lstat`` each.
+def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
+    """What a scan reports about the sessions the backend ``scanned``, in order.
 
-    Only the entries the names select are stat'ed, relative to the open
-    directory (no path walk per entry); a symlink or a file named like a
-    session is left out. An entry that vanishes before its ``lstat`` is
-    skipped; every other error is raised.
-    """
-    keyed = []
-    graves = []
-    with os.scandir(dir_fd) as entries:
-        for entry in entries:
-            name = entry.name
-            if is_session_name(name):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    # The key is total (names are unique): tuples sort by it alone.
-                    keyed.append((sort_key(st.st_mtime_ns, name), name, st))
-            elif (
-                tombstones
-                and is_tombstone_name(name)
-                # d_type answers without a stat; a symlink is never followed.
-                and entry.is_dir(follow_symlinks=False)
-            ):
-                graves.append(name)
-    keyed.sort()
-    return _Listing([_Found(name, st) for _, name, st in keyed], graves)
-
-
-def _stat_or_none(path: str, dir_fd: int) -> os.stat_result | None:
-    try:
-        return os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _checkpoint_size(name: str, dir_fd: int) -> int | None:
-    """The size of the saved checkpoint of session ``name``; None when none was saved.
-
-    The one place that knows which file holds a session's checkpoint: the
-    replace layout's ``session``. A slotted layout (``session.slots``) is to be
-    recognised here, and nowhere else, when it lands.
-    """
-    st = _stat_or_none(os.path.join(name, CHECKPOINT_NAME), dir_fd)
-    return None if st is None else st.st_size
-
-
-def _look_at_next(name: str, dir_fd: int) -> NextFile | None:
-    st = _stat_or_none(os.path.join(name, NEXT_NAME), dir_fd)
-    return None if st is None else NextFile(st.st_ino, st.st_ctime_ns)
-
-
-def _file_key(st: os.stat_result) -> FileKey:
-    return FileKey(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-
-
-def _inspect(location: str, dir_fd: int, found: list[_Found]) -> list[SessionInfo]:
-    """What a scan reports about ``found`` in the repository ``dir_fd``, in order.
-
-    The lock probe of ``lock_state()`` done in bulk: every ``session.next`` is
-    looked at, then the kernel's lock table is read once for all sessions, then
-    the ``session.next`` files seen on the first look are looked at again, and
-    ``classify_lock`` decides as it does for one session. (A file that appears
-    only after the table was read belongs to a save that started after it: the
-    session was unlocked at that moment, and that is what the scan reports.)
+    The lock probe of ``lock_state()`` done in bulk: the backend looked at every
+    ``session.next``, then the kernel's lock table is read once for all
+    sessions, then the ``session.next`` files seen on the first look are looked
+    at again, and ``classify_lock`` decides as it does for one session. (A file
+    that appears only after the table was read belongs to a save that started
+    after it: the session was unlocked at that moment, which the scan reports.)
     Where the table cannot tell, the session gets the backend's own probe.
     A session that vanishes while it is inspected is left out.
     """
-    firsts = []
-    for name, st in found:
-        try:
-            size = _checkpoint_size(name, dir_fd)
-            before = _look_at_next(name, dir_fd)
-        except NotADirectoryError:
-            continue  # replaced by a file since it was listed
-        if size is None and before is None and _stat_or_none(name, dir_fd) is None:
-            continue  # no checkpoint because there is no session any more
-        firsts.append((name, st, size, before))
     table = read_lock_table()
     prefix = os.path.join(location, "")
     infos = []
-    for name, st, size, before in firsts:
-        held = None if table is None else table.holds(_file_key(st))
+    for name, mtime_ns, dev, ino, size, next_ino, next_ctime_ns in scanned:
+        session = prefix + name
+        before = None
+        if next_ino is not None and next_ctime_ns is not None:
+            before = NextFile(next_ino, next_ctime_ns)
+        key = FileKey(os.major(dev), os.minor(dev), ino)
+        held = None if table is None else table.holds(key)
         if held is None:
             try:
-                lock = _backend.active.current.lock_state(prefix + name)
+                lock = _backend.active.current.lock_state(session)
             except FileNotFoundError:
                 continue
         else:
-            after = None if before is None or held else _look_at_next(name, dir_fd)
+            after = None if before is None or held else _look_at_next(session)
             lock = classify_lock(held=held, next_before=before, next_after=after)
         infos.append(
             SessionInfo(
                 id=session_id(name),
-                location=prefix + name,
-                modified=modified_at(st.st_mtime_ns),
+                location=session,
+                modified=modified_at(mtime_ns),
                 checkpoint_size=size,
                 lock=lock,
             )
@@ -181,17 +91,11 @@ def describe(location: str) -> SessionInfo:
     FileNotFoundError naming the location when there is no session there
     (nothing, a symlink, or not a directory).
     """
-    parent, name = os.path.split(location)
-    dir_fd = _open_repository(parent or os.curdir)
-    if dir_fd is not None:
-        try:
-            st = _stat_or_none(name, dir_fd)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                infos = _inspect(parent, dir_fd, [_Found(name, st)])
-                if infos:
-                    return infos[0]
-        finally:
-            os.close(dir_fd)
+    scanned = scan_session(location)
+    if scanned is not None:
+        infos = _inspect(os.path.dirname(location), [scanned])
+        if infos:
+            return infos[0]
     raise FileNotFoundError(errno.ENOENT, "no session directory", location)
 
 
@@ -236,18 +140,21 @@ class SessionStorageRepository:
         are not followed. A missing repository gives ``[]``; an entry that
         vanishes while listing is skipped; any other error is raised.
         """
-        dir_fd = _open_repository(self.location)
-        if dir_fd is None:
+        names = _backend.active.current.list_sessions(self.location)
+        if names is None:
             return []
-        try:
-            found = _list(dir_fd).sessions
-        finally:
-            os.close(dir_fd)
         prefix = os.path.join(self.location, "")
-        return [SessionStorage(prefix + name) for name, _ in found]
+        return [SessionStorage(prefix + name) for name in names]
 
     def __iter__(self) -> Iterator[SessionStorage]:
         return iter(self.get_storage_list())
+
+    def _scan(self) -> tuple[list[SessionInfo], list[str]]:
+        scanned = _backend.active.current.scan_sessions(self.location)
+        if scanned is None:
+            return [], []
+        sessions, tombstones = scanned
+        return _inspect(self.location, sessions), tombstones
 
     def scan(self) -> list[SessionInfo]:
         """Every session here with its time, checkpoint size and lock, youngest first.
@@ -256,13 +163,7 @@ class SessionStorageRepository:
         session and one read of the kernel's lock table for the whole scan.
         A missing repository gives ``[]``.
         """
-        dir_fd = _open_repository(self.location)
-        if dir_fd is None:
-            return []
-        try:
-            return _inspect(self.location, dir_fd, _list(dir_fd).sessions)
-        finally:
-            os.close(dir_fd)
+        return self._scan()[0]
 
     def prune(
         self,
@@ -286,20 +187,10 @@ class SessionStorageRepository:
         run touches nothing.
         """
         policy = PrunePolicy(keep=keep, older_than=older_than)
-        dir_fd = _open_repository(self.location)
-        if dir_fd is None:
-            return []
-        try:
-            listing = _list(dir_fd, tombstones=not dry_run)
-            doomed = plan_prune(
-                _inspect(self.location, dir_fd, listing.sessions),
-                datetime.datetime.now(datetime.timezone.utc),
-                policy,
-            )
-        finally:
-            os.close(dir_fd)
+        infos, tombstones = self._scan()
+        doomed = plan_prune(infos, datetime.datetime.now(datetime.timezone.utc), policy)
         if dry_run:
             return doomed
-        for name in listing.tombstones:
+        for name in tombstones:
             remove_tree(os.path.join(self.location, name))
         return [info for info in doomed if _remove_unless_held(info)]
