@@ -24,9 +24,6 @@ NAMES: Final = ("native", "python")
 # The order of the native side's lock-state codes.
 _LOCK_STATES: Final = (LockState.UNLOCKED, LockState.HELD, LockState.STALE)
 
-# What the extension must provide; one built from older sources may lack some.
-NATIVE_FUNCTIONS: Final = ("break_stale_lock", "load", "lock_state", "save")
-
 
 @attrs.frozen
 class Backend:
@@ -37,6 +34,13 @@ class Backend:
     load: Callable[[str], bytes]
     lock_state: Callable[[str], LockState]
     break_stale_lock: Callable[[str], bool]
+
+
+# What the extension must provide: a function of the same name for each one a
+# backend has. An extension built from older sources may lack some.
+NATIVE_FUNCTIONS: Final = tuple(
+    field.name for field in attrs.fields(Backend) if field.name != "name"
+)
 
 
 PYTHON: Final = Backend(
