@@ -13,7 +13,7 @@ from typing import Final
 
 import attrs
 
-from . import _python_writer
+from . import _python_listing, _python_writer
 from ._lock_state import LockState
 
 log = logging.getLogger("sessionstore")
@@ -34,6 +34,10 @@ class Backend:
     load: Callable[[str], bytes]
     lock_state: Callable[[str], LockState]
     break_stale_lock: Callable[[str], bool]
+    list_sessions: Callable[[str], list[str] | None]
+    scan_sessions: Callable[
+        [str], tuple[list[_python_listing.ScannedSession], list[str]] | None
+    ]
 
 
 # What the extension must provide: a function of the same name for each one a
@@ -49,6 +53,8 @@ PYTHON: Final = Backend(
     load=_python_writer.load,
     lock_state=_python_writer.lock_state,
     break_stale_lock=_python_writer.break_stale_lock,
+    list_sessions=_python_listing.list_sessions,
+    scan_sessions=_python_listing.scan_sessions,
 )
 
 
@@ -78,6 +84,8 @@ def load_native() -> Backend:
         load=_native.load,
         lock_state=lock_state,
         break_stale_lock=_native.break_stale_lock,
+        list_sessions=_native.list_sessions,
+        scan_sessions=_native.scan_sessions,
     )
 
 
