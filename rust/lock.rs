@@ -61,7 +61,15 @@ fn parse_int(text: &str, radix: u32) -> Option<u64> {
 }
 
 /// Whether a live process holds the flock of the open directory `dir`.
-fn held(dir: libc::c_int) -> Result<bool, Errno> {
+///
+/// The lock table answers where it settles the question, so looking never
+/// makes the flock of a writer starting at that moment fail. The lock is tried
+/// where the table cannot tell (missing, or naming the inode under another
+/// device number, as btrfs subvolumes do) and where it says "free" while the
+/// next file is there: that answer means STALE, an invitation to break the
+/// lock, and a table longer than a page is read in pieces taken at different
+/// moments, which can miss a holder. Trying cannot miss one.
+fn held(dir: libc::c_int, next_exists: bool) -> Result<bool, Errno> {
     let st = sys::fstat(dir)?;
     let key = FileKey {
         major: u64::from(libc::major(st.st_dev)),
@@ -73,8 +81,7 @@ fn held(dir: libc::c_int) -> Result<bool, Errno> {
         if keys.contains(&key) {
             return Ok(true);
         }
-        // The inode under another device number (btrfs subvolumes): try the lock.
-        if !keys.iter().any(|k| k.inode == key.inode) {
+        if !next_exists && !keys.iter().any(|k| k.inode == key.inode) {
             return Ok(false);
         }
     }
@@ -124,7 +131,7 @@ pub fn lock_state(location: &CStr) -> Result<LockState, Errno> {
     let dir = sys::open(location, sys::DIR_FLAGS)?;
     let state = (|| -> Result<LockState, Errno> {
         let before = look_at_next(dir)?;
-        let held = held(dir)?;
+        let held = held(dir, before.is_some())?;
         let after = if held { before } else { look_at_next(dir)? };
         Ok(classify(held, before, after))
     })();
