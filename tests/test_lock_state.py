@@ -346,10 +346,34 @@ def test_the_python_probe_looks_at_next_on_both_sides_of_the_lock(
     location.mkdir()
     real_held = _python_writer._held
 
-    def writer_starts_right_after(dir_fd: int) -> bool:
-        held = real_held(dir_fd)
+    def writer_starts_right_after(dir_fd: int, *, next_exists: bool) -> bool:
+        held = real_held(dir_fd, next_exists=next_exists)
         (location / "session.next").write_bytes(b"")
         return held
 
     monkeypatch.setattr(_python_writer, "_held", writer_starts_right_after)
     assert _python_writer.lock_state(str(location)) is LockState.HELD
+
+
+def test_the_python_probe_does_not_trust_a_table_that_misses_a_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock table that says "free" beside a ``session.next`` is checked by trying.
+
+    ``/proc/locks`` is read a page at a time, each page at another moment, so
+    a long table can miss a writer that holds its lock all along; STALE on that
+    word alone would invite breaking a live writer's lock.
+    """
+    from sessionstore import _python_writer
+    from sessionstore._lock_state import LockTable
+
+    monkeypatch.setattr(
+        _python_writer, "read_lock_table", lambda: LockTable(frozenset())
+    )
+    storage = SessionStorage.create(tmp_path)
+    holder = Holder(storage.location, create_next=True)
+    try:
+        assert _python_writer.lock_state(storage.location) is LockState.HELD
+    finally:
+        holder.release()
+    assert _python_writer.lock_state(storage.location) is LockState.STALE

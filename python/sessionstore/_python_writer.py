@@ -169,19 +169,26 @@ def read_lock_table() -> LockTable | None:
         return None
 
 
-def _held(dir_fd: int) -> bool:
+def _held(dir_fd: int, *, next_exists: bool) -> bool:
     """Whether a live process holds the flock of the open directory ``dir_fd``.
 
-    Read from the kernel's lock table, so the probe never takes the lock a
-    writer may be about to ask for. Where the table is missing or names the
-    inode under another device number (btrfs subvolumes), try the lock instead.
+    Read from the kernel's lock table where that settles it, so that looking at
+    a session never makes the flock of a writer starting at that moment fail.
+    The lock is tried instead where the table cannot tell (it is missing, or
+    names the inode under another device number, as for btrfs subvolumes), and
+    where it says "free" while ``session.next`` is there: that answer means
+    STALE, an invitation to break the lock, and a table longer than a page is
+    read in pieces taken at different moments, which can miss a holder. Trying
+    cannot miss one; and with ``session.next`` in place a writer starting now
+    fails anyway, so only a writer starting just as another one finishes can
+    see the try as a live writer.
     """
     st = os.fstat(dir_fd)
     key = FileKey(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     table = read_lock_table()
-    verdict = None if table is None else table.holds(key)
-    if verdict is not None:
-        return verdict
+    listed = None if table is None else table.holds(key)
+    if listed is True or (listed is False and not next_exists):
+        return listed
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -209,7 +216,7 @@ def lock_state(location: str) -> LockState:
         raise _with_path(exc, location) from exc
     try:
         before = _look_at_next(dir_fd)
-        held = _held(dir_fd)
+        held = _held(dir_fd, next_exists=before is not None)
         after = before if held else _look_at_next(dir_fd)
         return classify_lock(held=held, next_before=before, next_after=after)
     except OSError as exc:

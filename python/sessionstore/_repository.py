@@ -65,7 +65,9 @@ def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
             before = NextFile(next_ino, next_ctime_ns)
         key = FileKey(os.major(dev), os.minor(dev), ino)
         held = None if table is None else table.holds(key)
-        if held is None:
+        # "Free" beside a session.next would make it STALE; the table is read
+        # a page at a time and can miss a holder, so lock_state() tries it.
+        if held is None or (not held and before is not None):
             try:
                 lock = _backend.active.current.lock_state(session)
             except FileNotFoundError:
