@@ -15,8 +15,8 @@ Conservative: it assumes less of a filesystem than ext4, xfs or btrfs promise.
 1. State. One directory maps names to inodes; an inode holds bytes. The model
    keeps what the program sees and, apart, what is durable: sure to be on disk.
 2. Effects. A step issues effects: entry effects on the directory (link a new
-   inode under a name, rename, unlink) and data effects on an inode (write bytes
-   at an offset, which may extend the file).
+   inode under a name, rename) and data effects on an inode (write bytes at an
+   offset, which may extend the file).
 3. Barriers. A flush (``fsync``/``fdatasync`` of a file, ``fsync`` of the
    directory) that has returned makes every effect issued before it on that one
    object durable: a file's flush its data and size, the directory's flush its
@@ -148,24 +148,6 @@ class Rename:
 
 
 @attrs.frozen
-class Unlink:
-    """``name`` is removed; it named ``inode`` when issued."""
-
-    name: str
-    inode: int
-    target: int = attrs.field(default=DIRECTORY, repr=False)
-
-    def apply(self, disk: Disk) -> Disk:
-        entries = dict(disk.entries)
-        if entries.get(self.name) == self.inode:
-            del entries[self.name]
-        return disk.with_entries(entries)
-
-    def landings(self, disk: Disk) -> list[Landing]:
-        return [(f"{self} lost", disk), (f"{self} landed", self.apply(disk))]
-
-
-@attrs.frozen
 class Write:
     """``data`` written into ``inode`` at ``offset``."""
 
@@ -217,7 +199,7 @@ class Write:
         return result
 
 
-Effect = Link | Rename | Unlink | Write
+Effect = Link | Rename | Write
 
 
 @attrs.frozen
