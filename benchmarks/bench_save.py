@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ratio > limit:
                     missed.append(
                         f"{writer} {place} {durability.name} {size_name(size)}: "
-                        f"{ratio:.2f}x > {limit:.2f}x"
+                        f"{ratio:.3f}x > {limit:.2f}x"
                     )
             cells.append(f"{fmt_time(m[writer]):>10} {ratio:>7.2f}{mark or ' '}")
         limits = sorted(
