@@ -298,6 +298,17 @@ def test_bench_defaults_to_a_temporary_session_in_the_repository(
     assert SessionStorageRepository(tmp_path).get_storage_list() == [kept]
 
 
+def test_bench_removes_the_repository_it_had_to_make(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "cache" / "plainbox" / "sessions"
+    status, _, _ = run(
+        capsys, "bench", "--sizes", "1", "--budget", "0.01", "--repo", repo
+    )
+    assert status == 0
+    assert os.listdir(tmp_path) == []
+
+
 def test_bench_in_a_missing_directory_is_one_line_and_exit_1(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -53,6 +53,16 @@ def summarize(
     return BenchRow(size, durability, len(ordered), statistics.median(ordered), p90)
 
 
+def _missing_directories(path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist, innermost first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
 def run_save_benchmark(
     base_dir: str,
     *,
@@ -62,10 +72,12 @@ def run_save_benchmark(
 ) -> list[BenchRow]:
     """Save into a new session in ``base_dir`` for about ``budget`` seconds.
 
-    The session is removed afterwards, also when a save fails. ``started`` is
-    told its location before the first save. Rows come size by size, durable
-    first.
+    The session is removed afterwards, also when a save fails, and so are the
+    directories made for it (``base_dir`` and parents that did not exist).
+    ``started`` is told its location before the first save. Rows come size by
+    size, durable first.
     """
+    missing = _missing_directories(base_dir)
     session = SessionStorage.create(base_dir, prefix="bench-")
     storages = {d: SessionStorage(session.location, durability=d) for d in DURABILITIES}
     payloads = {size: os.urandom(size) for size in sizes}
@@ -86,4 +98,6 @@ def run_save_benchmark(
             rounds += 1
     finally:
         session.remove()
+        for path in missing:
+            os.rmdir(path)
     return [summarize(size, d, latencies[size, d]) for size, d in cells]

@@ -113,11 +113,11 @@ def info_as_json(info: SessionInfo) -> dict[str, Any]:
     }
 
 
-def format_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
+def format_columns(
+    rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
 ) -> str:
-    """Columns padded to their widest cell; the columns in ``right`` right-aligned."""
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    """Rows of cells in columns padded to their widest cell, ``right`` right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(cells: Sequence[str]) -> str:
         padded = [
@@ -126,7 +126,7 @@ def format_table(
         ]
         return "  ".join(padded).rstrip()
 
-    return "\n".join([line(header), *(line(r) for r in rows)])
+    return "\n".join(line(row) for row in rows)
 
 
 def _modified(info: SessionInfo) -> str:
@@ -140,7 +140,8 @@ def _size(info: SessionInfo) -> str:
 def sessions_table(infos: Sequence[SessionInfo]) -> str:
     """The table ``list`` prints."""
     rows = [(i.id, _modified(i), _size(i), i.lock.value) for i in infos]
-    return format_table(("ID", "MODIFIED (UTC)", "SIZE", "LOCK"), rows, right={2})
+    header = ("ID", "MODIFIED (UTC)", "SIZE", "LOCK")
+    return format_columns([header, *rows], right=frozenset({2}))
 
 
 def bench_table(rows: Sequence[BenchRow]) -> str:
@@ -156,7 +157,7 @@ def bench_table(rows: Sequence[BenchRow]) -> str:
         for r in rows
     ]
     header = ("SIZE", "DURABILITY", "SAVES", "MEDIAN", "P90")
-    return format_table(header, cells, right={0, 2, 3, 4})
+    return format_columns([header, *cells], right=frozenset({0, 2, 3, 4}))
 
 
 def _repository(args: argparse.Namespace) -> SessionStorageRepository:
@@ -243,7 +244,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("checkpoint", size),
         ("lock", info.lock.value),
     ]
-    _write(format_table(("FIELD", "VALUE"), rows, right=set()).split("\n", 1)[1])
+    _write(format_columns(rows))
     return EXIT_OK
 
 
