@@ -180,3 +180,19 @@ def test_an_interrupting_exception_still_cleans_up(
         fallback.save_checkpoint(NEW)
     monkeypatch.undo()
     assert_nothing_changed(fallback)
+
+
+def test_a_failure_while_undoing_never_replaces_the_saves_error(
+    fallback: SessionStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_on_call(monkeypatch, os, "fsync", 1, errno.EIO)
+    fail_on_call(monkeypatch, os, "unlink", 1, errno.EPERM)
+    with pytest.raises(OSError) as info:
+        fallback.save_checkpoint(NEW)
+    assert info.value.errno == errno.EIO
+    assert info.value.filename == fallback.paths.next
+    context = info.value.__context__
+    assert isinstance(context, OSError)
+    assert context.errno == errno.EPERM
+    monkeypatch.undo()
+    assert fallback.load_checkpoint() == OLD

@@ -123,25 +123,26 @@ def save(
                 os.close(fd)
             else:
                 raise ValueError(f"unknown save step {code} in plan {codes!r}")
-    except _errors.LockedStorageError:
+    except BaseException as exc:
+        failure = exc
+        if isinstance(exc, OSError) and not isinstance(exc, _errors.LockedStorageError):
+            if code == _RENAME_NEXT:
+                failure = _with_path(exc, next_path, os.path.join(location, target))
+            else:
+                failure = _with_path(exc, path)
+    else:
+        return
+    try:
         _cleanup(dir_fd, next_fd, created, next_name)
-        raise
-    except OSError as exc:
-        _cleanup(dir_fd, next_fd, created, next_name)
-        if code == _RENAME_NEXT:
-            raise _with_path(exc, next_path, os.path.join(location, target)) from exc
-        raise _with_path(exc, path) from exc
-    except BaseException:
-        _cleanup(dir_fd, next_fd, created, next_name)
-        raise
+    except OSError:
+        # Undoing failed too: that error becomes the context of the save's own
+        # error, which is still the one raised.
+        raise failure  # noqa: B904
+    raise failure
 
 
 def _cleanup(dir_fd: int, next_fd: int, created: bool, next_name: str) -> None:
-    """Undo what a failed save did, so no lock and no partial file are left.
-
-    Errors here are secondary to the one being raised: they are attached to it
-    as its context by Python, never allowed to replace it.
-    """
+    """Undo what a failed save did, so no lock and no partial file are left."""
     try:
         if next_fd >= 0:
             os.close(next_fd)
