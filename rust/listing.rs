@@ -81,6 +81,7 @@ pub struct Listing {
 }
 
 /// Where a listing failed: the repository itself, or a path inside it.
+#[derive(Debug)]
 pub enum ListError {
     Repository(Errno),
     Entry(Errno, Vec<u8>),
@@ -349,6 +350,79 @@ pub fn scan_sessions<'py>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn repository(name: &str) -> (std::path::PathBuf, CString) {
+        let path = std::env::temp_dir().join(format!(
+            "sessionstore-listing-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        (path, c)
+    }
+
+    fn names(listing: &Listing) -> Vec<&[u8]> {
+        listing
+            .sessions
+            .iter()
+            .map(|(found, _)| found.name.as_slice())
+            .collect()
+    }
+
+    #[test]
+    fn lists_session_directories_youngest_first_and_nothing_else() {
+        let (path, c) = repository("list");
+        for (name, age) in [
+            ("old.session", 30),
+            ("young.session", 10),
+            ("b.session", 20),
+        ] {
+            std::fs::create_dir(path.join(name)).unwrap();
+            let time = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            std::fs::File::open(path.join(name))
+                .unwrap()
+                .set_modified(time)
+                .unwrap();
+        }
+        std::fs::write(path.join("young.session/session"), b"12345").unwrap();
+        std::fs::write(path.join("file.session"), b"").unwrap();
+        std::fs::create_dir(path.join(".hidden.session")).unwrap();
+        std::fs::create_dir(path.join(".b.session.removing-ab")).unwrap();
+        std::os::unix::fs::symlink(path.join("old.session"), path.join("link.session")).unwrap();
+        let listing = list(&c, true).unwrap().unwrap();
+        let plain = list(&c, false).unwrap().unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+        let expected: Vec<&[u8]> = vec![b"young.session", b"b.session", b"old.session"];
+        assert_eq!(names(&listing), expected);
+        assert_eq!(names(&plain), expected);
+        assert_eq!(listing.tombstones, vec![b".b.session.removing-ab".to_vec()]);
+        assert!(plain.tombstones.is_empty());
+        let sizes: Vec<_> = listing
+            .sessions
+            .iter()
+            .map(|(_, detail)| detail.as_ref().unwrap().checkpoint_size)
+            .collect();
+        assert_eq!(sizes, vec![Some(5), None, None]);
+    }
+
+    #[test]
+    fn a_missing_repository_is_none_and_a_vanished_session_has_no_detail() {
+        let (path, c) = repository("missing");
+        let fd = sys::open(&c, sys::DIR_FLAGS).unwrap();
+        let gone = detail(fd, b"gone.session");
+        sys::close(fd).unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+        assert!(matches!(gone, Ok(None)));
+        assert!(matches!(list(&c, false), Ok(None)));
+    }
+
+    #[test]
+    fn many_sessions_are_listed_alike_on_one_thread_and_several() {
+        let items: Vec<usize> = (0..PARALLEL_FROM * 3).collect();
+        let doubled = in_parallel(&items, |i| i * 2);
+        assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+    }
 
     #[test]
     fn names_are_classified_as_naming_does() {

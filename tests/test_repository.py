@@ -222,6 +222,25 @@ def test_both_backends_list_and_scan_alike(tmp_path: Path) -> None:
     assert native.scan_sessions(missing) is python.scan_sessions(missing) is None
 
 
+def test_both_backends_agree_on_a_repository_big_enough_for_threads(
+    tmp_path: Path,
+) -> None:
+    # More sessions than the native listing stats on one thread.
+    for i in range(3000):
+        session = tmp_path / f"s{i:04}.session"
+        session.mkdir()
+        os.utime(session, ns=(i % 700 * 10**9, i % 700 * 10**9))
+        if i % 3 == 0:
+            (session / "session").write_bytes(b"x" * i)
+    location = str(tmp_path)
+    native = _backend.load_native()
+    scanned = native.scan_sessions(location)
+    assert scanned == _backend.PYTHON.scan_sessions(location)
+    assert native.list_sessions(location) == _backend.PYTHON.list_sessions(location)
+    assert scanned is not None
+    assert len(scanned[0]) == 3000
+
+
 @pytest.mark.parametrize("function", ["list_sessions", "scan_sessions"])
 def test_both_backends_raise_alike_naming_the_repository(
     tmp_path: Path, function: str
