@@ -40,6 +40,7 @@ def assert_nothing_lost(storage: SessionStorage) -> None:
     assert [p.name for p in Path(storage.location).iterdir()] == ["session"]
 
 
+@pytest.mark.root
 def test_a_full_filesystem_fails_the_save_and_loses_nothing(
     backend: str, mount: filesystems.Mount
 ) -> None:
@@ -58,6 +59,7 @@ def test_a_full_filesystem_fails_the_save_and_loses_nothing(
         filler.unlink()
 
 
+@pytest.mark.root
 def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
     backend: str, mount: filesystems.Mount
 ) -> None:
@@ -77,6 +79,7 @@ def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
     assert storage.load_checkpoint() == SMALL
 
 
+@pytest.mark.root
 def test_a_stale_lock_on_a_read_only_filesystem_is_seen_but_not_broken(
     backend: str, mount: filesystems.Mount
 ) -> None:

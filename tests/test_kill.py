@@ -175,6 +175,7 @@ def mount(
     yield from filesystems.mount_or_skip(request.param, tmp_path_factory)
 
 
+@pytest.mark.root
 def test_kills_on_each_filesystem_never_tear_or_lose_a_checkpoint(
     mount: filesystems.Mount, backend: str, backend_env: dict[str, str], tmp_path: Path
 ) -> None:
