@@ -231,9 +231,9 @@ fn is_dir(st: Option<libc::stat>) -> bool {
 }
 
 /// Below this many sessions one thread stats them faster than starting more.
-const PARALLEL_FROM: usize = 2048;
+const PARALLEL_FROM: usize = 512;
 /// Each extra thread gets at least this many `fstatat` calls.
-const PER_THREAD: usize = 1024;
+const PER_THREAD: usize = 256;
 /// More threads than this only queue on the same directory's locks.
 const MAX_THREADS: usize = 4;
 
