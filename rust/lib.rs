@@ -9,6 +9,8 @@ pub mod listing;
 pub mod load;
 pub mod lock;
 pub mod save;
+pub mod slots_format;
+pub mod slotted;
 pub mod sys;
 
 use std::ffi::{CStr, CString, OsStr};
@@ -21,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::save::{At, Checkpoint, Cleanup, Failure, Save, SaveError};
+use crate::slotted::SlottedSave;
 
 fn path_bytes(path: PathBuf) -> Vec<u8> {
     path.into_os_string().into_vec()
@@ -204,6 +207,24 @@ fn save_error(
     err
 }
 
+/// The bytes of `data`, borrowed: `bytes` lend their memory directly; anything
+/// else through the buffer protocol, whose export pins the memory (a bytearray
+/// cannot resize) until the returned buffer is released.
+fn borrow_checkpoint(data: &Bound<'_, PyAny>) -> PyResult<(Checkpoint, Option<PyUntypedBuffer>)> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok((Checkpoint::of(bytes.as_bytes()), None));
+    }
+    let exported = PyUntypedBuffer::get(data)?;
+    if !exported.is_c_contiguous() {
+        return Err(PyBufferError::new_err(
+            "checkpoint buffer is not C-contiguous",
+        ));
+    }
+    let checkpoint =
+        unsafe { Checkpoint::from_raw(exported.buf_ptr().cast::<u8>(), exported.len_bytes()) };
+    Ok((checkpoint, Some(exported)))
+}
+
 /// Execute a save plan (`codes`) in `location`, with the GIL released throughout.
 #[pyfunction]
 #[pyo3(name = "save")]
@@ -220,21 +241,7 @@ fn save_checkpoint<'py>(
         FsPath::new(next_name)?,
         FsPath::new(target)?,
     );
-    // bytes lend their memory directly; anything else through the buffer
-    // protocol, whose export pins the memory (a bytearray cannot resize) until
-    // released.
-    let mut buffer = None;
-    let checkpoint = if let Ok(bytes) = data.cast::<PyBytes>() {
-        Checkpoint::of(bytes.as_bytes())
-    } else {
-        let exported = buffer.insert(PyUntypedBuffer::get(data)?);
-        if !exported.is_c_contiguous() {
-            return Err(PyBufferError::new_err(
-                "checkpoint buffer is not C-contiguous",
-            ));
-        }
-        unsafe { Checkpoint::from_raw(exported.buf_ptr().cast::<u8>(), exported.len_bytes()) }
-    };
+    let (checkpoint, buffer) = borrow_checkpoint(data)?;
     let plan = Save {
         location: location.as_c_str(),
         next_name: next_name.as_c_str(),
@@ -298,6 +305,187 @@ fn load_checkpoint<'py>(
     let mut whole = bytes.as_bytes()[..filled.read].to_vec();
     whole.extend_from_slice(&filled.beyond);
     Ok(PyBytes::new(py, &whole))
+}
+
+/// `<module>.<class>(*args)`: an exception class of the library's own.
+fn library_error<'py>(
+    py: Python<'py>,
+    module: &str,
+    class: &str,
+    args: impl pyo3::call::PyCallArgs<'py>,
+) -> PyErr {
+    let made = py
+        .import(module)
+        .and_then(|module| module.getattr(class))
+        .and_then(|class| class.call1(args));
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(err) => err,
+    }
+}
+
+/// The fallback's CorruptCheckpointError for the slots file at `path`.
+fn corrupt_error(py: Python<'_>, path: &[u8], reason: &str) -> PyErr {
+    let args = (OsStr::from_bytes(path), reason);
+    library_error(
+        py,
+        "sessionstore._python_slots_writer",
+        "CorruptCheckpointError",
+        args,
+    )
+}
+
+fn slotted_error(
+    py: Python<'_>,
+    failure: slotted::Failure,
+    location: &[u8],
+    in_place: &Bound<'_, PyBytes>,
+    rebuild: &Bound<'_, PyBytes>,
+) -> PyErr {
+    let path = |name: &CStr| join(location, name.to_bytes());
+    let plan = || {
+        in_place
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| format!("{:?}", in_place.as_bytes()))
+    };
+    match failure {
+        slotted::Failure::Os { errno, at } => {
+            let path = match at {
+                slotted::At::Location => location.to_vec(),
+                slotted::At::Next => path(slotted::NEXT_NAME),
+                slotted::At::Checkpoint => path(slotted::CHECKPOINT_NAME),
+                slotted::At::Slots => path(slotted::SLOTS_NAME),
+            };
+            errno_error(py, errno, &path)
+        }
+        slotted::Failure::NoProgress => os_error(
+            py,
+            libc::EIO,
+            "write made no progress",
+            Some(&path(slotted::SLOTS_NAME)),
+            None,
+        ),
+        slotted::Failure::Held => locked_error(py, "held", &path(slotted::NEXT_NAME)),
+        slotted::Failure::Leftover => locked_error(py, "leftover", &path(slotted::NEXT_NAME)),
+        slotted::Failure::ReplaceLayout => os_error(
+            py,
+            libc::EEXIST,
+            "the session is in the replace layout; convert it first",
+            Some(&path(slotted::CHECKPOINT_NAME)),
+            None,
+        ),
+        slotted::Failure::Corrupt(reason) => {
+            corrupt_error(py, &path(slotted::SLOTS_NAME), &reason.to_string())
+        }
+        slotted::Failure::Format(reason) => library_error(
+            py,
+            "sessionstore._slots_format",
+            "SlotsFormatError",
+            (reason.to_string(),),
+        ),
+        slotted::Failure::UnknownStep(code) => {
+            PyValueError::new_err(format!("unknown slotted save step {code} in {}", plan()))
+        }
+        slotted::Failure::NotChosen => {
+            PyValueError::new_err(format!("slot written before it was chosen in {}", plan()))
+        }
+        slotted::Failure::Rebuild(error) => {
+            let paths = SavePaths {
+                location: location.to_vec(),
+                next_name: slotted::NEXT_NAME.to_bytes().to_vec(),
+                target: slotted::SLOTS_NAME.to_bytes().to_vec(),
+            };
+            save_error(py, error, &paths, rebuild)
+        }
+    }
+}
+
+/// Execute a slotted save plan in `location`: `in_place`, or `rebuild` when
+/// there is no slots file or the record does not fit; the GIL released throughout.
+#[pyfunction]
+fn save_slotted<'py>(
+    py: Python<'py>,
+    location: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    in_place: &Bound<'py, PyBytes>,
+    rebuild: &Bound<'py, PyBytes>,
+) -> PyResult<()> {
+    let location = FsPath::new(location)?;
+    let (checkpoint, buffer) = borrow_checkpoint(data)?;
+    let plan = SlottedSave {
+        location: location.as_c_str(),
+        in_place: in_place.as_bytes(),
+        rebuild: rebuild.as_bytes(),
+    };
+    let outcome = py.detach(move || plan.run(checkpoint));
+    if let Some(exported) = buffer {
+        exported.release(py);
+    }
+    outcome.map_err(|failure| slotted_error(py, failure, location.as_bytes(), in_place, rebuild))
+}
+
+/// The newest valid record of the slots file at `path` (with `previous`, the
+/// one before it, or None), read straight into the returned bytes.
+#[pyfunction]
+#[pyo3(signature = (path, previous = false))]
+fn load_slots<'py>(
+    py: Python<'py>,
+    path: &Bound<'py, PyAny>,
+    previous: bool,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let path = FsPath::new(path)?;
+    let name = path.as_bytes();
+    let c = path.as_c_str();
+    let fd = py
+        .detach(|| sys::open(c, slotted::READ_FLAGS))
+        .map_err(|errno| errno_error(py, errno, name))?;
+    let wanted = if previous { 2 } else { 1 };
+    let found = (|| -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let view = py
+            .detach(|| slotted::read_view(fd))
+            .map_err(|error| match error {
+                slotted::ReadError::Os(errno) => errno_error(py, errno, name),
+                slotted::ReadError::Corrupt(reason) => corrupt_error(py, name, &reason.to_string()),
+            })?;
+        let mut found = Vec::new();
+        for slot in slots_format::newest_first(&view.headers) {
+            let length = view.headers[slot].map_or(0, |record| record.length);
+            let length = pyo3::ffi::Py_ssize_t::try_from(length)
+                .map_err(|_| errno_error(py, libc::EOVERFLOW, name))?;
+            // An uninitialised bytes object of the record's size: the reads fill it.
+            let bytes = unsafe {
+                let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), length);
+                Bound::from_owned_ptr_or_err(py, ptr)?.cast_into::<PyBytes>()?
+            };
+            let dest = unsafe {
+                let ptr = pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>();
+                load::Destination::from_raw(ptr, length.unsigned_abs())
+            };
+            let view = &view;
+            let whole = py
+                .detach(move || unsafe { slotted::read_record(fd, view, slot, dest.as_mut_ptr()) })
+                .map_err(|errno| errno_error(py, errno, name))?;
+            if whole {
+                found.push(bytes);
+                if found.len() == wanted {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    })();
+    let closed = sys::close(fd);
+    let mut found = found?;
+    closed.map_err(|errno| os_error(py, errno, &sys::describe(errno), None, None))?;
+    if found.is_empty() {
+        return Err(corrupt_error(py, name, "no record passes its checksum"));
+    }
+    Ok(if previous {
+        (found.len() > 1).then(|| found.swap_remove(1))
+    } else {
+        Some(found.swap_remove(0))
+    })
 }
 
 /// The lock of the session at `location`: 0 unlocked, 1 held, 2 stale.
@@ -460,6 +648,8 @@ impl CheckpointWorker {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(save_slotted, m)?)?;
+    m.add_function(wrap_pyfunction!(load_slots, m)?)?;
     m.add_function(wrap_pyfunction!(lock_state, m)?)?;
     m.add_function(wrap_pyfunction!(break_stale_lock, m)?)?;
     m.add_function(wrap_pyfunction!(listing::list_sessions, m)?)?;

@@ -60,6 +60,11 @@ impl Destination {
             len: buf.len(),
         }
     }
+
+    /// Where the memory starts, for a reader of its own (a slots record).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
 }
 
 /// Read `fd` to its end: first into `dest` (as many reads as the kernel needs:

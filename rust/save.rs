@@ -62,6 +62,22 @@ impl Checkpoint {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Where the bytes start, for a syscall that reads them (`pwritev`).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    /// The bytes as a slice, for code that must read them itself (a checksum).
+    ///
+    /// # Safety
+    /// The memory must stay allocated while the slice is used. A writer that
+    /// changes it meanwhile (another thread and a `bytearray`) makes the data
+    /// and what was read of it differ; the slotted layout's checksum then
+    /// rejects the record on load, as for a torn write.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 /// Which path an error concerns.
@@ -122,8 +138,15 @@ impl Save<'_> {
     /// Execute the plan; on failure, the next file this save created is gone
     /// and every descriptor it opened is closed.
     pub fn run(&self, data: Checkpoint) -> Result<(), SaveError> {
+        self.run_in(-1, data)
+    }
+
+    /// Execute the plan in `dir`, a session directory the caller opened and
+    /// locked (a slotted save going on with a rebuild: its plan starts after
+    /// the lock). The directory is the plan's from then on: it closes it.
+    pub fn run_in(&self, dir: libc::c_int, data: Checkpoint) -> Result<(), SaveError> {
         let mut state = State {
-            dir: -1,
+            dir,
             next: -1,
             created: false,
         };

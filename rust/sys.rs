@@ -90,6 +90,53 @@ pub unsafe fn read(fd: libc::c_int, buf: *mut u8, len: usize) -> Result<usize, E
     }
 }
 
+/// One `pread(fd, buf, len, offset)`: the count read, 0 at the end of the file.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes for the whole call.
+pub unsafe fn pread(
+    fd: libc::c_int,
+    buf: *mut u8,
+    len: usize,
+    offset: u64,
+) -> Result<usize, Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
+    loop {
+        let ret = unsafe { libc::pread(fd, buf.cast(), len, offset) };
+        if ret >= 0 {
+            return Ok(ret.unsigned_abs());
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// One `pwritev(fd, iov, offset)`: the count the kernel accepted, retried on EINTR.
+///
+/// # Safety
+/// Every `iovec` must point at memory valid for reads of its length for the whole call.
+pub unsafe fn pwritev(fd: libc::c_int, iov: &[libc::iovec], offset: u64) -> Result<usize, Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
+    let count = libc::c_int::try_from(iov.len()).map_err(|_| libc::EINVAL)?;
+    loop {
+        let ret = unsafe { libc::pwritev(fd, iov.as_ptr(), count, offset) };
+        if ret >= 0 {
+            return Ok(ret.unsigned_abs());
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// `fdatasync(fd)`: the data and what reading it back needs, not the times.
+pub fn fdatasync(fd: libc::c_int) -> Result<(), Errno> {
+    retrying(|| unsafe { libc::fdatasync(fd) }).map(drop)
+}
+
 /// `fsync(fd)`.
 pub fn fsync(fd: libc::c_int) -> Result<(), Errno> {
     retrying(|| unsafe { libc::fsync(fd) }).map(drop)

@@ -13,7 +13,7 @@ from typing import Final
 
 import attrs
 
-from . import _python_listing, _python_writer
+from . import _python_listing, _python_slots_writer, _python_writer
 from ._lock_state import LockState
 
 log = logging.getLogger("sessionstore")
@@ -38,6 +38,10 @@ class Backend:
     scan_sessions: Callable[
         [str], tuple[list[_python_listing.ScannedSession], list[str]] | None
     ]
+    save_slotted: Callable[[str, bytes | bytearray | memoryview, bytes, bytes], None]
+    """a slotted save plan: (location, data, in-place codes, rebuild codes)"""
+    load_slots: Callable[[str, bool], bytes | None]
+    """the newest valid record of a slots file, or (True) the one before it"""
 
 
 # What the extension must provide: a function of the same name for each one a
@@ -55,6 +59,8 @@ PYTHON: Final = Backend(
     break_stale_lock=_python_writer.break_stale_lock,
     list_sessions=_python_listing.list_sessions,
     scan_sessions=_python_listing.scan_sessions,
+    save_slotted=_python_slots_writer.save,
+    load_slots=_python_slots_writer.load,
 )
 
 
@@ -86,6 +92,8 @@ def load_native() -> Backend:
         break_stale_lock=_native.break_stale_lock,
         list_sessions=_native.list_sessions,
         scan_sessions=_native.scan_sessions,
+        save_slotted=_native.save_slotted,
+        load_slots=_native.load_slots,
     )
 
 

@@ -8,8 +8,10 @@ __all__ = [
     "break_stale_lock",
     "list_sessions",
     "load",
+    "load_slots",
     "lock_state",
     "save",
+    "save_slotted",
     "scan_sessions",
 ]
 
@@ -22,6 +24,15 @@ def save(
 ) -> None: ...
 def load(path: str) -> bytes: ...
 def lock_state(location: str) -> int: ...
+
+# The slotted layout; sessionstore._python_slots_writer documents the behaviour.
+def save_slotted(
+    location: str,
+    data: bytes | bytearray | memoryview,
+    in_place: bytes,
+    rebuild: bytes,
+) -> None: ...
+def load_slots(path: str, previous: bool = False) -> bytes | None: ...
 def break_stale_lock(location: str) -> bool: ...
 
 # The repository listing; sessionstore._python_listing documents the behaviour.

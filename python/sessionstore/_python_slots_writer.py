@@ -109,6 +109,12 @@ def _read_record(fd: int, view: SlotsView, slot: int) -> ValidRecord | None:
         return None
     offset = view.header.slot_offset(slot) + RECORD_HEADER_SIZE
     data = os.pread(fd, record.length, offset)
+    # One pread returns at most 2 GiB - 4 KiB; the end of the file stops it.
+    while len(data) < record.length:
+        more = os.pread(fd, record.length - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
     if len(data) != record.length or not record.crc_matches(data):
         return None
     return ValidRecord(slot, record.sequence, data)
@@ -156,6 +162,7 @@ def save(
     choice: SlotChoice | None = None
     previous: tuple[int, bytes] | None = None
     must_rebuild = False
+    rebuilding = False
     try:
         for code in in_place:
             if code == _OPEN_DIR:
@@ -229,6 +236,7 @@ def save(
             sequence = choice.sequence if choice is not None else 1
             image = build_slots_file(data, sequence, previous)
             fd, dir_fd = dir_fd, -1
+            rebuilding = True
             _python_writer.save(
                 location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=fd
             )
@@ -237,7 +245,9 @@ def save(
         raise
     except OSError as exc:
         _close(slots_fd, dir_fd)
-        if exc.filename is not None:
+        # The rebuild's errors already name their paths; the calls above name
+        # nothing, or a name relative to the directory: the full path replaces it.
+        if rebuilding:
             raise
         raise OSError(exc.errno, exc.strerror, path) from exc
     except BaseException:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from . import _backend, _python_slots_writer
+from . import _backend
 from ._layout_conversion import convert_layout
 from ._lock_state import LockState
 from ._naming import (
@@ -200,7 +200,7 @@ class SessionStorage:
             )
         else:
             slotted = plan_slotted_save(self.durability)
-            _python_slots_writer.save(
+            _backend.active.current.save_slotted(
                 self.location, buffer, slotted.in_place.codes, slotted.rebuild.codes
             )
 
@@ -214,12 +214,13 @@ class SessionStorage:
         location) when the session directory itself is missing.
         """
         paths = self.paths
+        current = _backend.active.current
         try:
-            return _backend.active.current.load(paths.checkpoint)
+            return current.load(paths.checkpoint)
         except FileNotFoundError:
             pass
         try:
-            newest = _python_slots_writer.load(paths.slots)
+            newest = current.load_slots(paths.slots, False)
         except FileNotFoundError:
             if not os.path.isdir(self.location):
                 raise FileNotFoundError(
@@ -239,7 +240,7 @@ class SessionStorage:
         if os.path.lexists(paths.checkpoint):
             return None
         try:
-            return _python_slots_writer.load(paths.slots, previous=True)
+            return _backend.active.current.load_slots(paths.slots, True)
         except FileNotFoundError:
             if not os.path.isdir(self.location):
                 raise FileNotFoundError(

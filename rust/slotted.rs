@@ -1,0 +1,559 @@
+//! The slotted layout's save and load: `sessionstore._python_slots_writer` in Rust.
+//!
+//! A save executes the in-place codes of `SlottedPlan` (the same `SaveStep`
+//! numbers): the new record goes over the slot that does not hold the newest
+//! valid record, then one `fdatasync`. When there is no slots file yet, or the
+//! record does not fit, the save goes on, still holding the directory's lock,
+//! with the rebuild codes run by `save::Save` on a whole new file. Plain Rust,
+//! without Python, so the extension runs all of it with the GIL released.
+
+use std::ffi::CStr;
+
+use crate::save::{Checkpoint, Save, SaveError};
+use crate::slots_format::{
+    build_slots_file, choose_slot, decode_file_header, decode_record_header, encode_record_header,
+    newest_first, FileHeader, FormatError, Headers, Placement, SlotChoice, HEAD_READ_SIZE,
+    RECORD_HEADER_SIZE,
+};
+use crate::sys::{self, Errno};
+
+/// The step codes of the in-place part, as `SaveStep` numbers them.
+pub mod step {
+    pub use crate::save::step::{CLOSE_DIR, LOCK_DIR, OPEN_DIR};
+    pub const CHECK_NEXT: u8 = 10;
+    pub const CHECK_REPLACE: u8 = 11;
+    pub const OPEN_SLOTS: u8 = 12;
+    pub const READ_SLOTS: u8 = 13;
+    pub const WRITE_SLOT: u8 = 14;
+    pub const SYNC_SLOT: u8 = 15;
+    pub const CLOSE_SLOTS: u8 = 16;
+}
+
+pub const NEXT_NAME: &CStr = c"session.next";
+pub const CHECKPOINT_NAME: &CStr = c"session";
+pub const SLOTS_NAME: &CStr = c"session.slots";
+
+const SLOTS_FLAGS: libc::c_int = libc::O_RDWR | libc::O_CLOEXEC;
+/// The flags a load opens a slots file with.
+pub const READ_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC;
+
+/// Which path an error concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// the session directory
+    Location,
+    /// `location/session.next`
+    Next,
+    /// `location/session`, the replace layout's checkpoint
+    Checkpoint,
+    /// `location/session.slots`
+    Slots,
+}
+
+/// Why a slotted save failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A syscall failed with `errno`.
+    Os { errno: Errno, at: At },
+    /// `pwritev` accepted nothing although bytes were left.
+    NoProgress,
+    /// `flock` found a live writer holding the lock.
+    Held,
+    /// `session.next` exists: the leftover of a writer that died.
+    Leftover,
+    /// `session` exists: the session is in the replace layout.
+    ReplaceLayout,
+    /// The slots file is not one this version reads.
+    Corrupt(FormatError),
+    /// The file is fine but no save can go on (sequence numbers exhausted).
+    Format(FormatError),
+    /// The in-place plan holds a code that is not one of its steps.
+    UnknownStep(u8),
+    /// `WRITE_SLOT` came before `READ_SLOTS` chose the slot.
+    NotChosen,
+    /// The rebuild failed; its error says where.
+    Rebuild(SaveError),
+}
+
+/// Why reading a slots file failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    Os(Errno),
+    Corrupt(FormatError),
+}
+
+/// What a read of a slots file found: its geometry and its record headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub header: FileHeader,
+    pub headers: Headers,
+}
+
+/// Read the file header and both record headers: two `pread`s.
+pub fn read_view(fd: libc::c_int) -> Result<View, ReadError> {
+    let mut block = [0u8; HEAD_READ_SIZE];
+    let got =
+        unsafe { sys::pread(fd, block.as_mut_ptr(), block.len(), 0) }.map_err(ReadError::Os)?;
+    let block = &block[..got];
+    let header = decode_file_header(block).map_err(ReadError::Corrupt)?;
+    let first = decode_record_header(
+        block
+            .get(HEAD_READ_SIZE - RECORD_HEADER_SIZE..)
+            .unwrap_or_default(),
+        header.slot_size,
+    );
+    let mut second = [0u8; RECORD_HEADER_SIZE];
+    let got = unsafe { sys::pread(fd, second.as_mut_ptr(), second.len(), header.slot_offset(1)) }
+        .map_err(ReadError::Os)?;
+    let second = decode_record_header(&second[..got], header.slot_size);
+    Ok(View {
+        header,
+        headers: [first, second],
+    })
+}
+
+/// Read the data of the record in `slot` into `dest` and check it: whether the
+/// record is whole. Reads go on after a short one (a single read stops short of
+/// 2 GiB) and stop at the end of the file.
+///
+/// # Safety
+/// `dest` must be valid for writes of the record's length, and unaliased.
+pub unsafe fn read_record(
+    fd: libc::c_int,
+    view: &View,
+    slot: usize,
+    dest: *mut u8,
+) -> Result<bool, Errno> {
+    let Some(record) = view.headers[slot] else {
+        return Ok(false);
+    };
+    let length = usize::try_from(record.length).map_err(|_| libc::EOVERFLOW)?;
+    let offset = view.header.slot_offset(slot) + RECORD_HEADER_SIZE as u64;
+    let mut read = unsafe { sys::pread(fd, dest, length, offset) }?;
+    while read < length {
+        let got = unsafe { sys::pread(fd, dest.add(read), length - read, offset + read as u64) }?;
+        if got == 0 {
+            return Ok(false);
+        }
+        read += got;
+    }
+    Ok(record.crc_matches(unsafe { std::slice::from_raw_parts(dest, length) }))
+}
+
+/// A whole record read back: its sequence number and data.
+struct ValidRecord {
+    slot: usize,
+    sequence: u64,
+    data: Vec<u8>,
+}
+
+/// The newest whole record, reading newest first and no more than needed.
+fn newest_valid(fd: libc::c_int, view: &View) -> Result<Option<ValidRecord>, Errno> {
+    for slot in newest_first(&view.headers) {
+        let Some(record) = view.headers[slot] else {
+            continue;
+        };
+        let length = usize::try_from(record.length).map_err(|_| libc::EOVERFLOW)?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(length).map_err(|_| libc::ENOMEM)?;
+        if unsafe { read_record(fd, view, slot, data.as_mut_ptr()) }? {
+            // read_record filled all `length` bytes when it says the record is whole.
+            unsafe { data.set_len(length) };
+            return Ok(Some(ValidRecord {
+                slot,
+                sequence: record.sequence,
+                data,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// One slotted save: the session and the two parts of its plan.
+pub struct SlottedSave<'a> {
+    pub location: &'a CStr,
+    pub in_place: &'a [u8],
+    pub rebuild: &'a [u8],
+}
+
+struct State {
+    dir: libc::c_int,
+    slots: libc::c_int,
+    view: Option<View>,
+    choice: Option<SlotChoice>,
+    previous: Option<(u64, Vec<u8>)>,
+}
+
+impl State {
+    /// Close what is still open; errors here are secondary to what happened.
+    fn release(&mut self) {
+        for fd in [&mut self.slots, &mut self.dir] {
+            if *fd >= 0 {
+                let _ = sys::close(std::mem::replace(fd, -1));
+            }
+        }
+    }
+}
+
+/// What the save does after a step.
+enum Then {
+    GoOn,
+    Rebuild,
+}
+
+impl SlottedSave<'_> {
+    /// Execute the plan; on failure every descriptor it opened is closed, and
+    /// nothing it did is left behind (a rebuild unlinks its next file).
+    pub fn run(&self, data: Checkpoint) -> Result<(), Failure> {
+        let mut state = State {
+            dir: -1,
+            slots: -1,
+            view: None,
+            choice: None,
+            previous: None,
+        };
+        let mut rebuild = false;
+        for &code in self.in_place {
+            match self.step(code, data, &mut state) {
+                Ok(Then::GoOn) => {}
+                Ok(Then::Rebuild) => {
+                    rebuild = true;
+                    break;
+                }
+                Err(failure) => {
+                    state.release();
+                    return Err(failure);
+                }
+            }
+        }
+        if !rebuild {
+            // A well-formed plan closed both; a plan that did not must not leak them.
+            state.release();
+            return Ok(());
+        }
+        if state.slots >= 0 {
+            if let Err(errno) = sys::close(std::mem::replace(&mut state.slots, -1)) {
+                state.release();
+                return Err(Failure::Os {
+                    errno,
+                    at: At::Slots,
+                });
+            }
+        }
+        let sequence = state.choice.map_or(1, |choice| choice.sequence);
+        let previous = state.previous.as_ref().map(|(seq, body)| (*seq, &body[..]));
+        let image = build_slots_file(unsafe { data.as_slice() }, sequence, previous);
+        let dir = std::mem::replace(&mut state.dir, -1);
+        Save {
+            location: self.location,
+            next_name: NEXT_NAME,
+            target: SLOTS_NAME,
+            codes: self.rebuild,
+        }
+        .run_in(dir, Checkpoint::of(&image))
+        .map_err(Failure::Rebuild)
+    }
+
+    fn step(&self, code: u8, data: Checkpoint, state: &mut State) -> Result<Then, Failure> {
+        let os = |at| move |errno| Failure::Os { errno, at };
+        match code {
+            step::OPEN_DIR => {
+                state.dir = sys::open(self.location, sys::DIR_FLAGS).map_err(os(At::Location))?;
+            }
+            step::LOCK_DIR => {
+                sys::flock(state.dir, libc::LOCK_EX | libc::LOCK_NB).map_err(|errno| {
+                    if sys::is_busy(errno) {
+                        Failure::Held
+                    } else {
+                        os(At::Location)(errno)
+                    }
+                })?;
+            }
+            step::CHECK_NEXT => {
+                if sys::stat_at(state.dir, NEXT_NAME)
+                    .map_err(os(At::Next))?
+                    .is_some()
+                {
+                    return Err(Failure::Leftover);
+                }
+            }
+            step::CHECK_REPLACE => {
+                if sys::stat_at(state.dir, CHECKPOINT_NAME)
+                    .map_err(os(At::Checkpoint))?
+                    .is_some()
+                {
+                    return Err(Failure::ReplaceLayout);
+                }
+            }
+            step::OPEN_SLOTS => match sys::openat(state.dir, SLOTS_NAME, SLOTS_FLAGS, 0) {
+                Ok(fd) => state.slots = fd,
+                Err(libc::ENOENT) => return Ok(Then::Rebuild),
+                Err(errno) => return Err(os(At::Slots)(errno)),
+            },
+            step::READ_SLOTS => {
+                let view = read_view(state.slots).map_err(|error| match error {
+                    ReadError::Os(errno) => os(At::Slots)(errno),
+                    ReadError::Corrupt(reason) => Failure::Corrupt(reason),
+                })?;
+                let newest = newest_valid(state.slots, &view).map_err(os(At::Slots))?;
+                let order = newest_first(&view.headers);
+                let newest_is_valid = newest
+                    .as_ref()
+                    .is_some_and(|r| order.first() == Some(&r.slot));
+                let choice = choose_slot(
+                    view.header,
+                    &view.headers,
+                    newest_is_valid,
+                    data.len() as u64,
+                )
+                .map_err(Failure::Format)?;
+                state.view = Some(view);
+                state.choice = Some(choice);
+                if choice.placement == Placement::Rebuild {
+                    state.previous = newest.map(|record| (record.sequence, record.data));
+                    return Ok(Then::Rebuild);
+                }
+            }
+            step::WRITE_SLOT => {
+                let (Some(view), Some(choice)) = (state.view, state.choice) else {
+                    return Err(Failure::NotChosen);
+                };
+                let head = encode_record_header(choice.sequence, unsafe { data.as_slice() });
+                pwrite_all(
+                    state.slots,
+                    &head,
+                    data,
+                    view.header.slot_offset(choice.slot),
+                )?;
+            }
+            step::SYNC_SLOT => sys::fdatasync(state.slots).map_err(os(At::Slots))?,
+            step::CLOSE_SLOTS => {
+                let fd = std::mem::replace(&mut state.slots, -1);
+                sys::close(fd).map_err(os(At::Slots))?;
+            }
+            step::CLOSE_DIR => {
+                let fd = std::mem::replace(&mut state.dir, -1);
+                sys::close(fd).map_err(os(At::Location))?;
+            }
+            other => return Err(Failure::UnknownStep(other)),
+        }
+        Ok(Then::GoOn)
+    }
+}
+
+/// Write the record header then the data from offset `at`: one `pwritev`, and
+/// more only after a short write.
+fn pwrite_all(fd: libc::c_int, head: &[u8], data: Checkpoint, mut at: u64) -> Result<(), Failure> {
+    let mut parts = [
+        libc::iovec {
+            iov_base: head.as_ptr() as *mut libc::c_void,
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        },
+    ];
+    let mut first = 0;
+    while first < parts.len() {
+        let mut step =
+            unsafe { sys::pwritev(fd, &parts[first..], at) }.map_err(|errno| Failure::Os {
+                errno,
+                at: At::Slots,
+            })?;
+        if step == 0 {
+            return Err(Failure::NoProgress);
+        }
+        at += step as u64;
+        while first < parts.len() && step >= parts[first].iov_len {
+            step -= parts[first].iov_len;
+            first += 1;
+        }
+        if let Some(part) = parts.get_mut(first) {
+            part.iov_base = unsafe { part.iov_base.cast::<u8>().add(step) }.cast();
+            part.iov_len -= step;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots_format::{decode_file_header, FILE_HEADER_SIZE};
+    use std::ffi::CString;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+
+    const IN_PLACE: &[u8] = &[1, 2, 10, 11, 12, 13, 14, 15, 16, 9];
+    const REBUILD: &[u8] = &[3, 4, 5, 6, 7, 8, 9];
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "sessionstore-slotted-{name}-{}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn slots(&self) -> PathBuf {
+            self.0.join("session.slots")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn save_with(location: &Path, in_place: &[u8], data: &[u8]) -> Result<(), Failure> {
+        let location = CString::new(location.as_os_str().as_bytes()).unwrap();
+        SlottedSave {
+            location: &location,
+            in_place,
+            rebuild: REBUILD,
+        }
+        .run(Checkpoint::of(data))
+    }
+
+    fn save(location: &Path, data: &[u8]) -> Result<(), Failure> {
+        save_with(location, IN_PLACE, data)
+    }
+
+    /// The valid records of a slots file, newest first (what a load sees).
+    fn load(path: &Path, wanted: usize) -> Result<Vec<Vec<u8>>, ReadError> {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let fd = sys::open(&c, READ_FLAGS).map_err(ReadError::Os)?;
+        let view = read_view(fd)?;
+        let mut found = Vec::new();
+        for slot in newest_first(&view.headers) {
+            let mut data = vec![0u8; view.headers[slot].unwrap().length as usize];
+            if unsafe { read_record(fd, &view, slot, data.as_mut_ptr()) }.unwrap() {
+                found.push(data);
+                if found.len() == wanted {
+                    break;
+                }
+            }
+        }
+        sys::close(fd).unwrap();
+        Ok(found)
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn saves_alternate_slots_in_place_and_keep_two_generations() {
+        let dir = TempDir::new("alternate");
+        save(&dir.0, b"one").unwrap();
+        let inode = fs::metadata(dir.slots()).unwrap().ino();
+        save(&dir.0, b"two").unwrap();
+        save(&dir.0, b"three").unwrap();
+        assert_eq!(fs::metadata(dir.slots()).unwrap().ino(), inode);
+        assert_eq!(load(&dir.slots(), 2).unwrap(), [&b"three"[..], b"two"]);
+        assert_eq!(entries(&dir.0), ["session.slots"]);
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_rebuilds_keeping_the_previous_one() {
+        let dir = TempDir::new("rebuild");
+        save(&dir.0, b"small").unwrap();
+        let before = fs::metadata(dir.slots()).unwrap();
+        let big = vec![7u8; 100_000];
+        save(&dir.0, &big).unwrap();
+        let after = fs::metadata(dir.slots()).unwrap();
+        assert_ne!(after.ino(), before.ino());
+        assert_eq!(after.len(), FILE_HEADER_SIZE + 2 * 131_072);
+        assert_eq!(load(&dir.slots(), 2).unwrap(), [&big[..], b"small"]);
+        assert_eq!(entries(&dir.0), ["session.slots"]);
+    }
+
+    #[test]
+    fn a_torn_newest_record_is_overwritten_not_the_valid_one() {
+        let dir = TempDir::new("torn");
+        save(&dir.0, b"good").unwrap();
+        save(&dir.0, b"torn").unwrap();
+        let mut image = fs::read(dir.slots()).unwrap();
+        let header = decode_file_header(&image).unwrap();
+        let at = header.slot_offset(1) as usize + RECORD_HEADER_SIZE;
+        image[at] ^= 1;
+        fs::write(dir.slots(), &image).unwrap();
+        assert_eq!(load(&dir.slots(), 2).unwrap(), [b"good"]);
+        save(&dir.0, b"new").unwrap();
+        assert_eq!(load(&dir.slots(), 2).unwrap(), [&b"new"[..], b"good"]);
+    }
+
+    #[test]
+    fn the_lock_and_the_other_layout_are_respected() {
+        let dir = TempDir::new("refusals");
+        save(&dir.0, b"kept").unwrap();
+        fs::write(dir.0.join("session.next"), b"").unwrap();
+        assert_eq!(save(&dir.0, b"new"), Err(Failure::Leftover));
+        fs::remove_file(dir.0.join("session.next")).unwrap();
+        fs::write(dir.0.join("session"), b"replace").unwrap();
+        assert_eq!(save(&dir.0, b"new"), Err(Failure::ReplaceLayout));
+        fs::remove_file(dir.0.join("session")).unwrap();
+        let location = CString::new(dir.0.as_os_str().as_bytes()).unwrap();
+        let holder = sys::open(&location, sys::DIR_FLAGS).unwrap();
+        sys::flock(holder, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+        let held = save(&dir.0, b"new");
+        sys::close(holder).unwrap();
+        assert_eq!(held, Err(Failure::Held));
+        assert_eq!(load(&dir.slots(), 2).unwrap(), [b"kept"]);
+    }
+
+    #[test]
+    fn a_damaged_file_header_is_reported() {
+        let dir = TempDir::new("corrupt");
+        fs::write(dir.slots(), vec![0u8; 12_288]).unwrap();
+        assert_eq!(
+            save(&dir.0, b"x"),
+            Err(Failure::Corrupt(FormatError::BadMagic))
+        );
+        assert_eq!(
+            load(&dir.slots(), 1),
+            Err(ReadError::Corrupt(FormatError::BadMagic))
+        );
+    }
+
+    #[test]
+    fn malformed_plans_fail_cleanly() {
+        let dir = TempDir::new("plans");
+        save(&dir.0, b"x").unwrap();
+        assert_eq!(
+            save_with(&dir.0, &[1, 2, 12, 14], b"y"),
+            Err(Failure::NotChosen)
+        );
+        assert_eq!(
+            save_with(&dir.0, &[1, 2, 42], b"y"),
+            Err(Failure::UnknownStep(42))
+        );
+        assert_eq!(load(&dir.slots(), 2).unwrap(), [b"x"]);
+    }
+
+    #[test]
+    fn a_missing_session_fails_at_the_location() {
+        let dir = TempDir::new("missing");
+        assert_eq!(
+            save(&dir.0.join("gone"), b"x"),
+            Err(Failure::Os {
+                errno: libc::ENOENT,
+                at: At::Location
+            })
+        );
+    }
+}
