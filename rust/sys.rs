@@ -115,12 +115,17 @@ pub unsafe fn pread(
 
 /// One `pwritev(fd, iov, offset)`: the count the kernel accepted, retried on EINTR.
 ///
+/// On Linux it is `pwritev2` with no flags, the call Python's `os.pwritev` makes.
+///
 /// # Safety
 /// Every `iovec` must point at memory valid for reads of its length for the whole call.
 pub unsafe fn pwritev(fd: libc::c_int, iov: &[libc::iovec], offset: u64) -> Result<usize, Errno> {
     let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
     let count = libc::c_int::try_from(iov.len()).map_err(|_| libc::EINVAL)?;
     loop {
+        #[cfg(target_os = "linux")]
+        let ret = unsafe { libc::pwritev2(fd, iov.as_ptr(), count, offset, 0) };
+        #[cfg(not(target_os = "linux"))]
         let ret = unsafe { libc::pwritev(fd, iov.as_ptr(), count, offset) };
         if ret >= 0 {
             return Ok(ret.unsigned_abs());

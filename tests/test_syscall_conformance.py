@@ -205,6 +205,15 @@ def describe(calls: list[Call], location: str) -> list[str]:
             )
         elif call.name == "unlinkat":
             lines.append(f"unlinkat({role(a[0])}, {name(a[1])}, {a[2]}){failed}")
+        elif call.name == "newfstatat":
+            lines.append(f"newfstatat({role(a[0])}, {name(a[1])}, {a[3]}){failed}")
+        elif call.name == "pread64":
+            lines.append(f"pread64({role(a[0])}, {a[2]}, {a[3]}) = {call.result}")
+        elif call.name in {"pwritev", "pwritev2"}:
+            lines.append(
+                f"{call.name}({role(a[0])}, {a[2]} parts, "
+                f"{call.result} bytes at {a[3]}){failed}"
+            )
         else:
             lines.append(f"{call.name}({', '.join(a)}) = {call.result}{failed}")
     return lines
