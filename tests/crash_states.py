@@ -1,12 +1,15 @@
 """Every state a power cut during a save can leave on disk, and recovery from each.
 
-The explorer runs a save plan (``plan_save()``) step by step on a model of one
-session directory, cuts the power after every step, enumerates every state the
-disk may then hold, writes each into a real directory and checks that the real
-library recovers from it: ``load_checkpoint()`` gives the old checkpoint or the
-new one, in full (only the new one once the save has returned); ``lock_state()``
-is UNLOCKED, or STALE exactly when ``session.next`` is there; after
-``break_stale_lock()`` a save works.
+The explorer runs a save plan (``plan_save()``, or ``plan_slotted_save()``) step
+by step on a model of one session directory, cuts the power after every step,
+enumerates every state the disk may then hold, writes each into a real directory
+and checks that the real library recovers from it: ``load_checkpoint()`` gives
+the old checkpoint or the new one, in full (only the new one once the save has
+returned); ``load_previous()`` gives None in the replace layout and, in the
+slotted one, the old checkpoint when the new one loads, else the one before the
+old one or None, never anything torn; ``lock_state()`` is UNLOCKED, or STALE
+exactly when ``session.next`` is there; after ``break_stale_lock()`` a save
+works (and, slotted, keeps what was recovered as the previous generation).
 
 Persistence model
 -----------------
@@ -37,18 +40,32 @@ Conservative: it assumes less of a filesystem than ext4, xfs or btrfs promise.
 6. Locks (``flock``) live in memory: no power cut leaves one held.
 7. The session directory itself is durable before the save starts
    (``SessionStorage.create`` flushes its parent).
+8. Overwriting in place (the slotted layout). ``fdatasync`` is a file flush as
+   in rule 3: it makes the file's data durable (and its size, were it changed),
+   leaving out only timestamps, which nothing reads. A write over bytes that
+   were durably written before tears as in rule 5, each sector reading as the
+   durable old bytes or the new ones: the slots file's blocks are allocated and
+   written when the file is made (zeros included), so an in-place write needs no
+   allocation, no size change and no other metadata to be read back.
 
 A step that was running when the power went off has issued its effects (all,
 none or a torn part of them, which rule 5 covers) and has not completed its
 barrier, so cutting after every step, with a step's barrier complete only from
 the cut after it on, enumerates every state of a cut at any moment.
 
-What each step does to the disk is a table from ``SaveStep`` to effects
-(``REPLACE_STEPS`` for the seed's layout); another layout adds its steps with
-their effects (say a ``pwrite`` of a record into a slot, a ``Write`` at the
-slot's offset, and an ``fdatasync``, a ``Flush`` of that inode) and explores its
-plan with the same machinery. Data must stay within ``MAX_TORN_SECTORS`` sectors
-per write, so that tearing is enumerated exhaustively rather than sampled.
+What each step does to the disk is a table from ``SaveStep`` to effects:
+``REPLACE_STEPS`` for the seed's layout, ``SLOTTED_STEPS`` for the slotted one,
+whose ``WRITE_SLOT`` is a ``Write`` of record header and data at the chosen
+slot's offset and ``SYNC_SLOT`` a ``Flush`` of the slots file. Where the program
+decides something from what it reads (which slot ``READ_SLOTS`` overwrites,
+whether ``OPEN_SLOTS`` or ``READ_SLOTS`` turns the save into a rebuild), the
+step model reads the disk as the program sees it and decides with the
+library's own pure functions (``choose_slot``, ``build_slots_file``); a rebuild
+then goes on with the plan's rebuild steps, the replace sequence writing a whole
+new ``session.slots``. A write may change at most ``MAX_TORN_SECTORS`` sectors
+(sectors it overwrites with the bytes they already hold read the same whether
+they land or not, and are not enumerated), so that tearing is enumerated
+exhaustively rather than sampled.
 """
 
 from __future__ import annotations
@@ -62,9 +79,22 @@ from typing import Final
 
 import attrs
 
-from sessionstore import LockState, SessionStorage
-from sessionstore._naming import NEXT_NAME
-from sessionstore._save_plan import SavePlan, SaveStep
+from sessionstore import Layout, LockState, SessionStorage
+from sessionstore._naming import CHECKPOINT_NAME, NEXT_NAME
+from sessionstore._save_plan import SavePlan, SaveStep, SlottedPlan
+from sessionstore._slots_format import (
+    RECORD_HEADER_SIZE,
+    FileHeader,
+    Placement,
+    RecordHeader,
+    SlotChoice,
+    build_slots_file,
+    choose_slot,
+    decode_file_header,
+    decode_record_header,
+    encode_record_header,
+    newest_first,
+)
 
 # The unit a disk writes atomically: a write is torn at these boundaries only.
 SECTOR: Final = 512
@@ -181,11 +211,22 @@ class Write:
         size = max(len(old), self.end) if extend else len(old)
         return disk.with_inode(self.inode, bytes(content[:size]))
 
+    def _changed(self, disk: Disk) -> list[int]:
+        """The sectors whose bytes the write changes; the others land alike or not."""
+        old = disk.inodes.get(self.inode, b"").ljust(self.end, b"\0")
+        changed = []
+        for sector in self._sectors():
+            start = max(sector * SECTOR, self.offset)
+            stop = min((sector + 1) * SECTOR, self.end)
+            if old[start:stop] != self.data[start - self.offset : stop - self.offset]:
+                changed.append(sector)
+        return changed
+
     def landings(self, disk: Disk) -> list[Landing]:
-        sectors = self._sectors()
+        sectors = self._changed(disk)
         if len(sectors) > MAX_TORN_SECTORS:
             raise ValueError(
-                f"{self} covers {len(sectors)} sectors; keep explored writes within "
+                f"{self} changes {len(sectors)} sectors; keep explored writes within "
                 f"{MAX_TORN_SECTORS} so that tearing is enumerated exhaustively"
             )
         extends = self.end > len(disk.inodes.get(self.inode, b""))
@@ -217,17 +258,35 @@ class Execution:
     """The program's side of a save in progress: what a step model reads and changes."""
 
     plan: SavePlan
-    payload: bytes
-    """what the plan's write step writes (the checkpoint, for the seed's layout)"""
+    """the plan being run, whose names the steps act on"""
+    checkpoint: bytes
+    """the data being saved"""
     disk: Disk
     """the disk as the program sees it (every issued effect applied)"""
+    rebuild: SavePlan | None = None
+    """a slotted save's way on when the record cannot be written in place"""
+    payload: bytes = attrs.field(
+        default=attrs.Factory(lambda run: run.checkpoint, takes_self=True)
+    )
+    """what ``WRITE_NEXT`` writes: the checkpoint, or a rebuild's whole slots file"""
     handles: dict[str, int] = attrs.Factory(dict)
-    """open files by role (``"next"``), as inode numbers"""
+    """open files by role (``"next"``, ``"slots"``), as inode numbers"""
+    record: Write | None = None
+    """the slot write ``READ_SLOTS`` decided on"""
+    diverted: SavePlan | None = None
+    """set by a step after which the save goes on with another plan"""
 
     def new_inode(self) -> int:
         number = max([DIRECTORY, *self.disk.inodes]) + 1
         self.disk = self.disk.with_inode(number, b"")
         return number
+
+    def divert_to_rebuild(self, image: bytes) -> None:
+        """Go on with the rebuild plan, writing ``image`` as the new slots file."""
+        if self.rebuild is None:
+            raise ValueError("the save must rebuild the slots file; no plan to do it")
+        self.payload = image
+        self.diverted = self.rebuild
 
 
 StepModel = Callable[[Execution], Sequence[Effect | Flush]]
@@ -256,6 +315,114 @@ REPLACE_STEPS: Final[Mapping[SaveStep, StepModel]] = {
     SaveStep.CLOSE_DIR: _nothing_on_disk,
 }
 """The on-disk effects of the steps of the replace-by-rename save."""
+
+
+def _must_be_absent(name: str) -> StepModel:
+    """A check the save would fail (a leftover lock, the other layout's file)."""
+
+    def model(run: Execution) -> Sequence[Effect | Flush]:
+        if name in run.disk.entries:
+            raise ValueError(f"the save would stop: {name} exists")
+        return []
+
+    return model
+
+
+def _open_slots(run: Execution) -> Sequence[Effect | Flush]:
+    inode = run.disk.entries.get(run.plan.target_name)
+    if inode is None:
+        run.divert_to_rebuild(build_slots_file(run.checkpoint, 1, None))
+    else:
+        run.handles["slots"] = inode
+    return []
+
+
+@attrs.frozen
+class WholeRecord:
+    slot: int
+    sequence: int
+    data: bytes
+
+
+def read_records(
+    image: bytes,
+) -> tuple[FileHeader, tuple[RecordHeader | None, ...], list[WholeRecord]]:
+    """A slots file as a save reads it: geometry, record headers, whole records.
+
+    The whole records come newest first; a record whose checksum fails is not
+    among them.
+    """
+    header = decode_file_header(image)
+    headers = tuple(
+        decode_record_header(image[header.slot_offset(slot) :], header.slot_size)
+        for slot in (0, 1)
+    )
+    whole = []
+    for slot in newest_first((headers[0], headers[1])):
+        record = headers[slot]
+        assert record is not None
+        start = header.slot_offset(slot) + RECORD_HEADER_SIZE
+        data = image[start : start + record.length]
+        if len(data) == record.length and record.crc_matches(data):
+            whole.append(WholeRecord(slot, record.sequence, data))
+    return header, headers, whole
+
+
+SlotChooser = Callable[
+    [FileHeader, tuple[RecordHeader | None, RecordHeader | None], bool, int],
+    SlotChoice,
+]
+
+
+def read_slots(choose: SlotChooser) -> StepModel:
+    """``READ_SLOTS``: decide, from what the program reads, where the record goes.
+
+    ``choose`` is the library's ``choose_slot``, or a broken one for the tests
+    that show the explorer catches a wrong choice.
+    """
+
+    def model(run: Execution) -> Sequence[Effect | Flush]:
+        slots = run.handles["slots"]
+        header, read, whole = read_records(run.disk.inodes[slots])
+        headers = (read[0], read[1])
+        order = newest_first(headers)
+        newest_is_valid = bool(whole) and whole[0].slot == order[0]
+        choice = choose(header, headers, newest_is_valid, len(run.checkpoint))
+        if choice.placement is Placement.REBUILD:
+            previous = (whole[0].sequence, whole[0].data) if whole else None
+            run.divert_to_rebuild(
+                build_slots_file(run.checkpoint, choice.sequence, previous)
+            )
+        else:
+            record = encode_record_header(choice.sequence, run.checkpoint)
+            at = header.slot_offset(choice.slot)
+            run.record = Write(slots, at, record + run.checkpoint)
+        return []
+
+    return model
+
+
+def _write_slot(run: Execution) -> Sequence[Effect | Flush]:
+    if run.record is None:
+        raise ValueError("WRITE_SLOT before READ_SLOTS chose a slot")
+    return [run.record]
+
+
+def slotted_steps(choose: SlotChooser = choose_slot) -> Mapping[SaveStep, StepModel]:
+    """The on-disk effects of the slotted save's steps (the rebuild's included)."""
+    return {
+        **REPLACE_STEPS,
+        SaveStep.CHECK_NEXT: _must_be_absent(NEXT_NAME),
+        SaveStep.CHECK_REPLACE: _must_be_absent(CHECKPOINT_NAME),
+        SaveStep.OPEN_SLOTS: _open_slots,
+        SaveStep.READ_SLOTS: read_slots(choose),
+        SaveStep.WRITE_SLOT: _write_slot,
+        SaveStep.SYNC_SLOT: lambda run: [Flush(run.handles["slots"])],
+        SaveStep.CLOSE_SLOTS: _nothing_on_disk,
+    }
+
+
+SLOTTED_STEPS: Final = slotted_steps()
 
 
 # -- enumerating crash states ---------------------------------------------------
@@ -327,38 +494,56 @@ def _landings(
 
 
 def explore(
-    plan: SavePlan,
+    plan: SavePlan | SlottedPlan,
     before: Disk,
-    payload: bytes,
-    steps: Mapping[SaveStep, StepModel] = REPLACE_STEPS,
+    checkpoint: bytes,
+    steps: Mapping[SaveStep, StepModel] | None = None,
 ) -> list[CrashState]:
     """Every distinct state a power cut at any moment of ``plan`` can leave.
 
-    ``before`` is the durable disk when the save starts; ``payload`` is what the
-    plan writes. States that look alike on disk and agree on whether the save
-    had returned are reported once.
+    ``before`` is the durable disk when the save starts; ``checkpoint`` is what
+    is saved. A slotted plan runs its in-place steps and, where the program
+    would (no slots file, or a record that does not fit), goes on with its
+    rebuild steps. ``steps`` defaults to the table of the plan's layout. States
+    that look alike on disk and agree on whether the save had returned are
+    reported once.
     """
-    unknown = [step for step in plan.steps if step not in steps]
+    if isinstance(plan, SlottedPlan):
+        first, rebuild = plan.in_place, plan.rebuild
+        table = SLOTTED_STEPS if steps is None else steps
+        every = first.steps + rebuild.steps
+    else:
+        first, rebuild = plan, None
+        table = REPLACE_STEPS if steps is None else steps
+        every = first.steps
+    unknown = [step for step in dict.fromkeys(every) if step not in table]
     if unknown:
         raise ValueError(f"no model of the on-disk effects of {unknown}")
-    run = Execution(plan, payload, before)
+    run = Execution(first, checkpoint, before, rebuild)
     durable = before
     pending: list[Effect] = []
     found: dict[CrashState, None] = {}
-    cuts = [("before the save", None), *((f"after {s.name}", s) for s in plan.steps)]
-    for number, (cut, step) in enumerate(cuts):
-        if step is not None:
-            for effect in steps[step](run):
-                if isinstance(effect, Flush):
-                    durable = _flush(durable, pending, effect.target)
-                    pending = [e for e in pending if e.target != effect.target]
-                else:
-                    pending.append(effect)
-                    run.disk = effect.apply(run.disk)
-        returned = number == len(cuts) - 1
+
+    def cut(label: str, *, returned: bool) -> None:
         for disk, labels in _landings(pending, durable):
-            state = CrashState.of(disk, returned=returned, cut=cut, landed=labels)
+            state = CrashState.of(disk, returned=returned, cut=label, landed=labels)
             found.setdefault(state)
+
+    cut("before the save", returned=False)
+    queue = list(first.steps)
+    while queue:
+        step = queue.pop(0)
+        for effect in table[step](run):
+            if isinstance(effect, Flush):
+                durable = _flush(durable, pending, effect.target)
+                pending = [e for e in pending if e.target != effect.target]
+            else:
+                pending.append(effect)
+                run.disk = effect.apply(run.disk)
+        if run.diverted is not None:
+            run.plan, run.diverted = run.diverted, None
+            queue = list(run.plan.steps)
+        cut(f"after {step.name}", returned=not queue)
     return list(found)
 
 
@@ -377,8 +562,11 @@ class Problem(enum.Enum):
 
     TORN = "load gives neither the old nor the new checkpoint in full"
     LOST = "the save had returned, yet the old checkpoint loads"
+    PREVIOUS = (
+        "load_previous() gives neither the generation before the loaded one nor None"
+    )
     LOCK = "the lock state is not UNLOCKED, or STALE exactly when session.next is left"
-    STUCK = "after break_stale_lock() a save does not work"
+    STUCK = "after break_stale_lock() a save does not work, or loses the previous one"
 
 
 @attrs.frozen
@@ -392,16 +580,33 @@ class Violation:
 
 
 def check(
-    state: CrashState, directory: Path, *, old: bytes, new: bytes
+    state: CrashState,
+    directory: Path,
+    *,
+    old: bytes,
+    new: bytes,
+    layout: Layout = Layout.REPLACE,
+    older: bytes | None = None,
 ) -> list[Violation]:
-    """Materialize ``state`` in ``directory`` and recover from it with the library."""
+    """Materialize ``state`` in ``directory`` and recover from it with the library.
+
+    ``old`` is the checkpoint before the save (``b""``: none), ``new`` the one
+    it saves. In the slotted layout ``older`` is what ``load_previous()`` gave
+    before the save: with ``new`` loaded it must give ``old``, with ``old``
+    loaded ``older`` or None (the save may have torn the slot that held it).
+    """
     state.materialize(directory)
-    storage = SessionStorage(directory)
+    storage = SessionStorage(directory, layout=layout)
     found: list[Violation] = []
-    loaded = storage.load_checkpoint()
-    if loaded != new and (state.returned or loaded != old):
+    loaded: bytes | None = None
+    try:
+        loaded = storage.load_checkpoint()
+    except (OSError, ValueError) as exc:
+        found.append(Violation(state, Problem.TORN, f"load raised {exc!r}"))
+    if loaded is not None and loaded != new and (state.returned or loaded != old):
         problem = Problem.LOST if loaded == old else Problem.TORN
         found.append(Violation(state, problem, f"loaded {len(loaded)} bytes"))
+    found += _check_previous(state, storage, loaded, old=old, new=new, older=older)
     leftover = state.content(NEXT_NAME) is not None
     lock = storage.lock_state()
     if lock is not (LockState.STALE if leftover else LockState.UNLOCKED):
@@ -413,22 +618,64 @@ def check(
     try:
         storage.save_checkpoint(after)
         again = storage.load_checkpoint()
-    except OSError as exc:
+        previous = storage.load_previous()
+    except (OSError, ValueError) as exc:
         found.append(Violation(state, Problem.STUCK, repr(exc)))
-    else:
-        if again != after:
-            found.append(
-                Violation(state, Problem.STUCK, f"then loaded {len(again)} bytes")
-            )
+        return found
+    if again != after:
+        found.append(Violation(state, Problem.STUCK, f"then loaded {len(again)} bytes"))
+    # The save after recovery keeps what recovery loaded as its previous one.
+    kept = (loaded or None) if layout is Layout.SLOTTED else None
+    if previous != kept:
+        found.append(
+            Violation(state, Problem.STUCK, f"then previous {_size(previous)}")
+        )
     return found
 
 
+def _size(data: bytes | None) -> str:
+    return "None" if data is None else f"{len(data)} bytes"
+
+
+def _check_previous(
+    state: CrashState,
+    storage: SessionStorage,
+    loaded: bytes | None,
+    *,
+    old: bytes,
+    new: bytes,
+    older: bytes | None,
+) -> list[Violation]:
+    try:
+        previous = storage.load_previous()
+    except (OSError, ValueError) as exc:
+        return [Violation(state, Problem.PREVIOUS, f"load_previous raised {exc!r}")]
+    if storage.layout is Layout.REPLACE:
+        allowed: set[bytes | None] = {None}
+    elif loaded == new:
+        allowed = {old or None}
+    elif loaded == old:
+        allowed = {older, None}
+    else:
+        return []  # load already failed: nothing to say the previous one follows
+    if previous in allowed:
+        return []
+    return [Violation(state, Problem.PREVIOUS, f"gave {_size(previous)}")]
+
+
 def check_all(
-    states: Sequence[CrashState], workdir: Path, *, old: bytes, new: bytes
+    states: Sequence[CrashState],
+    workdir: Path,
+    *,
+    old: bytes,
+    new: bytes,
+    layout: Layout = Layout.REPLACE,
+    older: bytes | None = None,
 ) -> list[Violation]:
     """Check every state, each in its own directory under ``workdir``."""
     workdir.mkdir(exist_ok=True)
     found: list[Violation] = []
     for number, state in enumerate(states):
-        found += check(state, workdir / f"state-{number}.session", old=old, new=new)
+        directory = workdir / f"state-{number}.session"
+        found += check(state, directory, old=old, new=new, layout=layout, older=older)
     return found
