@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
@@ -236,12 +237,17 @@ const PARALLEL_FROM: usize = 512;
 const PER_THREAD: usize = 256;
 /// More threads than this only queue on the same directory's locks.
 const MAX_THREADS: usize = 4;
+/// The items a thread takes at a time: small enough that a thread the scheduler
+/// leaves waiting holds back little, large enough that taking costs nothing.
+const BLOCK: usize = 64;
 
 /// `f` of every item, in order, on a few threads when there are many items.
 ///
 /// The calls are independent `fstatat`s on one open directory, which the kernel
-/// serves concurrently; a thread that cannot be started leaves its share to the
-/// calling thread.
+/// serves concurrently. Threads take blocks of items as they go rather than a
+/// fixed share, so on a busy machine the calling thread does the work of a
+/// helper that gets no CPU instead of waiting for it; a thread that cannot be
+/// started just leaves its blocks to the others.
 fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = if items.len() < PARALLEL_FROM {
@@ -252,30 +258,35 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
     if threads == 1 {
         return items.iter().map(&f).collect();
     }
-    let f = &f;
-    std::thread::scope(|scope| {
-        let mut parts = items.chunks(items.len().div_ceil(threads));
-        let first = parts.next().unwrap_or_default();
-        let spawned: Vec<_> = parts
-            .map(|part| {
-                let work = move || part.iter().map(f).collect::<Vec<R>>();
-                std::thread::Builder::new()
-                    .spawn_scoped(scope, work)
-                    .map_err(|_| part)
-            })
+    let blocks = items.len().div_ceil(BLOCK);
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let block = next.fetch_add(1, AtomicOrdering::Relaxed);
+            if block >= blocks {
+                return done;
+            }
+            let end = items.len().min((block + 1) * BLOCK);
+            let part = &items[block * BLOCK..end];
+            done.push((block, part.iter().map(&f).collect::<Vec<R>>()));
+        }
+    };
+    let mut done = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
             .collect();
-        let mut results: Vec<R> = first.iter().map(f).collect();
-        for handle in spawned {
-            match handle {
-                Ok(handle) => match handle.join() {
-                    Ok(part) => results.extend(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                },
-                Err(part) => results.extend(part.iter().map(f)),
+        let mut done = work();
+        for helper in helpers {
+            match helper.join() {
+                Ok(part) => done.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        results
-    })
+        done
+    });
+    done.sort_unstable_by_key(|(block, _)| *block);
+    done.into_iter().flat_map(|(_, part)| part).collect()
 }
 
 fn list_error(py: Python<'_>, error: ListError, location: &[u8]) -> PyErr {
