@@ -380,8 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
         "$PLAINBOX_SESSION_REPOSITORY, else ~/.cache/plainbox/sessions)",
     )
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], text: str) -> Any:
-        p = sub.add_parser(name, parents=[common], help=text, description=text)
+    def command(
+        name: str,
+        run: Callable[[argparse.Namespace], int],
+        text: str,
+        details: str = "",
+    ) -> Any:
+        description = f"{text} {details}".strip()
+        p = sub.add_parser(name, parents=[common], help=text, description=description)
         p.set_defaults(run=run, parser=p)
         return p
 
@@ -398,9 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "prune",
         cmd_prune,
-        "Remove old sessions, never one a live writer holds. With both limits, a "
-        "session goes only when it is outside the N youngest and older than the age. "
-        "Also deletes leftovers of removals a crash interrupted.",
+        "Remove old sessions, never one a live writer holds.",
+        "With both limits, a session goes only when it is outside the N youngest "
+        "and older than AGE. Also deletes leftovers of removals a crash interrupted.",
     )
     p.add_argument(
         "--keep", metavar="N", type=_argument_type(_keep), help="spare the N youngest"
