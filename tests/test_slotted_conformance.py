@@ -12,8 +12,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,7 +187,7 @@ def before_slots() -> dict[SaveStep, list[str]]:
         SaveStep.CHECK_REPLACE: [
             "newfstatat(dir, session, AT_SYMLINK_NOFOLLOW) -> ENOENT"
         ],
-        SaveStep.OPEN_SLOTS: [f"openat(dir, {_SLOTS}, O_CLOEXEC|O_RDWR)"],
+        SaveStep.OPEN_SLOTS: [f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_RDWR)"],
     }
 
 
@@ -280,7 +282,7 @@ def test_the_first_save_builds_the_file_through_the_replace_sequence(
     opened_at = plan.in_place.steps.index(SaveStep.OPEN_SLOTS)
     assert lines == [
         *_in_place(SavePlan(plan.in_place.steps[:opened_at]), before_slots()),
-        f"openat(dir, {_SLOTS}, O_CLOEXEC|O_RDWR) -> ENOENT",
+        f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_RDWR) -> ENOENT",
         *expected_lines(plan.rebuild, len(image)),
     ]
 
@@ -602,3 +604,42 @@ def test_an_in_place_save_lets_another_thread_run(
     finally:
         os.close(fd)
     assert seen.is_set()
+
+
+_NOBODY: Final = 65534
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
+def test_a_writer_who_does_not_own_the_slots_file_still_saves_in_place(
+    backend: str,
+) -> None:
+    """Only the owner may open with O_NOATIME; anyone else allowed to write the
+    file opens it without (the EPERM retry) and saves in place all the same."""
+    # Outside pytest's own temporary directories, which only root may enter.
+    base = Path(tempfile.mkdtemp(prefix="sessionstore-other-user-"))
+    try:
+        base.chmod(0o755)
+        storage = SessionStorage.create(base, layout=Layout.SLOTTED)
+        storage.save_checkpoint(b"saved by root")
+        Path(storage.location).chmod(0o777)
+        Path(storage.paths.slots).chmod(0o666)
+        inode = os.stat(storage.paths.slots).st_ino
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            status = 1
+            try:
+                os.setuid(_NOBODY)
+                storage.save_checkpoint(b"saved by another user")
+                status = 0
+            except BaseException as exc:
+                print(f"save as uid {_NOBODY} failed: {exc!r}", file=sys.stderr)
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the save as nobody failed"
+        assert os.stat(storage.paths.slots).st_ino == inode
+        assert storage.load_checkpoint() == b"saved by another user"
+        assert storage.load_previous() == b"saved by root"
+    finally:
+        shutil.rmtree(base)

@@ -43,7 +43,9 @@ class SaveStep(enum.IntEnum):
     CHECK_REPLACE = 11
     """``fstatat(dir, session)``: a session in the replace layout is not overwritten"""
     OPEN_SLOTS = 12
-    """``openat(dir, session.slots, O_RDWR|O_CLOEXEC)``; missing means rebuild"""
+    """``openat(dir, session.slots, O_RDWR|O_NOATIME|O_CLOEXEC)``; missing means
+    rebuild; EPERM (not the owner, who alone may ask for O_NOATIME) opens again
+    without O_NOATIME"""
     READ_SLOTS = 13
     """``pread`` the headers and the newest record; choose the slot or a rebuild"""
     WRITE_SLOT = 14
