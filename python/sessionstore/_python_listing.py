@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from operator import itemgetter
 from typing import Final, TypeAlias
 
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, is_session_name, is_tombstone_name
@@ -46,20 +46,6 @@ def _look(location: str, dir_fd: int, path: str) -> os.stat_result | None:
         raise _with_path(exc, location, path) from exc
 
 
-def _named(
-    entries: Iterator[os.DirEntry[str]], location: str
-) -> Iterator[os.DirEntry[str]]:
-    """``entries``, with an error reading the directory naming the repository."""
-    while True:
-        try:
-            entry = next(entries)
-        except StopIteration:
-            return
-        except OSError as exc:
-            raise _with_path(exc, location, "") from exc
-        yield entry
-
-
 def _listed(
     location: str, dir_fd: int, *, tombstones: bool
 ) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
@@ -67,27 +53,28 @@ def _listed(
     keyed = []
     graves = []
     try:
-        entries = os.scandir(dir_fd)
+        with os.scandir(dir_fd) as entries:
+            for entry in entries:
+                name = entry.name
+                if is_session_name(name):
+                    # d_type rules out files and symlinks without a stat.
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    st = _look(location, dir_fd, name)
+                    if st is not None and stat.S_ISDIR(st.st_mode):
+                        keyed.append((sort_key(st.st_mtime_ns, name), st))
+                elif (
+                    tombstones
+                    and is_tombstone_name(name)
+                    and entry.is_dir(follow_symlinks=False)
+                ):
+                    graves.append(name)
     except OSError as exc:
+        if isinstance(exc.filename, str):
+            raise  # from _look, which named the entry
         raise _with_path(exc, location, "") from exc
-    with entries:
-        for entry in _named(entries, location):
-            name = entry.name
-            if is_session_name(name):
-                # d_type rules out files and symlinks without a stat.
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                st = _look(location, dir_fd, name)
-                if st is not None and stat.S_ISDIR(st.st_mode):
-                    keyed.append((sort_key(st.st_mtime_ns, name), st))
-            elif (
-                tombstones
-                and is_tombstone_name(name)
-                and entry.is_dir(follow_symlinks=False)
-            ):
-                graves.append(name)
     # The key holds the name, so it is total and the stats are never compared.
-    keyed.sort(key=lambda pair: pair[0])
+    keyed.sort(key=itemgetter(0))
     return [(key[1], st) for key, st in keyed], graves
 
 
