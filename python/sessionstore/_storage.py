@@ -211,23 +211,28 @@ class SessionStorage:
         ``layout`` says: ``session`` when it exists (it wins over a
         ``session.slots`` left by an interrupted conversion), else the newest
         valid record of ``session.slots``. FileNotFoundError (naming the
-        location) when the session directory itself is missing.
+        location) when the session directory itself is missing. A conversion
+        running meanwhile may move the checkpoint between the two reads; then
+        both are tried again, never is ``b""`` returned for a saved session.
         """
         paths = self.paths
         current = _backend.active.current
-        try:
-            return current.load(paths.checkpoint)
-        except FileNotFoundError:
-            pass
-        try:
-            newest = current.load_slots(paths.slots, False)
-        except FileNotFoundError:
-            if not os.path.isdir(self.location):
-                raise FileNotFoundError(
-                    errno.ENOENT, "session directory is missing", self.location
-                ) from None
-            return b""
-        return b"" if newest is None else newest
+        while True:
+            try:
+                return current.load(paths.checkpoint)
+            except FileNotFoundError:
+                pass
+            try:
+                newest = current.load_slots(paths.slots, False)
+            except FileNotFoundError:
+                if not os.path.isdir(self.location):
+                    raise FileNotFoundError(
+                        errno.ENOENT, "session directory is missing", self.location
+                    ) from None
+                if os.path.lexists(paths.checkpoint) or os.path.lexists(paths.slots):
+                    continue
+                return b""
+            return b"" if newest is None else newest
 
     def load_previous(self) -> bytes | None:
         """The checkpoint saved before the last one, when the layout keeps it.
