@@ -6,18 +6,26 @@ from a torn one without knowing what was saved, and names it by its digest.
 Run as a script it has two modes, each announcing ``ready <backend>`` first:
 
 ``kill LOCATION``
-    A fork server. Each line ``SEED DELAY_US DURABILITY REPORT`` on stdin forks a
-    worker that saves random checkpoints in a loop, reporting ``S <id>`` to the
-    file REPORT before each save and ``D <id>`` after it; the server SIGKILLs the
+    A fork server. Each line ``SEED DELAY_US DURABILITY LAYOUT ACTION REPORT``
+    on stdin forks a worker. With ACTION ``save`` it saves random checkpoints
+    in LAYOUT in a loop, reporting ``S <id>`` to the file REPORT before each
+    save and ``D <id>`` after it; with ACTION ``convert`` it converts the
+    session to the other layout and back in a loop, reporting ``C <layout>``
+    before each conversion and ``c <layout>`` after it. The server SIGKILLs the
     worker after DELAY_US microseconds, reaps it (so its lock is released) and
     answers ``killed``, or ``exited <status>`` when the worker died by itself.
     Forking from one warm process keeps a round to a few milliseconds, where
     starting an interpreter per round would cost more than the round itself.
 
-``saves LOCATION COUNT SEED MAX_SIZE``
+``saves LOCATION COUNT SEED MAX_SIZE LAYOUT``
     Waits for a line on stdin (so several writers start together), then makes
-    COUNT saves, printing ``ok <id>`` or ``locked <errno> <stale>`` for each;
-    any other error ends the process with its traceback.
+    COUNT saves in LAYOUT, printing ``ok <id>`` or ``locked <errno> <stale>``
+    for each; any other error ends the process with its traceback.
+
+``converts LOCATION COUNT``
+    Prints ``ready <backend>``, then converts the session to the other layout
+    and back COUNT times (without flushes: the race with readers is the point),
+    then prints ``done``.
 
 Imports are kept to what a save needs: the script's start-up is part of every
 test that uses it.
@@ -87,14 +95,27 @@ def _ready() -> None:
     print("ready", sessionstore.backend, flush=True)
 
 
-def _work(location: str, seed: int, durability: str, report: str) -> None:
-    """Save random checkpoints until killed; never returns."""
-    from sessionstore import Durability, SessionStorage
+def _work(
+    location: str, seed: int, durability: str, layout: str, action: str, report: str
+) -> None:
+    """Save random checkpoints, or convert, until killed; never returns."""
+    from sessionstore import Durability, Layout, SessionStorage
 
-    storage = SessionStorage(location, durability=Durability(durability))
+    storage = SessionStorage(
+        location, durability=Durability(durability), layout=Layout(layout)
+    )
     rng = random.Random(seed)
     out = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        if action == "convert":
+            # Away from the layout on disk first, so the first call has work to do.
+            replace = os.path.exists(storage.paths.checkpoint)
+            target = Layout.SLOTTED if replace else Layout.REPLACE
+            while True:
+                os.write(out, f"C {target.value}\n".encode())
+                storage.convert_layout(target)
+                os.write(out, f"c {target.value}\n".encode())
+                target = Layout.REPLACE if target is Layout.SLOTTED else Layout.SLOTTED
         while True:
             data = random_checkpoint(rng)
             name = hashlib.sha256(data[HEADER_SIZE:]).hexdigest()
@@ -110,10 +131,10 @@ def _work(location: str, seed: int, durability: str, report: str) -> None:
 def _serve_kills(location: str) -> None:
     _ready()
     for line in sys.stdin:
-        seed, delay_us, durability, report = line.split()
+        seed, delay_us, durability, layout, action, report = line.split()
         pid = os.fork()
         if pid == 0:
-            _work(location, int(seed), durability, report)
+            _work(location, int(seed), durability, layout, action, report)
         time.sleep(int(delay_us) / 1e6)
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
@@ -123,10 +144,12 @@ def _serve_kills(location: str) -> None:
             print("exited", status, flush=True)
 
 
-def _save_many(location: str, count: int, seed: int, max_size: int) -> None:
-    from sessionstore import LockedStorageError, SessionStorage
+def _save_many(
+    location: str, count: int, seed: int, max_size: int, layout: str
+) -> None:
+    from sessionstore import Layout, LockedStorageError, SessionStorage
 
-    storage = SessionStorage(location)
+    storage = SessionStorage(location, layout=Layout(layout))
     rng = random.Random(seed)
     checkpoints = [random_checkpoint(rng, max_size) for _ in range(count)]
     _ready()
@@ -142,13 +165,25 @@ def _save_many(location: str, count: int, seed: int, max_size: int) -> None:
     print("\n".join(results), flush=True)
 
 
+def _convert_many(location: str, count: int) -> None:
+    from sessionstore import Durability, Layout, SessionStorage
+
+    storage = SessionStorage(location, durability=Durability.NONE)
+    _ready()
+    for _ in range(count):
+        storage.convert_layout(Layout.SLOTTED).convert_layout(Layout.REPLACE)
+    print("done", flush=True)
+
+
 def main(argv: list[str]) -> None:
     mode, location, *rest = argv
     if mode == "kill":
         _serve_kills(location)
     elif mode == "saves":
-        count, seed, max_size = map(int, rest)
-        _save_many(location, count, seed, max_size)
+        count, seed, max_size = map(int, rest[:3])
+        _save_many(location, count, seed, max_size, rest[3])
+    elif mode == "converts":
+        _convert_many(location, int(rest[0]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

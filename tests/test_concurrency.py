@@ -1,9 +1,11 @@
 """Several processes saving into one session while another reads it.
 
-Four writers make 200 saves each, all at once, while this process loads (and
-probes the lock) in a loop: each save either succeeds or finds the lock held by
-a live writer; each load is a complete checkpoint; the probe never calls a live
-writer dead; the checkpoint left at the end is one a writer saved.
+Four writers make 200 saves each, all at once, in either layout, while this
+process loads (and probes the lock) in a loop: each save either succeeds or
+finds the lock held by a live writer; each load is a complete checkpoint; the
+probe never calls a live writer dead; the checkpoint left at the end is one a
+writer saved. A reader racing a process that converts the session between
+the layouts, back and forth, always loads the one checkpoint there is.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Final
 
+import pytest
+
 from checkpoint_child import TornCheckpoint, checkpoint_id
-from sessionstore import LockState, SessionStorage
+from sessionstore import Layout, LockState, SessionStorage
 
 CHILD: Final = str(Path(__file__).with_name("checkpoint_child.py"))
 WRITERS: Final = 4
@@ -24,9 +28,11 @@ SAVES: Final = 200
 MAX_SIZE: Final = 64 * 1024
 
 
+@pytest.mark.parametrize("layout", list(Layout))
 def test_concurrent_writers_and_a_reader_see_only_whole_checkpoints(
-    storage: SessionStorage, backend: str, backend_env: dict[str, str]
+    backend: str, backend_env: dict[str, str], layout: Layout, tmp_path: Path
 ) -> None:
+    storage = SessionStorage.create(tmp_path / "repo", layout=layout)
     writers = [
         subprocess.Popen(
             [
@@ -37,6 +43,7 @@ def test_concurrent_writers_and_a_reader_see_only_whole_checkpoints(
                 str(SAVES),
                 str(n),
                 str(MAX_SIZE),
+                layout.value,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -84,6 +91,34 @@ def test_concurrent_writers_and_a_reader_see_only_whole_checkpoints(
     assert set(loaded) - {None} <= saved
     assert states[LockState.STALE] == 0, states
     print(
-        f"{backend}: saves {dict(outcomes)}, loads {loaded.total()}, "
-        f"locks {dict(states)}"
+        f"{backend}, {layout.value}: saves {dict(outcomes)}, "
+        f"loads {loaded.total()}, locks {dict(states)}"
     )
+
+
+CONVERSIONS: Final = 1000
+
+
+def test_a_reader_racing_conversions_always_loads_the_checkpoint(
+    storage: SessionStorage, backend: str, backend_env: dict[str, str]
+) -> None:
+    data = b"the one checkpoint " * 100
+    storage.save_checkpoint(data)
+    converter = subprocess.Popen(
+        [sys.executable, CHILD, "converts", storage.location, str(CONVERSIONS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=backend_env,
+    )
+    assert converter.stdout is not None
+    assert converter.stdout.readline() == f"ready {backend}\n"
+    loads: Counter[str] = Counter()
+    while converter.poll() is None:
+        loaded = storage.load_checkpoint()
+        loads["whole" if loaded == data else f"{len(loaded)} bytes"] += 1
+    out, _ = converter.communicate()
+    assert converter.returncode == 0, out
+    assert out == "done\n"
+    assert storage.load_checkpoint() == data
+    assert set(loads) == {"whole"}, loads
+    print(f"{backend}: {loads.total()} loads racing {2 * CONVERSIONS} conversions")
