@@ -149,6 +149,10 @@ fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
 }
 
 /// The checkpoint's size and `session.next`, or None when the session vanished.
+///
+/// The one place of this backend that knows which file holds a checkpoint (the
+/// fallback's is `_python_listing._checkpoint_size`): the replace layout's
+/// `session`. A slotted session (`session.slots` only) is not recognised yet.
 fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
     let checkpoint_size = look(fd, &join(name, CHECKPOINT))?.map(|st| st.st_size as u64);
     let next = look(fd, &join(name, NEXT))?

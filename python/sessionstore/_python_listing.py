@@ -78,26 +78,32 @@ def _listed(
     return [(key[1], st) for key, st in keyed], graves
 
 
+def _checkpoint_size(location: str, dir_fd: int, name: str) -> int | None:
+    """The size of session ``name``'s checkpoint; None when none was saved.
+
+    The one place of this backend that knows which file holds a checkpoint
+    (the native one: ``detail`` in rust/listing.rs): the replace layout's
+    ``session``. A slotted session (``session.slots`` only) is not recognised
+    yet and reads as None.
+    """
+    checkpoint = _look(location, dir_fd, os.path.join(name, CHECKPOINT_NAME))
+    return None if checkpoint is None else checkpoint.st_size
+
+
 def _scanned(
     location: str, dir_fd: int, name: str, st: os.stat_result
 ) -> ScannedSession | None:
     """What a scan reports about one listed session; None when it vanished."""
-    checkpoint_path = os.path.join(name, CHECKPOINT_NAME)
-    next_path = os.path.join(name, NEXT_NAME)
-    checkpoint = _look(location, dir_fd, checkpoint_path)
-    next_file = _look(location, dir_fd, next_path)
-    if (
-        checkpoint is None
-        and next_file is None
-        and _look(location, dir_fd, name) is None
-    ):
+    size = _checkpoint_size(location, dir_fd, name)
+    next_file = _look(location, dir_fd, os.path.join(name, NEXT_NAME))
+    if size is None and next_file is None and _look(location, dir_fd, name) is None:
         return None
     return (
         name,
         st.st_mtime_ns,
         st.st_dev,
         st.st_ino,
-        None if checkpoint is None else checkpoint.st_size,
+        size,
         None if next_file is None else next_file.st_ino,
         None if next_file is None else next_file.st_ctime_ns,
     )
