@@ -102,6 +102,18 @@ static void load(const char *path) {
     free(buf);
 }
 
+/* One pwrite + fdatasync over a block written and flushed before: the least a
+   durable in-place update costs (no allocation, no metadata change). */
+static void flush(int f, size_t size) {
+    size_t done = 0;
+    do {
+        ssize_t n = pwrite(f, data + done, size - done, (off_t)done);
+        if (n < 0) { if (errno == EINTR) continue; die("pwrite"); }
+        done += (size_t)n;
+    } while (done < size);
+    if (fdatasync(f) < 0) die("fdatasync");
+}
+
 int main(int argc, char **argv) {
     size_t max = strtoull(argv[1], NULL, 10);
     data = malloc(max);
@@ -111,21 +123,33 @@ int main(int argc, char **argv) {
     int durable, count;
     while (scanf("%15s", cmd) == 1) {
         int is_save = strcmp(cmd, "save") == 0;
-        if (is_save && scanf("%4095s %zu %d %d", path, &size, &durable, &count) != 4)
-            return 2;
-        if (!is_save && strcmp(cmd, "load") != 0) return 2;
-        if (!is_save && scanf("%4095s %d", path, &count) != 2) return 2;
+        int f = -1;
+        if (strcmp(cmd, "flush") == 0) {
+            if (scanf("%4095s %zu %d", path, &size, &count) != 3) return 2;
+            f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+            if (f < 0) die("open");
+            flush(f, size); /* untimed: the block is written and allocated */
+            if (fsync(f) < 0) die("fsync");
+        } else if (is_save) {
+            if (scanf("%4095s %zu %d %d", path, &size, &durable, &count) != 4) return 2;
+        } else {
+            if (strcmp(cmd, "load") != 0) return 2;
+            if (scanf("%4095s %d", path, &count) != 2) return 2;
+        }
         /* A tight loop: each call timed alone, all printed after the last. */
         long long *times = malloc(sizeof(long long) * (size_t)count);
         for (int i = 0; i < count; i++) {
             long long start = now_ns();
-            if (is_save) save(path, size, durable); else load(path);
+            if (f >= 0) flush(f, size);
+            else if (is_save) save(path, size, durable);
+            else load(path);
             times[i] = now_ns() - start;
         }
         for (int i = 0; i < count; i++) printf("%lld ", times[i]);
         printf("\n");
         fflush(stdout);
         free(times);
+        if (f >= 0 && close(f) < 0) die("close");
     }
     return 0;
 }
@@ -169,6 +193,10 @@ class Floor:
 
     def load(self, path: str, count: int) -> list[int]:
         return self._ask(f"load {path} {count}")
+
+    def flush(self, path: str, size: int, count: int) -> list[int]:
+        """``count`` pwrite + fdatasync of ``size`` bytes over a written block."""
+        return self._ask(f"flush {path} {size} {count}")
 
     def close(self) -> None:
         assert self._proc.stdin is not None
@@ -226,7 +254,11 @@ def target(place: str, durability: Durability, size: int, writer: str) -> float 
     return min(limits) if limits else None
 
 
-def sample(one: Callable[[str, int], list[int]], budget: float) -> dict[str, float]:
+def sample(
+    one: Callable[[str, int], list[int]],
+    budget: float,
+    writers: tuple[str, ...] = WRITERS,
+) -> dict[str, float]:
     """Median microseconds per call of each writer, the writers taking turns.
 
     Each turn is a batch of calls in a tight loop (the floor's in C), about
@@ -234,16 +266,17 @@ def sample(one: Callable[[str, int], list[int]], budget: float) -> dict[str, flo
     within the sample limits. The first writer of a round rotates, so none
     always follows another.
     """
-    warm = max(sum(one(w, 1)[0] for w in WRITERS), 1)
-    samples = max(MIN_SAMPLES, min(MAX_SAMPLES, int(budget * 1e9 * 3 / warm)))
-    batch = max(1, min(samples // MIN_SAMPLES, int(BATCH_SECONDS * 1e9 * 3 / warm)))
-    times: dict[str, list[int]] = {w: [] for w in WRITERS}
+    warm = max(sum(one(w, 1)[0] for w in writers), 1)
+    count = len(writers)
+    samples = max(MIN_SAMPLES, min(MAX_SAMPLES, int(budget * 1e9 * count / warm)))
+    batch = max(1, min(samples // MIN_SAMPLES, int(BATCH_SECONDS * 1e9 * count / warm)))
+    times: dict[str, list[int]] = {w: [] for w in writers}
     for i in range(-(-samples // batch)):
-        for k in range(len(WRITERS)):
-            writer = WRITERS[(i + k) % len(WRITERS)]
+        for k in range(count):
+            writer = writers[(i + k) % count]
             times[writer].extend(one(writer, batch))
     medians = {w: statistics.median(t) / 1e3 for w, t in times.items()}
-    medians["samples"] = len(times["floor"])
+    medians["samples"] = len(times[writers[0]])
     return medians
 
 
