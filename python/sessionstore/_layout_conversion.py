@@ -34,10 +34,14 @@ def _exists(name: str, dir_fd: int) -> bool:
 
 
 def _locked_steps(durability: Durability, target: str) -> bytes:
-    """The replace sequence for a directory already open and locked, kept open."""
+    """The replace sequence for a directory already open and locked.
+
+    The writer owns the descriptor it is given and closes it, also when it
+    fails: it gets a duplicate, so the lock (held by the open directory both
+    share) stays held by the caller's until the old layout's file is removed.
+    """
     plan = plan_save(durability, target)
-    start = plan.steps.index(SaveStep.CREATE_NEXT)
-    return bytes(step for step in plan.steps[start:] if step is not SaveStep.CLOSE_DIR)
+    return bytes(plan.steps[plan.steps.index(SaveStep.CREATE_NEXT) :])
 
 
 def convert_layout(location: str, layout: Layout, durability: Durability) -> None:
@@ -68,7 +72,7 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
             image = build_slots_file(data, 1, None)
             steps = _locked_steps(durability, SLOTS_NAME)
             _python_writer.save(
-                location, image, steps, NEXT_NAME, SLOTS_NAME, dir_fd=dir_fd
+                location, image, steps, NEXT_NAME, SLOTS_NAME, dir_fd=os.dup(dir_fd)
             )
             _remove(location, CHECKPOINT_NAME, dir_fd, durability)
         elif layout is Layout.REPLACE and has_slots:
@@ -81,7 +85,7 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
                     steps,
                     NEXT_NAME,
                     CHECKPOINT_NAME,
-                    dir_fd=dir_fd,
+                    dir_fd=os.dup(dir_fd),
                 )
             _remove(location, SLOTS_NAME, dir_fd, durability)
     finally:
