@@ -17,9 +17,9 @@ Run as a script it has two modes, each announcing ``ready <backend>`` first:
     Forking from one warm process keeps a round to a few milliseconds, where
     starting an interpreter per round would cost more than the round itself.
 
-``saves LOCATION COUNT SEED MAX_SIZE LAYOUT``
+``saves LOCATION COUNT SEED MAX_SIZE [LAYOUT]``
     Waits for a line on stdin (so several writers start together), then makes
-    COUNT saves in LAYOUT, printing ``ok <id>`` or ``locked <errno> <stale>``
+    COUNT saves in LAYOUT (default ``replace``), printing ``ok <id>`` or ``locked <errno> <stale>``
     for each; any other error ends the process with its traceback.
 
 ``converts LOCATION COUNT``
@@ -181,7 +181,8 @@ def main(argv: list[str]) -> None:
         _serve_kills(location)
     elif mode == "saves":
         count, seed, max_size = map(int, rest[:3])
-        _save_many(location, count, seed, max_size, rest[3])
+        layout = rest[3] if len(rest) > 3 else "replace"
+        _save_many(location, count, seed, max_size, layout)
     elif mode == "converts":
         _convert_many(location, int(rest[0]))
     else:

@@ -28,6 +28,9 @@ DEFAULT: Final = "default"
 # A btrfs subvolume, whose inodes stat() reports under another device number
 # than the kernel's lock table does.
 BTRFS_SUBVOLUME: Final = "btrfs-subvolume"
+# Filesystems that write every overwrite to new blocks: there a full disk
+# refuses even an in-place save.
+COPY_ON_WRITE: Final = frozenset({"btrfs", BTRFS_SUBVOLUME})
 
 MiB: Final = 1024 * 1024
 
@@ -39,8 +42,8 @@ _MKFS: Final = {
     "xfs": ("mkfs.xfs", "-q", "-f"),
     "btrfs": ("mkfs.btrfs", "-q", "-f"),
 }
-# Small enough that a checkpoint of a few MiB does not fit.
-TMPFS_SIZE: Final = 2 * MiB
+# Room for a few sessions of a few MiB; fill() makes it full when a test needs.
+TMPFS_SIZE: Final = 16 * MiB
 
 
 @attrs.frozen
@@ -165,33 +168,54 @@ def btrfs_subvolume(mount: Mount, name: str) -> Path:
     return path
 
 
-def fill(mount: Mount, leave: int) -> Path:
-    """A file that takes all but about ``leave`` bytes of the free space of ``mount``.
+# Allocation sizes fill() tries, largest first: the last one is a page, so
+# what a full filesystem has left is less than one.
+_FILL_CHUNKS: Final = tuple(MiB * 64 >> shift for shift in range(0, 16, 2))
 
-    The caller removes it. ``leave`` is approximate: filesystems reserve space
-    for metadata, so the space a test relies on being left must be well below it
-    and a write it expects to fail well above it.
+
+def fill(mount: Mount, leave: int) -> Path:
+    """A file that takes all the free space of ``mount`` but about ``leave`` bytes.
+
+    The caller removes it. ``leave`` bytes are set aside in a file first; the
+    filler then allocates chunks, each a quarter of the one before, down to a
+    page, until the filesystem refuses each; then the set-aside file goes. What
+    is free after that is ``leave`` bytes, give or take a few pages, whatever
+    the filesystem keeps for root or for itself (which statvfs does not say
+    exactly).
     """
+    reserve = mount.root / "reserve"
+    if leave:
+        _allocate(reserve, leave)
     filler = mount.root / "filler"
-    st = os.statvfs(mount.root)
-    size = st.f_bavail * st.f_frsize - leave
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        # Free space as statvfs counts it may not all be allocatable (metadata,
-        # reservations): shrink the request until the filesystem takes it.
-        while size > 0:
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                size -= MiB
-                continue
-            break
+        size = 0
+        for chunk in _FILL_CHUNKS:
+            while True:
+                try:
+                    os.posix_fallocate(fd, size, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+                size += chunk
         os.fsync(fd)
     finally:
         os.close(fd)
+    if leave:
+        reserve.unlink()
+        # A copy-on-write filesystem frees the blocks at its next commit.
+        os.sync()
     return filler
+
+
+def _allocate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def mount_or_skip(

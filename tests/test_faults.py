@@ -1,10 +1,13 @@
 """Real faults on real filesystems: a full disk, a read-only one, a vanished session.
 
-Each fault must fail the save with an error naming the path, leave the last
-good checkpoint loadable and no lock behind, and let saving go on once the
-fault is gone. They run on a small tmpfs and on ext4, xfs and btrfs made on loop
-devices (root only: each filesystem is skipped, with the reason, where it cannot
-be mounted); the vanished session also runs where the tests' own files are.
+Each fault must fail the save (or the layout conversion) with an error naming
+the path, leave the last good checkpoint loadable, in its layout, and no lock
+behind, and let saving go on once the fault is gone. Both layouts; a slotted
+save that fits its slot needs no new space, so it works on a full filesystem
+too, but for a copy-on-write one (btrfs), where it fails like any other. They
+run on a small tmpfs and on ext4, xfs and btrfs made on loop devices (root
+only: each filesystem is skipped, with the reason, where it cannot be mounted);
+the vanished session also runs where the tests' own files are.
 """
 
 from __future__ import annotations
@@ -17,14 +20,20 @@ from pathlib import Path
 import pytest
 
 import filesystems
-from sessionstore import LockState, SessionStorage
+from sessionstore import Layout, LockState, SessionStorage
+from sessionstore._naming import CHECKPOINT_NAME, SLOTS_NAME
 
 OLD = b"the last good checkpoint " * 160
 # Far more than a full filesystem has left, far less than any of them holds.
 TOO_BIG = b"\x5a" * (4 * filesystems.MiB)
 # What a filesystem left with about a quarter of a MiB still takes.
 SMALL = b"a small checkpoint"
+# Fits the filesystems, but not a second time once one is full: a conversion
+# (which copies it) cannot finish.
+COPIED = bytes(range(256)) * 2400
 _LEAVE = 256 * 1024
+FILE_OF = {Layout.REPLACE: CHECKPOINT_NAME, Layout.SLOTTED: SLOTS_NAME}
+OTHER = {Layout.REPLACE: Layout.SLOTTED, Layout.SLOTTED: Layout.REPLACE}
 
 
 @pytest.fixture(scope="module", params=filesystems.KINDS)
@@ -34,17 +43,26 @@ def mount(
     yield from filesystems.mount_or_skip(request.param, tmp_path_factory)
 
 
-def assert_nothing_lost(storage: SessionStorage) -> None:
-    assert storage.load_checkpoint() == OLD
+@pytest.fixture(params=list(Layout))
+def layout(request: pytest.FixtureRequest) -> Layout:
+    value: Layout = request.param
+    return value
+
+
+def assert_nothing_lost(storage: SessionStorage, old: bytes = OLD) -> None:
+    assert storage.load_checkpoint() == old
     assert storage.lock_state() is LockState.UNLOCKED
-    assert [p.name for p in Path(storage.location).iterdir()] == ["session"]
+    names = [p.name for p in Path(storage.location).iterdir()]
+    assert names == [FILE_OF[storage.layout]]
 
 
 @pytest.mark.root
 def test_a_full_filesystem_fails_the_save_and_loses_nothing(
-    backend: str, mount: filesystems.Mount
+    backend: str, mount: filesystems.Mount, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(mount.root / f"full-{backend}")
+    storage = SessionStorage.create(
+        mount.root / f"full-{backend}-{layout.value}", layout=layout
+    )
     storage.save_checkpoint(OLD)
     filler = filesystems.fill(mount, leave=_LEAVE)
     try:
@@ -60,17 +78,76 @@ def test_a_full_filesystem_fails_the_save_and_loses_nothing(
 
 
 @pytest.mark.root
-def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
+def test_a_slotted_save_that_fits_its_slot_works_on_a_full_filesystem(
     backend: str, mount: filesystems.Mount
 ) -> None:
-    storage = SessionStorage.create(mount.root / f"ro-{backend}")
+    storage = SessionStorage.create(
+        mount.root / f"full-in-place-{backend}", layout=Layout.SLOTTED
+    )
+    storage.save_checkpoint(OLD)
+    filler = filesystems.fill(mount, leave=0)
+    try:
+        if mount.kind in filesystems.COPY_ON_WRITE:
+            # Every overwrite takes new blocks there: a full disk refuses it.
+            with pytest.raises(OSError) as full:
+                storage.save_checkpoint(SMALL)
+            assert full.value.errno == errno.ENOSPC, full.value
+            assert full.value.filename == storage.paths.slots
+            assert_nothing_lost(storage)
+            return
+        for n in range(3):
+            storage.save_checkpoint(SMALL * n)
+            assert storage.load_checkpoint() == SMALL * n
+    finally:
+        filler.unlink()
+    assert storage.load_previous() == SMALL
+
+
+@pytest.mark.root
+def test_a_conversion_on_a_full_filesystem_fails_and_loses_nothing(
+    backend: str, mount: filesystems.Mount, layout: Layout
+) -> None:
+    storage = SessionStorage.create(
+        mount.root / f"convert-full-{backend}-{layout.value}", layout=layout
+    )
+    storage.save_checkpoint(COPIED)
+    filler = filesystems.fill(mount, leave=_LEAVE)
+    try:
+        with pytest.raises(OSError) as full:
+            storage.convert_layout(OTHER[layout])
+        assert full.value.errno == errno.ENOSPC, full.value
+        assert full.value.filename == storage.paths.next
+        assert_nothing_lost(storage, COPIED)
+    finally:
+        filler.unlink()
+    converted = storage.convert_layout(OTHER[layout])
+    assert_nothing_lost(converted, COPIED)
+
+
+@pytest.mark.root
+def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
+    backend: str, mount: filesystems.Mount, layout: Layout
+) -> None:
+    storage = SessionStorage.create(
+        mount.root / f"ro-{backend}-{layout.value}", layout=layout
+    )
     storage.save_checkpoint(OLD)
     filesystems.remount(mount, read_only=True)
     try:
         with pytest.raises(OSError) as read_only:
             storage.save_checkpoint(SMALL)
         assert read_only.value.errno == errno.EROFS, read_only.value
-        assert read_only.value.filename == storage.paths.next
+        # An in-place save opens the slots file for writing: that is refused.
+        opened = {
+            Layout.REPLACE: storage.paths.next,
+            Layout.SLOTTED: storage.paths.slots,
+        }
+        assert read_only.value.filename == opened[layout]
+        assert_nothing_lost(storage)
+        with pytest.raises(OSError) as converting:
+            storage.convert_layout(OTHER[layout])
+        assert converting.value.errno == errno.EROFS, converting.value
+        assert converting.value.filename == storage.paths.next
         assert_nothing_lost(storage)
         assert storage.break_stale_lock() is False
     finally:
@@ -81,9 +158,11 @@ def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
 
 @pytest.mark.root
 def test_a_stale_lock_on_a_read_only_filesystem_is_seen_but_not_broken(
-    backend: str, mount: filesystems.Mount
+    backend: str, mount: filesystems.Mount, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(mount.root / f"ro-stale-{backend}")
+    storage = SessionStorage.create(
+        mount.root / f"ro-stale-{backend}-{layout.value}", layout=layout
+    )
     storage.save_checkpoint(OLD)
     Path(storage.paths.next).write_bytes(b"left by a dead writer")
     filesystems.remount(mount, read_only=True)
@@ -109,15 +188,28 @@ def any_mount(
 
 
 @pytest.mark.parametrize(
-    "call", ["save_checkpoint", "load_checkpoint", "lock_state", "break_stale_lock"]
+    "call",
+    [
+        "save_checkpoint",
+        "load_checkpoint",
+        "load_previous",
+        "lock_state",
+        "break_stale_lock",
+        "convert_layout",
+    ],
 )
 def test_a_session_removed_under_a_live_storage_is_file_not_found_naming_it(
-    backend: str, any_mount: filesystems.Mount, call: str
+    backend: str, any_mount: filesystems.Mount, call: str, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(any_mount.root / f"gone-{backend}")
+    storage = SessionStorage.create(
+        any_mount.root / f"gone-{backend}-{call}-{layout.value}", layout=layout
+    )
     storage.save_checkpoint(OLD)
     shutil.rmtree(storage.location)
-    args = (SMALL,) if call == "save_checkpoint" else ()
+    arguments: dict[str, tuple[object, ...]] = {
+        "save_checkpoint": (SMALL,),
+        "convert_layout": (OTHER[layout],),
+    }
     with pytest.raises(FileNotFoundError) as missing:
-        getattr(storage, call)(*args)
+        getattr(storage, call)(*arguments.get(call, ()))
     assert missing.value.filename == storage.location
