@@ -3,7 +3,8 @@
 //! Plain Rust, without Python: the thread never needs the interpreter, so the
 //! harness keeps running while a save writes and flushes. Submissions land in a
 //! one-place slot (latest wins); the thread empties the slot, runs the same
-//! save plan as a direct save (`save::Save`), and records the outcome.
+//! save plan as a direct save (`save::Save`, or `slotted::SlottedSave` for the
+//! slotted layout), and records the outcome.
 //!
 //! Checkpoints are numbered in submission order. `settled` is the newest number
 //! whose fate is known: saved (`durable`) or lost to a failed save. A failure
@@ -17,24 +18,60 @@ use std::thread;
 use std::time::Duration;
 
 use crate::save::{Checkpoint, Save, SaveError};
+use crate::slotted::{self, SlottedSave};
 
 /// Everything one save needs, owned, so the thread can keep it.
-pub struct Plan {
-    pub location: CString,
-    pub next_name: CString,
-    pub target: CString,
-    pub codes: Vec<u8>,
+pub enum Plan {
+    /// The replace layout's plan, as `save::Save` runs it.
+    Replace {
+        location: CString,
+        next_name: CString,
+        target: CString,
+        codes: Vec<u8>,
+    },
+    /// The slotted layout's plan, as `slotted::SlottedSave` runs it.
+    Slotted {
+        location: CString,
+        in_place: Vec<u8>,
+        rebuild: Vec<u8>,
+    },
+}
+
+/// Why a background save failed: the error of the plan it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    Replace(SaveError),
+    Slotted(slotted::Failure),
 }
 
 impl Plan {
-    fn run(&self, data: &[u8]) -> Result<(), SaveError> {
-        Save {
-            location: &self.location,
-            next_name: &self.next_name,
-            target: &self.target,
-            codes: &self.codes,
+    fn run(&self, data: &[u8]) -> Result<(), Error> {
+        match self {
+            Self::Replace {
+                location,
+                next_name,
+                target,
+                codes,
+            } => Save {
+                location,
+                next_name,
+                target,
+                codes,
+            }
+            .run(Checkpoint::of(data))
+            .map_err(Error::Replace),
+            Self::Slotted {
+                location,
+                in_place,
+                rebuild,
+            } => SlottedSave {
+                location,
+                in_place,
+                rebuild,
+            }
+            .run(Checkpoint::of(data))
+            .map_err(Error::Slotted),
         }
-        .run(Checkpoint::of(data))
     }
 }
 
@@ -44,7 +81,7 @@ pub enum Refused {
     /// The worker was closed.
     Closed,
     /// A background save failed and nobody has seen the error yet (now taken).
-    Failed(SaveError),
+    Failed(Error),
 }
 
 /// What a flush waits for: the newest submission when it began, and how many
@@ -62,8 +99,8 @@ struct Slot<D> {
     settled: u64,
     saves: u64,
     failures: u64,
-    error: Option<SaveError>,
-    last_failure: Option<SaveError>,
+    error: Option<Error>,
+    last_failure: Option<Error>,
     closed: bool,
     stopping: bool,
     running: bool,
@@ -138,7 +175,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     }
 
     /// Begin a flush: the error nobody has seen yet, or what to wait for.
-    pub fn begin_flush(&self) -> Result<Flush, SaveError> {
+    pub fn begin_flush(&self) -> Result<Flush, Error> {
         let mut slot = self.shared.lock();
         match slot.error.take() {
             Some(error) => Err(error),
@@ -153,7 +190,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     /// has not, else whether it (or a newer one) was saved. A save that failed
     /// after the flush began is reported to it even when another caller took
     /// the error first.
-    pub fn wait(&self, flush: Flush, timeout: Duration) -> Option<Result<(), SaveError>> {
+    pub fn wait(&self, flush: Flush, timeout: Duration) -> Option<Result<(), Error>> {
         let slot = self.shared.lock();
         let (mut slot, _) = self
             .shared
@@ -223,7 +260,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     }
 
     /// The error of a background save nobody has seen yet, now taken.
-    pub fn take_error(&self) -> Option<SaveError> {
+    pub fn take_error(&self) -> Option<Error> {
         self.shared.lock().error.take()
     }
 
@@ -302,6 +339,7 @@ mod tests {
     use crate::save::{At, Failure};
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
     use std::path::{Path, PathBuf};
 
     const DURABLE: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
@@ -326,7 +364,7 @@ mod tests {
     }
 
     fn worker(location: &Path) -> Worker<Vec<u8>> {
-        let plan = Plan {
+        let plan = Plan::Replace {
             location: CString::new(location.as_os_str().as_bytes()).unwrap(),
             next_name: c"session.next".to_owned(),
             target: c"session".to_owned(),
@@ -335,7 +373,7 @@ mod tests {
         Worker::start(plan, "test-writer".into()).unwrap()
     }
 
-    fn flush(worker: &Worker<Vec<u8>>) -> Result<(), SaveError> {
+    fn flush(worker: &Worker<Vec<u8>>) -> Result<(), Error> {
         let flush = worker.begin_flush()?;
         worker
             .wait(flush, PATIENCE)
@@ -364,7 +402,13 @@ mod tests {
         fs::write(dir.0.join("session.next"), b"").unwrap();
         let worker = worker(&dir.0);
         worker.submit(b"lost".to_vec()).unwrap();
-        assert_eq!(flush(&worker).unwrap_err().failure, Failure::Leftover);
+        assert!(matches!(
+            flush(&worker),
+            Err(Error::Replace(SaveError {
+                failure: Failure::Leftover,
+                ..
+            }))
+        ));
         assert_eq!(flush(&worker), Ok(()));
         fs::remove_file(dir.0.join("session.next")).unwrap();
         worker.submit(b"saved".to_vec()).unwrap();
@@ -390,13 +434,13 @@ mod tests {
         let refused = worker.submit(b"refused".to_vec()).unwrap_err();
         assert_eq!(
             refused,
-            Refused::Failed(SaveError {
+            Refused::Failed(Error::Replace(SaveError {
                 failure: Failure::Os {
                     errno: libc::ENOENT,
                     at: At::Location
                 },
                 cleanup: None
-            })
+            }))
         );
         assert_eq!(worker.begin_flush().map(drop), Ok(()));
         assert_eq!(worker.take_error(), None);
@@ -414,6 +458,34 @@ mod tests {
         worker.resume();
         flush(&worker).unwrap();
         assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"held");
+    }
+
+    #[test]
+    fn a_slotted_plan_saves_in_place_and_reports_its_own_errors() {
+        let dir = TempDir::new("slotted");
+        let plan = Plan::Slotted {
+            location: CString::new(dir.0.as_os_str().as_bytes()).unwrap(),
+            in_place: vec![1, 2, 10, 11, 12, 13, 14, 15, 16, 9],
+            rebuild: vec![3, 4, 5, 6, 7, 8, 9],
+        };
+        let worker = Worker::start(plan, "test-writer".into()).unwrap();
+        worker.submit(b"first".to_vec()).unwrap();
+        flush(&worker).unwrap();
+        let inode = fs::metadata(dir.0.join("session.slots")).unwrap().ino();
+        worker.submit(b"second".to_vec()).unwrap();
+        flush(&worker).unwrap();
+        assert_eq!(
+            fs::metadata(dir.0.join("session.slots")).unwrap().ino(),
+            inode
+        );
+        let image = fs::read(dir.0.join("session.slots")).unwrap();
+        assert!(image.windows(6).any(|w| w == b"second"));
+        fs::write(dir.0.join("session"), b"").unwrap();
+        worker.submit(b"refused".to_vec()).unwrap();
+        assert_eq!(
+            flush(&worker),
+            Err(Error::Slotted(slotted::Failure::ReplaceLayout))
+        );
     }
 
     #[test]

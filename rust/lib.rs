@@ -542,11 +542,25 @@ struct CheckpointWorker {
     worker: checkpoint_worker::Worker<HeldBytes>,
     paths: SavePaths,
     codes: Py<PyBytes>,
+    /// A slotted plan's rebuild codes, `codes` being its in-place ones (unused
+    /// by a replace plan).
+    rebuild: Py<PyBytes>,
 }
 
 impl CheckpointWorker {
-    fn error(&self, py: Python<'_>, error: SaveError) -> PyErr {
-        save_error(py, error, &self.paths, self.codes.bind(py))
+    fn error(&self, py: Python<'_>, error: checkpoint_worker::Error) -> PyErr {
+        match error {
+            checkpoint_worker::Error::Slotted(failure) => slotted_error(
+                py,
+                failure,
+                &self.paths.location,
+                self.codes.bind(py),
+                self.rebuild.bind(py),
+            ),
+            checkpoint_worker::Error::Replace(error) => {
+                save_error(py, error, &self.paths, self.codes.bind(py))
+            }
+        }
     }
 }
 
@@ -564,7 +578,7 @@ impl CheckpointWorker {
             next_name: path_bytes(next_name),
             target: path_bytes(target),
         };
-        let plan = checkpoint_worker::Plan {
+        let plan = checkpoint_worker::Plan::Replace {
             location: c_path(&paths.location)?,
             next_name: c_path(&paths.next_name)?,
             target: c_path(&paths.target)?,
@@ -575,6 +589,33 @@ impl CheckpointWorker {
             worker,
             paths,
             codes: codes.clone().unbind(),
+            rebuild: codes.clone().unbind(),
+        })
+    }
+
+    /// The worker of a slotted storage: it runs the plan `save_slotted` runs.
+    #[staticmethod]
+    fn slotted(
+        location: PathBuf,
+        in_place: &Bound<'_, PyBytes>,
+        rebuild: &Bound<'_, PyBytes>,
+    ) -> PyResult<Self> {
+        let paths = SavePaths {
+            location: path_bytes(location),
+            next_name: slotted::NEXT_NAME.to_bytes().to_vec(),
+            target: slotted::SLOTS_NAME.to_bytes().to_vec(),
+        };
+        let plan = checkpoint_worker::Plan::Slotted {
+            location: c_path(&paths.location)?,
+            in_place: in_place.as_bytes().to_vec(),
+            rebuild: rebuild.as_bytes().to_vec(),
+        };
+        let worker = checkpoint_worker::Worker::start(plan, "sessionstore-writer".into())?;
+        Ok(Self {
+            worker,
+            paths,
+            codes: in_place.clone().unbind(),
+            rebuild: rebuild.clone().unbind(),
         })
     }
 

@@ -7,9 +7,9 @@ save at a time, so a checkpoint superseded before its turn is never written
 and the newest one always is.
 
 Two workers behave alike: the native extension's (a Rust thread running the
-native save plan, never holding the GIL) for the native backend and the replace
-layout, and a ``threading`` one calling ``storage.save_checkpoint()`` for
-everything else.
+native save plan of the storage's layout, never holding the GIL) for the native
+backend, and a ``threading`` one calling ``storage.save_checkpoint()`` for the
+fallback.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from . import _backend
 from ._options import Layout
-from ._save_plan import plan_save
+from ._save_plan import plan_save, plan_slotted_save
 from ._storage import as_checkpoint
 
 if TYPE_CHECKING:
@@ -252,14 +252,21 @@ class _ThreadedWorker:
 def _native_worker(storage: SessionStorage) -> _Worker | None:
     """The native worker for ``storage``, when the active backend's save is native.
 
-    A storage of another layout, or a backend whose save was replaced (tests
-    instrument it), gets the threading worker, which goes through that save.
+    A backend whose save for the storage's layout was replaced (tests instrument
+    it) gets the threading worker, which goes through that save.
     """
     current = _backend.active.current
-    if current.name != "native" or storage.layout is not Layout.REPLACE:
+    if current.name != "native":
         return None
     from . import _native
 
+    if storage.layout is Layout.SLOTTED:
+        if current.save_slotted is not _native.save_slotted:
+            return None
+        slotted = plan_slotted_save(storage.durability)
+        return _native.CheckpointWorker.slotted(
+            storage.location, slotted.in_place.codes, slotted.rebuild.codes
+        )
     if current.save is not _native.save:
         return None
     plan = plan_save(storage.durability)
