@@ -274,9 +274,11 @@ def test_close_stops_the_worker_thread(storage: SessionStorage) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.parametrize("layout", list(Layout))
 def test_the_native_worker_is_not_a_python_thread(
-    backend: str, storage: SessionStorage
+    backend: str, tmp_path: Path, layout: Layout
 ) -> None:
+    storage = SessionStorage.create(tmp_path, layout=layout)
     before = set(threading.enumerate())
     with storage.writer() as writer:
         python_threads = set(threading.enumerate()) - before
@@ -284,9 +286,11 @@ def test_the_native_worker_is_not_a_python_thread(
     assert len(python_threads) == (0 if backend == "native" else 1)
 
 
+@pytest.mark.parametrize("layout", list(Layout))
 def test_the_native_worker_saves_while_the_caller_holds_the_gil(
-    backend: str, storage: SessionStorage
+    backend: str, tmp_path: Path, layout: Layout
 ) -> None:
+    storage = SessionStorage.create(tmp_path, layout=layout)
     if backend != "native":
         pytest.skip("the threading worker needs the GIL between syscalls")
     previous = sys.getswitchinterval()

@@ -23,6 +23,7 @@ from typing import Final
 
 import pytest
 
+import test_native_backend
 import test_syscall_conformance
 from sessionstore import Durability, Layout, SessionStorage, _backend
 from sessionstore._save_plan import SavePlan, SaveStep, plan_slotted_save
@@ -33,6 +34,7 @@ from sessionstore._slots_format import (
     decode_file_header,
     plan_slot_size,
 )
+from test_native_backend import _backends, _listing, _outcome
 from test_syscall_conformance import (
     _BEGIN,
     _END,
@@ -42,38 +44,21 @@ from test_syscall_conformance import (
     parse_trace,
 )
 
-# The fixture that finds strace, registered here under its name.
+# Fixtures of the other conformance tests, registered here under their names.
 strace: Final = test_syscall_conformance.strace
+native: Final = test_native_backend.native
 
-# Every call that could read a slot, write, flush, name or lock a file.
+# The calls the replace layout's conformance test traces, and the reads and
+# lookups of a slotted save.
 _TRACED: Final = ",".join(
     [
-        "open",
-        "openat",
-        "openat2",
-        "creat",
-        "flock",
-        "fcntl",
+        test_syscall_conformance._TRACED,
         "newfstatat",
         "statx",
         "read",
         "pread64",
         "preadv",
         "preadv2",
-        "write",
-        "writev",
-        "pwrite64",
-        "pwritev",
-        "pwritev2",
-        "fsync",
-        "fdatasync",
-        "sync_file_range",
-        "close",
-        "rename",
-        "renameat",
-        "renameat2",
-        "unlink",
-        "unlinkat",
     ]
 )
 
@@ -305,15 +290,6 @@ def test_a_rebuild_is_still_under_the_lock(
     assert lines[-1] == "close(dir)"
 
 
-@pytest.fixture(scope="module")
-def native() -> _backend.Backend:
-    return _backend.load_native()
-
-
-def _backends(native: _backend.Backend) -> dict[str, _backend.Backend]:
-    return {"python": _backend.PYTHON, "native": native}
-
-
 def _save_all(
     chosen: _backend.Backend, location: Path, durability: Durability
 ) -> Iterator[bytes]:
@@ -368,28 +344,6 @@ def test_each_backend_reads_what_the_other_wrote(
             )
             assert reader.load_slots(str(location / _SLOTS), False) == data
         assert reader.load_slots(str(location / _SLOTS), True) == payloads[-2]
-
-
-def _outcome(action: Callable[..., object], *args: object) -> tuple[object, ...]:
-    """What ``action(*args)`` did, in terms both backends must agree on."""
-    try:
-        result = action(*args)
-    except OSError as exc:
-        return (
-            type(exc),
-            exc.errno,
-            exc.strerror,
-            exc.filename,
-            exc.filename2,
-            getattr(exc, "stale", None),
-        )
-    except ValueError as exc:
-        return (type(exc), str(exc), getattr(exc, "filename", None))
-    return ("returned", result)
-
-
-def _listing(path: Path) -> list[str]:
-    return sorted(os.listdir(path)) if path.is_dir() else []
 
 
 _DURABLE: Final = plan_slotted_save(Durability.FULL)

@@ -1,17 +1,15 @@
 """CheckpointWriter on a slotted storage: the native worker runs the slotted plan.
 
 Both workers save through the storage's layout; on the native backend the
-worker is a Rust thread running ``SlottedSave`` (no Python thread, no GIL), and
-its errors are the ones a direct save raises.
+worker is a Rust thread running ``SlottedSave`` (``test_checkpoint_writer``
+checks it is no Python thread and needs no GIL, on both layouts), and its
+errors are the ones a direct save raises.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Final
 
@@ -26,17 +24,6 @@ PATIENCE: Final = 30.0
 @pytest.fixture
 def slotted(backend: str, tmp_path: Path) -> SessionStorage:
     return SessionStorage.create(tmp_path / "repo", layout=Layout.SLOTTED)
-
-
-def test_the_worker_of_a_native_slotted_storage_is_not_a_python_thread(
-    backend: str, slotted: SessionStorage
-) -> None:
-    before = set(threading.enumerate())
-    with slotted.writer() as writer:
-        python_threads = set(threading.enumerate()) - before
-        writer.submit(b"x")
-    assert len(python_threads) == (0 if backend == "native" else 1)
-    assert slotted.load_checkpoint() == b"x"
 
 
 def test_the_last_of_many_submissions_is_saved_in_place(
@@ -68,27 +55,6 @@ def test_a_record_that_outgrows_its_slot_is_rebuilt_by_the_worker(
         writer.submit(big)
     assert slotted.load_checkpoint() == big
     assert slotted.load_previous() == b"small"
-
-
-def test_the_native_slotted_worker_saves_while_the_caller_holds_the_gil(
-    backend: str, slotted: SessionStorage
-) -> None:
-    if backend != "native":
-        pytest.skip("the threading worker needs the GIL between syscalls")
-    previous = sys.getswitchinterval()
-    # Python threads now wait up to a minute for the GIL; the native one does not.
-    sys.setswitchinterval(60.0)
-    try:
-        with slotted.writer() as writer:
-            writer.submit(b"saved while the caller spins")
-            deadline = time.monotonic() + PATIENCE
-            while writer.saves == 0 and time.monotonic() < deadline:
-                pass
-            saves = writer.saves
-    finally:
-        sys.setswitchinterval(previous)
-    assert saves == 1
-    assert slotted.load_checkpoint() == b"saved while the caller spins"
 
 
 def test_a_leftover_next_file_is_raised_once_as_a_direct_save_raises_it(
