@@ -19,8 +19,9 @@ Run as a script it has two modes, each announcing ``ready <backend>`` first:
 
 ``saves LOCATION COUNT SEED MAX_SIZE [LAYOUT]``
     Waits for a line on stdin (so several writers start together), then makes
-    COUNT saves in LAYOUT (default ``replace``), printing ``ok <id>`` or ``locked <errno> <stale>``
-    for each; any other error ends the process with its traceback.
+    COUNT saves in LAYOUT (default ``replace``), printing ``ok <id>`` or
+    ``locked <errno> <stale>`` for each; any other error ends the process with
+    its traceback.
 
 ``converts LOCATION COUNT``
     Prints ``ready <backend>``, then converts the session to the other layout

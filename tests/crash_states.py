@@ -11,6 +11,13 @@ old one or None, never anything torn; ``lock_state()`` is UNLOCKED, or STALE
 exactly when ``session.next`` is there; after ``break_stale_lock()`` a save
 works (and, slotted, keeps what was recovered as the previous generation).
 
+It explores ``convert_layout()`` the same way (``plan_conversion()``: the
+library's own replace steps copying the checkpoint into the new layout's file,
+then the unlink of the old one and a directory flush): at every cut the same
+checkpoint loads, whole; once the conversion has returned only the new
+layout's file is left; calling ``convert_layout()`` again (after
+``break_stale_lock()``) finishes the job.
+
 Persistence model
 -----------------
 Conservative: it assumes less of a filesystem than ext4, xfs or btrfs promise.
@@ -18,8 +25,8 @@ Conservative: it assumes less of a filesystem than ext4, xfs or btrfs promise.
 1. State. One directory maps names to inodes; an inode holds bytes. The model
    keeps what the program sees and, apart, what is durable: sure to be on disk.
 2. Effects. A step issues effects: entry effects on the directory (link a new
-   inode under a name, rename) and data effects on an inode (write bytes at an
-   offset, which may extend the file).
+   inode under a name, rename, unlink) and data effects on an inode (write
+   bytes at an offset, which may extend the file).
 3. Barriers. A flush (``fsync``/``fdatasync`` of a file, ``fsync`` of the
    directory) that has returned makes every effect issued before it on that one
    object durable: a file's flush its data and size, the directory's flush its
@@ -79,8 +86,9 @@ from typing import Final
 
 import attrs
 
-from sessionstore import Layout, LockState, SessionStorage
-from sessionstore._naming import CHECKPOINT_NAME, NEXT_NAME
+from sessionstore import Durability, Layout, LockState, SessionStorage
+from sessionstore._layout_conversion import _locked_steps
+from sessionstore._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
 from sessionstore._save_plan import SavePlan, SaveStep, SlottedPlan
 from sessionstore._slots_format import (
     RECORD_HEADER_SIZE,
@@ -102,6 +110,8 @@ SECTOR: Final = 512
 MAX_TORN_SECTORS: Final = 8
 # The object a directory flush makes durable; inodes are numbered from 1.
 DIRECTORY: Final = 0
+# The file that holds a session's checkpoint in each layout.
+FILE_OF: Final = {Layout.REPLACE: CHECKPOINT_NAME, Layout.SLOTTED: SLOTS_NAME}
 
 
 @attrs.frozen
@@ -240,7 +250,23 @@ class Write:
         return result
 
 
-Effect = Link | Rename | Write
+@attrs.frozen
+class Unlink:
+    """``name`` is removed from the directory."""
+
+    name: str
+    target: int = attrs.field(default=DIRECTORY, repr=False)
+
+    def apply(self, disk: Disk) -> Disk:
+        return disk.with_entries(
+            {n: i for n, i in disk.entries.items() if n != self.name}
+        )
+
+    def landings(self, disk: Disk) -> list[Landing]:
+        return [(f"{self} lost", disk), (f"{self} landed", self.apply(disk))]
+
+
+Effect = Link | Rename | Write | Unlink
 
 
 @attrs.frozen
@@ -253,11 +279,57 @@ class Flush:
 # -- what each step does ----------------------------------------------------------
 
 
+class ConversionStep(enum.Enum):
+    """What a layout conversion does besides the replace sequence's steps."""
+
+    REMOVE_OLD = "unlink the old layout's file"
+
+
+Step = SaveStep | ConversionStep
+
+
+@attrs.frozen
+class ConversionPlan:
+    """The steps of ``convert_layout()`` from one layout's file to the other's.
+
+    It copies the checkpoint with the library's own replace steps
+    (``_layout_conversion._locked_steps``) and removes ``old_name`` after them.
+    """
+
+    steps: tuple[Step, ...]
+    target_name: str
+    old_name: str
+    next_name: str = NEXT_NAME
+
+
+def plan_conversion(layout: Layout, durability: Durability) -> ConversionPlan:
+    """The conversion to ``layout`` as ``_layout_conversion`` runs it."""
+    target = FILE_OF[layout]
+    copy = [SaveStep(code) for code in _locked_steps(durability, target)]
+    removal: list[Step] = [ConversionStep.REMOVE_OLD]
+    if durability is Durability.FULL:
+        removal.append(SaveStep.FSYNC_DIR)
+    return ConversionPlan(
+        steps=(
+            SaveStep.OPEN_DIR,
+            SaveStep.LOCK_DIR,
+            SaveStep.CHECK_NEXT,
+            *copy,
+            *removal,
+            SaveStep.CLOSE_DIR,
+        ),
+        target_name=target,
+        old_name=FILE_OF[
+            Layout.REPLACE if layout is Layout.SLOTTED else Layout.SLOTTED
+        ],
+    )
+
+
 @attrs.define
 class Execution:
     """The program's side of a save in progress: what a step model reads and changes."""
 
-    plan: SavePlan
+    plan: SavePlan | ConversionPlan
     """the plan being run, whose names the steps act on"""
     checkpoint: bytes
     """the data being saved"""
@@ -301,7 +373,7 @@ def _nothing_on_disk(run: Execution) -> Sequence[Effect | Flush]:
     return []
 
 
-REPLACE_STEPS: Final[Mapping[SaveStep, StepModel]] = {
+REPLACE_STEPS: Final[Mapping[Step, StepModel]] = {
     SaveStep.OPEN_DIR: _nothing_on_disk,
     SaveStep.LOCK_DIR: _nothing_on_disk,  # rule 6: a lock is memory only
     SaveStep.CREATE_NEXT: _create_next,
@@ -408,7 +480,7 @@ def _write_slot(run: Execution) -> Sequence[Effect | Flush]:
     return [run.record]
 
 
-def slotted_steps(choose: SlotChooser = choose_slot) -> Mapping[SaveStep, StepModel]:
+def slotted_steps(choose: SlotChooser = choose_slot) -> Mapping[Step, StepModel]:
     """The on-disk effects of the slotted save's steps (the rebuild's included)."""
     return {
         **REPLACE_STEPS,
@@ -423,6 +495,19 @@ def slotted_steps(choose: SlotChooser = choose_slot) -> Mapping[SaveStep, StepMo
 
 
 SLOTTED_STEPS: Final = slotted_steps()
+
+
+def _remove_old(run: Execution) -> Sequence[Effect | Flush]:
+    assert isinstance(run.plan, ConversionPlan)
+    return [Unlink(run.plan.old_name)]
+
+
+CONVERSION_STEPS: Final[Mapping[Step, StepModel]] = {
+    **REPLACE_STEPS,
+    SaveStep.CHECK_NEXT: _must_be_absent(NEXT_NAME),
+    ConversionStep.REMOVE_OLD: _remove_old,
+}
+"""The on-disk effects of a conversion's steps."""
 
 
 # -- enumerating crash states ---------------------------------------------------
@@ -494,27 +579,34 @@ def _landings(
 
 
 def explore(
-    plan: SavePlan | SlottedPlan,
+    plan: SavePlan | SlottedPlan | ConversionPlan,
     before: Disk,
     checkpoint: bytes,
-    steps: Mapping[SaveStep, StepModel] | None = None,
+    steps: Mapping[Step, StepModel] | None = None,
 ) -> list[CrashState]:
     """Every distinct state a power cut at any moment of ``plan`` can leave.
 
     ``before`` is the durable disk when the save starts; ``checkpoint`` is what
     is saved. A slotted plan runs its in-place steps and, where the program
     would (no slots file, or a record that does not fit), goes on with its
-    rebuild steps. ``steps`` defaults to the table of the plan's layout. States
+    rebuild steps. A conversion writes ``checkpoint`` as its copy (the whole
+    slots file, for one to the slotted layout). ``steps`` defaults to the table
+    of the plan's kind. States
     that look alike on disk and agree on whether the save had returned are
     reported once.
     """
+    first: SavePlan | ConversionPlan
+    every: tuple[Step, ...]
     if isinstance(plan, SlottedPlan):
         first, rebuild = plan.in_place, plan.rebuild
         table = SLOTTED_STEPS if steps is None else steps
         every = first.steps + rebuild.steps
     else:
         first, rebuild = plan, None
-        table = REPLACE_STEPS if steps is None else steps
+        default = (
+            CONVERSION_STEPS if isinstance(plan, ConversionPlan) else REPLACE_STEPS
+        )
+        table = default if steps is None else steps
         every = first.steps
     unknown = [step for step in dict.fromkeys(every) if step not in table]
     if unknown:
@@ -566,7 +658,8 @@ class Problem(enum.Enum):
         "load_previous() gives neither the generation before the loaded one nor None"
     )
     LOCK = "the lock state is not UNLOCKED, or STALE exactly when session.next is left"
-    STUCK = "after break_stale_lock() a save does not work, or loses the previous one"
+    STUCK = "after break_stale_lock() a save (or conversion) fails or loses something"
+    UNFINISHED = "the conversion had returned, yet the old layout's file is left"
 
 
 @attrs.frozen
@@ -607,13 +700,7 @@ def check(
         problem = Problem.LOST if loaded == old else Problem.TORN
         found.append(Violation(state, problem, f"loaded {len(loaded)} bytes"))
     found += _check_previous(state, storage, loaded, old=old, new=new, older=older)
-    leftover = state.content(NEXT_NAME) is not None
-    lock = storage.lock_state()
-    if lock is not (LockState.STALE if leftover else LockState.UNLOCKED):
-        found.append(Violation(state, Problem.LOCK, f"lock_state() is {lock}"))
-    broke = storage.break_stale_lock()
-    if broke is not leftover:
-        found.append(Violation(state, Problem.LOCK, f"break_stale_lock() gave {broke}"))
+    found += _check_lock(state, storage)
     after = b"the save after recovery"
     try:
         storage.save_checkpoint(after)
@@ -629,6 +716,70 @@ def check(
     if previous != kept:
         found.append(
             Violation(state, Problem.STUCK, f"then previous {_size(previous)}")
+        )
+    return found
+
+
+def _check_lock(state: CrashState, storage: SessionStorage) -> list[Violation]:
+    """The lock is STALE exactly when session.next is left; then it breaks."""
+    found = []
+    leftover = state.content(NEXT_NAME) is not None
+    lock = storage.lock_state()
+    if lock is not (LockState.STALE if leftover else LockState.UNLOCKED):
+        found.append(Violation(state, Problem.LOCK, f"lock_state() is {lock}"))
+    broke = storage.break_stale_lock()
+    if broke is not leftover:
+        found.append(Violation(state, Problem.LOCK, f"break_stale_lock() gave {broke}"))
+    return found
+
+
+def check_conversion(
+    state: CrashState, directory: Path, *, checkpoint: bytes, layout: Layout
+) -> list[Violation]:
+    """Recover from a state a conversion to ``layout`` left, with the library.
+
+    Whatever the cut, ``checkpoint`` loads, whole; once the conversion had
+    returned, only ``layout``'s file is there; the lock is as in a save; and
+    calling ``convert_layout(layout)`` again (after ``break_stale_lock()``)
+    leaves only ``layout``'s file, holding ``checkpoint``.
+    """
+    state.materialize(directory)
+    storage = SessionStorage(directory, layout=layout)
+    found: list[Violation] = []
+    try:
+        loaded = storage.load_checkpoint()
+    except (OSError, ValueError) as exc:
+        found.append(Violation(state, Problem.TORN, f"load raised {exc!r}"))
+    else:
+        if loaded != checkpoint:
+            found.append(Violation(state, Problem.TORN, f"loaded {len(loaded)} bytes"))
+    names = sorted(name for name, _ in state.files)
+    if state.returned and names != [FILE_OF[layout]]:
+        found.append(Violation(state, Problem.UNFINISHED, f"left {names}"))
+    found += _check_lock(state, storage)
+    try:
+        storage.convert_layout(layout)
+        again = storage.load_checkpoint()
+    except (OSError, ValueError) as exc:
+        found.append(Violation(state, Problem.STUCK, f"converting again: {exc!r}"))
+        return found
+    left = sorted(os.listdir(directory))
+    if left != [FILE_OF[layout]] or again != checkpoint:
+        detail = f"converting again left {left}, loading {len(again)} bytes"
+        found.append(Violation(state, Problem.STUCK, detail))
+    return found
+
+
+def check_conversions(
+    states: Sequence[CrashState], workdir: Path, *, checkpoint: bytes, layout: Layout
+) -> list[Violation]:
+    """``check_conversion`` on every state, each in its own directory."""
+    workdir.mkdir(exist_ok=True)
+    found: list[Violation] = []
+    for number, state in enumerate(states):
+        directory = workdir / f"state-{number}.session"
+        found += check_conversion(
+            state, directory, checkpoint=checkpoint, layout=layout
         )
     return found
 

@@ -19,6 +19,7 @@ from crash_states import (
     CrashState,
     Disk,
     Problem,
+    Step,
     StepModel,
     Violation,
     check_all,
@@ -123,7 +124,7 @@ def violations_of(
     plan: SlottedPlan,
     scenario: Scenario,
     tmp_path: Path,
-    steps: Mapping[SaveStep, StepModel] | None = None,
+    steps: Mapping[Step, StepModel] | None = None,
 ) -> tuple[list[CrashState], list[Violation]]:
     before = build(scenario, tmp_path, "template")
     states = explore(plan, before, scenario.new, steps)
