@@ -180,6 +180,19 @@ def test_the_model_of_a_whole_save_leaves_what_the_library_leaves(
     assert [state for state in states if state.returned] == [saved]
 
 
+@pytest.mark.parametrize("name", IN_PLACE)
+def test_once_fdatasync_returned_the_new_checkpoint_loads(
+    backend: str, name: str, tmp_path: Path
+) -> None:
+    """Cut short right after ``SYNC_SLOT``, the save counts as returned there."""
+    plan = plan_slotted_save()
+    steps = plan.in_place.steps[: plan.in_place.steps.index(SaveStep.SYNC_SLOT) + 1]
+    cut_short = attrs.evolve(plan, in_place=SavePlan(steps, target_name=SLOTS_NAME))
+    states, violations = violations_of(cut_short, SCENARIOS[name], tmp_path)
+    assert not violations, report(violations)
+    assert len([state for state in states if state.returned]) == 1
+
+
 def in_place_without(step: SaveStep) -> SlottedPlan:
     plan = plan_slotted_save()
     steps = tuple(s for s in plan.in_place.steps if s is not step)

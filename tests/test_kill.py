@@ -41,7 +41,7 @@ CHILD: Final = str(Path(__file__).with_name("checkpoint_child.py"))
 LONG: Final = os.environ.get("SESSIONSTORE_LONG") == "1"
 ROUNDS: Final = 2000 if LONG else 200
 # Each conversion round also saves and converts once more in the parent.
-CONVERSION_ROUNDS: Final = 1000 if LONG else 100
+CONVERSION_ROUNDS: Final = 2000 if LONG else 200
 # A shorter run on each real filesystem: the same checks where fsync and rename
 # go through a journal on a block device.
 FILESYSTEM_ROUNDS: Final = 300 if LONG else 30
