@@ -18,7 +18,8 @@ writer: SQLite writes nothing for an update that leaves the row as it was.
 It prints the medians, the ratio of each to the floor, and whether the issue's
 targets are met: slotted 4 KiB at most 1.3x the floor and faster than SQLite.
 
-Run: ``python benchmarks/bench_slotted.py`` (about 40 seconds; ``--budget`` scales it).
+Run: ``python benchmarks/bench_slotted.py`` (5 to 30 seconds, most of it the 1 MiB
+row on a slow disk; ``--budget`` scales it).
 """
 
 from __future__ import annotations

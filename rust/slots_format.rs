@@ -64,12 +64,14 @@ pub struct FileHeader {
 }
 
 impl FileHeader {
+    // Saturating: a header can claim any slot size its checksum covers; an
+    // offset past what a file can hold then fails the read (EINVAL), never panics.
     pub fn slot_offset(&self, slot: usize) -> u64 {
-        FILE_HEADER_SIZE + slot as u64 * self.slot_size
+        FILE_HEADER_SIZE.saturating_add((slot as u64).saturating_mul(self.slot_size))
     }
 
     pub fn file_size(&self) -> u64 {
-        FILE_HEADER_SIZE + 2 * self.slot_size
+        self.slot_offset(2)
     }
 
     pub fn fits(&self, length: u64) -> bool {
