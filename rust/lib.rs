@@ -324,15 +324,10 @@ fn library_error<'py>(
     }
 }
 
-/// The fallback's CorruptCheckpointError for the slots file at `path`.
+/// The library's CorruptCheckpointError for the slots file at `path`.
 fn corrupt_error(py: Python<'_>, path: &[u8], reason: &str) -> PyErr {
     let args = (OsStr::from_bytes(path), reason);
-    library_error(
-        py,
-        "sessionstore._python_slots_writer",
-        "CorruptCheckpointError",
-        args,
-    )
+    library_error(py, "sessionstore._errors", "CorruptCheckpointError", args)
 }
 
 fn slotted_error(
@@ -378,12 +373,9 @@ fn slotted_error(
         slotted::Failure::Corrupt(reason) => {
             corrupt_error(py, &path(slotted::SLOTS_NAME), &reason.to_string())
         }
-        slotted::Failure::Format(reason) => library_error(
-            py,
-            "sessionstore._slots_format",
-            "SlotsFormatError",
-            (reason.to_string(),),
-        ),
+        slotted::Failure::Format(reason) => {
+            corrupt_error(py, &path(slotted::SLOTS_NAME), &reason.to_string())
+        }
         slotted::Failure::UnknownStep(code) => {
             PyValueError::new_err(format!("unknown slotted save step {code} in {}", plan()))
         }

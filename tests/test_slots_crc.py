@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessionstore import _backend
-from sessionstore._python_slots_writer import CorruptCheckpointError
+from sessionstore import CorruptCheckpointError, _backend
 from sessionstore._save_plan import plan_slotted_save
 from sessionstore._slots_format import (
     FILE_HEADER_SIZE,

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from sessionstore import (
+    CorruptCheckpointError,
     Durability,
     Layout,
     LockedStorageError,
     LockState,
     SessionStorage,
 )
-from sessionstore._python_slots_writer import CorruptCheckpointError
 from sessionstore._slots_format import (
     RECORD_HEADER_SIZE,
     decode_file_header,
@@ -237,3 +237,25 @@ def test_a_missing_slotted_session_raises_naming_it(
         storage.load_checkpoint()
     with pytest.raises(FileNotFoundError):
         storage.load_previous()
+
+
+def test_exhausted_sequence_numbers_are_reported_naming_the_file(
+    slotted: SessionStorage,
+) -> None:
+    from sessionstore._slots_format import build_slots_file
+
+    Path(slotted.paths.slots).write_bytes(build_slots_file(b"last", 2**64 - 1, None))
+    with pytest.raises(CorruptCheckpointError) as info:
+        slotted.save_checkpoint(b"one more")
+    assert info.value.filename == slotted.paths.slots
+    assert "exhausted" in str(info.value)
+    assert slotted.load_checkpoint() == b"last"
+
+
+def test_corrupt_checkpoint_error_is_a_value_error_that_pickles() -> None:
+    import pickle
+
+    error = CorruptCheckpointError("/r/s.session/session.slots", "no record passes")
+    assert isinstance(error, ValueError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.filename, str(copy)) == (error.filename, str(error))

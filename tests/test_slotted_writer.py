@@ -15,8 +15,12 @@ from typing import Final
 
 import pytest
 
-from sessionstore import Layout, LockedStorageError, SessionStorage
-from sessionstore._python_slots_writer import CorruptCheckpointError
+from sessionstore import (
+    CorruptCheckpointError,
+    Layout,
+    LockedStorageError,
+    SessionStorage,
+)
 
 PATIENCE: Final = 30.0
 

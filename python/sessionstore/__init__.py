@@ -6,7 +6,7 @@ from typing import Final
 
 from ._backend import active as _active
 from ._checkpoint_writer import CheckpointWriter
-from ._errors import LockedStorageError
+from ._errors import CorruptCheckpointError, LockedStorageError
 from ._lock_state import LockState
 from ._options import Durability, Layout
 from ._repository import SessionStorageRepository
@@ -18,6 +18,7 @@ backend: Final[str] = _active.current.name
 
 __all__ = [
     "CheckpointWriter",
+    "CorruptCheckpointError",
     "Durability",
     "Layout",
     "LockState",

@@ -1,4 +1,4 @@
-"""The one error of the library's own: a storage that is locked."""
+"""The library's own errors: a storage that is locked, a checkpoint that is damaged."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ class LockedStorageError(OSError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (self.errno, self.filename, self.stale))
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is damaged: no record in it passes its checksum.
+
+    Saves never leave a file like that (the slotted layout never overwrites its
+    newest valid record), so this is damage from outside the library. It is
+    reported, naming the file, and never read as an empty checkpoint.
+    """
+
+    filename: str
+
+    def __init__(self, filename: str, reason: str) -> None:
+        super().__init__(f"{filename}: {reason}")
+        self.filename = filename
+
+    def __reduce__(self) -> tuple[object, ...]:
+        reason = str(self).removeprefix(f"{self.filename}: ")
+        return (type(self), (self.filename, reason))
 
 
 def _rebuild(errno: int, filename: str, stale: bool) -> LockedStorageError:

@@ -16,6 +16,7 @@ from typing import Final
 import attrs
 
 from . import _errors, _python_writer
+from ._errors import CorruptCheckpointError
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
 from ._save_plan import SaveStep
 from ._slots_format import (
@@ -54,19 +55,6 @@ _WRITE_SLOT: Final = SaveStep.WRITE_SLOT.value
 _SYNC_SLOT: Final = SaveStep.SYNC_SLOT.value
 _CLOSE_SLOTS: Final = SaveStep.CLOSE_SLOTS.value
 _CLOSE_DIR: Final = SaveStep.CLOSE_DIR.value
-
-
-class CorruptCheckpointError(SlotsFormatError):
-    """A slots file holds no record that passes its checksum.
-
-    A save never leaves a file like that (the newest valid record is never
-    overwritten), so this is damage from outside: it is reported, never read
-    as an empty checkpoint.
-    """
-
-    def __init__(self, filename: str, reason: str) -> None:
-        super().__init__(f"{filename}: {reason}")
-        self.filename = filename
 
 
 @attrs.frozen
@@ -212,9 +200,12 @@ def save(
                 order = newest_first(view.headers)
                 valid = _valid_records(slots_fd, view, 1)
                 newest_is_valid = bool(valid) and valid[0].slot == order[0]
-                choice = choose_slot(
-                    view.header, view.headers, newest_is_valid, len(data)
-                )
+                try:
+                    choice = choose_slot(
+                        view.header, view.headers, newest_is_valid, len(data)
+                    )
+                except SlotsFormatError as exc:
+                    raise CorruptCheckpointError(slots_path, str(exc)) from None
                 if choice.placement is Placement.REBUILD:
                     previous = (valid[0].sequence, valid[0].data) if valid else None
                     must_rebuild = True
@@ -252,7 +243,7 @@ def save(
             _python_writer.save(
                 location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=fd
             )
-    except (_errors.LockedStorageError, CorruptCheckpointError, SlotsFormatError):
+    except (_errors.LockedStorageError, CorruptCheckpointError):
         _close(slots_fd, dir_fd)
         raise
     except OSError as exc:
