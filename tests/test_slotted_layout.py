@@ -259,3 +259,15 @@ def test_corrupt_checkpoint_error_is_a_value_error_that_pickles() -> None:
     assert isinstance(error, ValueError)
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.filename, str(copy)) == (error.filename, str(error))
+
+
+def test_a_scan_reports_the_size_of_the_newest_valid_record(
+    slotted: SessionStorage,
+) -> None:
+    from sessionstore import SessionStorageRepository
+
+    repo = SessionStorageRepository(os.path.dirname(slotted.location))
+    assert [info.checkpoint_size for info in repo.scan()] == [None]
+    slotted.save_checkpoint(b"x" * 100)
+    slotted.save_checkpoint(b"y" * 7)
+    assert [info.checkpoint_size for info in repo.scan()] == [7]

@@ -79,12 +79,12 @@ def _listed(
 
 
 def _checkpoint_size(location: str, dir_fd: int, name: str) -> int | None:
-    """The size of session ``name``'s checkpoint; None when none was saved.
+    """The size of session ``name``'s replace-layout checkpoint, or None.
 
     The one place of this backend that knows which file holds a checkpoint
-    (the native one: ``detail`` in rust/listing.rs): the replace layout's
-    ``session``. A slotted session (``session.slots`` only) is not recognised
-    yet and reads as None.
+    (the native one: ``detail`` in rust/listing.rs): ``session``, which a stat
+    sizes. A slotted session reads as None here; the repository's scan then
+    sizes it from its newest valid record, which takes a read.
     """
     checkpoint = _look(location, dir_fd, os.path.join(name, CHECKPOINT_NAME))
     return None if checkpoint is None else checkpoint.st_size

@@ -13,8 +13,9 @@ import attrs
 
 from . import _backend
 from ._default_location import default_location
+from ._errors import CorruptCheckpointError
 from ._lock_state import FileKey, NextFile, classify_lock
-from ._naming import NEXT_NAME, session_id
+from ._naming import NEXT_NAME, SLOTS_NAME, session_id
 from ._prune import PrunePolicy, plan_prune
 from ._python_listing import ScannedSession, scan_session
 from ._python_writer import read_lock_table
@@ -41,6 +42,21 @@ def _look_at_next(location: str) -> NextFile | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return NextFile(st.st_ino, st.st_ctime_ns)
+
+
+def _slotted_size(session: str) -> int | None:
+    """The size of a slotted session's checkpoint: its newest valid record's.
+
+    Read and checked like a load, so the size is that of what a load would
+    return; None when there is no slots file or no record in it is whole.
+    """
+    try:
+        newest = _backend.active.current.load_slots(
+            os.path.join(session, SLOTS_NAME), False
+        )
+    except (FileNotFoundError, NotADirectoryError, CorruptCheckpointError):
+        return None
+    return None if newest is None else len(newest)
 
 
 def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
@@ -80,7 +96,7 @@ def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
                 id=session_id(name),
                 location=session,
                 modified=modified_at(mtime_ns),
-                checkpoint_size=size,
+                checkpoint_size=_slotted_size(session) if size is None else size,
                 lock=lock,
             )
         )
