@@ -10,27 +10,14 @@ lock is held throughout, so no save interleaves.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
-from typing import Final
 
 from . import _errors, _python_slots_writer, _python_writer
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
 from ._options import Durability, Layout
+from ._python_writer import DIR_FLAGS, exists_at, try_lock
 from ._save_plan import SaveStep, plan_save
 from ._slots_format import build_slots_file
-
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_BUSY: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
-
-
-def _exists(name: str, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _locked_steps(durability: Durability, target: str) -> bytes:
@@ -53,20 +40,20 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
     """
     next_path = os.path.join(location, NEXT_NAME)
     try:
-        dir_fd = os.open(location, _DIR_FLAGS)
+        dir_fd = os.open(location, DIR_FLAGS)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, location) from exc
     try:
         try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = try_lock(dir_fd)
         except OSError as exc:
-            if exc.errno in _BUSY:
-                raise _errors.held(next_path) from None
             raise OSError(exc.errno, exc.strerror, location) from exc
-        if _exists(NEXT_NAME, dir_fd):
+        if not locked:
+            raise _errors.held(next_path)
+        if exists_at(NEXT_NAME, dir_fd):
             raise _errors.leftover(next_path)
-        has_replace = _exists(CHECKPOINT_NAME, dir_fd)
-        has_slots = _exists(SLOTS_NAME, dir_fd)
+        has_replace = exists_at(CHECKPOINT_NAME, dir_fd)
+        has_slots = exists_at(SLOTS_NAME, dir_fd)
         if layout is Layout.SLOTTED and has_replace:
             data = _python_writer.load(os.path.join(location, CHECKPOINT_NAME))
             image = build_slots_file(data, 1, None)

@@ -9,7 +9,6 @@ directory's lock.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 from typing import Final
 
@@ -18,6 +17,7 @@ import attrs
 from . import _errors, _python_writer
 from ._errors import CorruptCheckpointError
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from ._python_writer import DIR_FLAGS, exists_at, try_lock
 from ._save_plan import SaveStep
 from ._slots_format import (
     FILE_HEADER_SIZE,
@@ -35,7 +35,6 @@ from ._slots_format import (
     newest_first,
 )
 
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC
 # A save reads the slots before it writes one; with the access time left alone,
 # that read changes no metadata (each access time update is a journal entry,
@@ -43,7 +42,6 @@ _SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC
 # for it: anyone else opens without it (EPERM, then a second open).
 _NO_ATIME: Final = getattr(os, "O_NOATIME", 0)
 _READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC
-_BUSY: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 
 _OPEN_DIR: Final = SaveStep.OPEN_DIR.value
 _LOCK_DIR: Final = SaveStep.LOCK_DIR.value
@@ -63,14 +61,6 @@ class SlotsView:
 
     header: FileHeader
     headers: tuple[RecordHeader | None, RecordHeader | None]
-
-
-def _exists(name: str, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _read_view(fd: int, path: str) -> SlotsView:
@@ -160,21 +150,17 @@ def save(
         for code in in_place:
             if code == _OPEN_DIR:
                 path = location
-                dir_fd = os.open(location, _DIR_FLAGS)
+                dir_fd = os.open(location, DIR_FLAGS)
             elif code == _LOCK_DIR:
-                try:
-                    fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as exc:
-                    if exc.errno in _BUSY:
-                        raise _errors.held(next_path) from None
-                    raise
+                if not try_lock(dir_fd):
+                    raise _errors.held(next_path)
             elif code == _CHECK_NEXT:
                 path = next_path
-                if _exists(NEXT_NAME, dir_fd):
+                if exists_at(NEXT_NAME, dir_fd):
                     raise _errors.leftover(next_path)
             elif code == _CHECK_REPLACE:
                 path = os.path.join(location, CHECKPOINT_NAME)
-                if _exists(CHECKPOINT_NAME, dir_fd):
+                if exists_at(CHECKPOINT_NAME, dir_fd):
                     raise FileExistsError(
                         errno.EEXIST,
                         "the session is in the replace layout; convert it first",

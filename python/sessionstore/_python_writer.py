@@ -25,7 +25,7 @@ from ._lock_state import (
 from ._naming import NEXT_NAME
 from ._save_plan import SaveStep
 
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NEXT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _NEXT_MODE: Final = 0o600
 
@@ -51,6 +51,29 @@ def _with_path(exc: OSError, path: str, path2: str | None = None) -> OSError:
     if path2 is None:
         return OSError(exc.errno, exc.strerror, path)
     return OSError(exc.errno, exc.strerror, path, None, path2)
+
+
+def try_lock(dir_fd: int) -> bool:
+    """Take the session directory's flock without waiting.
+
+    False when a live writer holds it; any other failure is raised.
+    """
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            return False
+        raise
+    return True
+
+
+def exists_at(name: str, dir_fd: int) -> bool:
+    """Whether ``name`` exists in the open directory ``dir_fd`` (links not followed)."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def save(
@@ -79,14 +102,10 @@ def save(
         for code in codes:
             if code == _OPEN_DIR:
                 path = location
-                dir_fd = os.open(location, _DIR_FLAGS)
+                dir_fd = os.open(location, DIR_FLAGS)
             elif code == _LOCK_DIR:
-                try:
-                    fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as exc:
-                    if exc.errno in _BUSY:
-                        raise _errors.held(next_path) from None
-                    raise
+                if not try_lock(dir_fd):
+                    raise _errors.held(next_path)
             elif code == _CREATE_NEXT:
                 path = next_path
                 try:
@@ -190,12 +209,8 @@ def _held(dir_fd: int, *, next_exists: bool) -> bool:
     listed = None if table is None else table.holds(key)
     if listed is True or (listed is False and not next_exists):
         return listed
-    try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in _BUSY:
-            return True
-        raise
+    if not try_lock(dir_fd):
+        return True
     fcntl.flock(dir_fd, fcntl.LOCK_UN)
     return False
 
@@ -212,7 +227,7 @@ def _look_at_next(dir_fd: int) -> NextFile | None:
 def lock_state(location: str) -> LockState:
     """The lock of the session at ``location``; FileNotFoundError when it is missing."""
     try:
-        dir_fd = os.open(location, _DIR_FLAGS)
+        dir_fd = os.open(location, DIR_FLAGS)
     except OSError as exc:
         raise _with_path(exc, location) from exc
     try:
@@ -234,15 +249,14 @@ def break_stale_lock(location: str) -> bool:
     writer holds the lock or there is nothing to break.
     """
     try:
-        dir_fd = os.open(location, _DIR_FLAGS)
+        dir_fd = os.open(location, DIR_FLAGS)
     except OSError as exc:
         raise _with_path(exc, location) from exc
     try:
         try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in _BUSY:
+            if not try_lock(dir_fd):
                 return False
+        except OSError as exc:
             raise _with_path(exc, location) from exc
         try:
             # Looked up first: a read-only filesystem refuses an unlink with

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import fcntl
 import os
 from collections.abc import Iterator
 from typing import Final
@@ -18,7 +17,7 @@ from ._lock_state import FileKey, NextFile, classify_lock
 from ._naming import NEXT_NAME, SLOTS_NAME, session_id
 from ._prune import PrunePolicy, plan_prune
 from ._python_listing import ScannedSession, scan_session
-from ._python_writer import read_lock_table
+from ._python_writer import read_lock_table, try_lock
 from ._session_info import SessionInfo, modified_at
 from ._storage import SessionStorage, remove_tree
 
@@ -130,9 +129,7 @@ def _remove_unless_held(info: SessionInfo) -> bool:
     except FileNotFoundError:
         return False
     try:
-        try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(dir_fd):
             return False
         SessionStorage(info.location).remove()
         return True
