@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +47,23 @@ def backend_env(backend: str) -> dict[str, str]:
 def storage(backend: str, tmp_path: Path) -> SessionStorage:
     """A new, empty session in a fresh repository, on the active backend."""
     return SessionStorage.create(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def native() -> _backend.Backend:
+    """The native backend itself, for tests that compare it with the fallback."""
+    return _load("native")
+
+
+@pytest.fixture(scope="session")
+def strace() -> str:
+    """The strace binary, once it has shown it can trace a child here."""
+    path = shutil.which("strace")
+    if path is None:
+        pytest.skip("strace is not installed (.ci/run installs it)")
+    probe = subprocess.run(
+        [path, "-f", "-o", "/dev/null", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {probe.stderr.strip()}")
+    return path

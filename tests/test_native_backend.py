@@ -18,41 +18,11 @@ from typing import Final
 
 import pytest
 
+from backend_parity import both_backends, listing, outcome
 from sessionstore import Durability, LockState, SessionStorage, _backend
 from sessionstore._save_plan import plan_save
 
 DURABLE: Final = plan_save(Durability.FULL)
-
-
-@pytest.fixture(scope="module")
-def native() -> _backend.Backend:
-    return _backend.load_native()
-
-
-def _backends(native: _backend.Backend) -> dict[str, _backend.Backend]:
-    return {"python": _backend.PYTHON, "native": native}
-
-
-def _outcome(action: Callable[..., object], *args: object) -> tuple[object, ...]:
-    """What ``action(*args)`` did, in terms both backends must agree on."""
-    try:
-        result = action(*args)
-    except OSError as exc:
-        return (
-            type(exc),
-            exc.errno,
-            exc.strerror,
-            exc.filename,
-            exc.filename2,
-            getattr(exc, "stale", None),
-        )
-    except (TypeError, ValueError, BufferError) as exc:
-        return (type(exc), str(exc))
-    return ("returned", result)
-
-
-def _listing(path: Path) -> list[str]:
-    return sorted(os.listdir(path)) if path.is_dir() else []
 
 
 # Each case prepares a session directory and says what to save into (and how).
@@ -112,11 +82,11 @@ def test_both_backends_fail_alike(
     native: _backend.Backend, tmp_path: Path, case: str
 ) -> None:
     outcomes = {}
-    for name, chosen in _backends(native).items():
+    for name, chosen in both_backends(native).items():
         session = tmp_path / name
         session.mkdir()
         location, codes = _CASES[case](session)
-        result = _outcome(
+        result = outcome(
             chosen.save, location, b"data", codes, "session.next", "session"
         )
         # The same error, up to the name of each backend's own directory.
@@ -127,7 +97,7 @@ def test_both_backends_fail_alike(
                 else part
                 for part in result
             ),
-            _listing(session),
+            listing(session),
         )
     assert outcomes["native"] == outcomes["python"]
     if case == "relative-location":
@@ -138,12 +108,12 @@ def test_both_backends_fail_alike(
 
 def test_a_held_lock_fails_alike(native: _backend.Backend, tmp_path: Path) -> None:
     outcomes = []
-    for chosen in _backends(native).values():
+    for chosen in both_backends(native).values():
         fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             outcomes.append(
-                _outcome(
+                outcome(
                     chosen.save,
                     str(tmp_path),
                     b"x",
@@ -157,7 +127,7 @@ def test_a_held_lock_fails_alike(native: _backend.Backend, tmp_path: Path) -> No
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][1] == errno.EWOULDBLOCK
     assert outcomes[0][-1] is False
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize(
@@ -171,7 +141,7 @@ def test_load_fails_alike(
     native: _backend.Backend, tmp_path: Path, make: Callable[[Path], Path]
 ) -> None:
     path = str(make(tmp_path))
-    python, ours = (_outcome(b.load, path) for b in (_backend.PYTHON, native))
+    python, ours = (outcome(b.load, path) for b in (_backend.PYTHON, native))
     assert ours == python
     assert python[0] in {FileNotFoundError, IsADirectoryError}
 
@@ -185,7 +155,7 @@ def test_lock_probes_fail_alike(
     if where == "file":
         path.write_bytes(b"")
     outcomes = [
-        _outcome(getattr(b, probe), str(path)) for b in (_backend.PYTHON, native)
+        outcome(getattr(b, probe), str(path)) for b in (_backend.PYTHON, native)
     ]
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] in {FileNotFoundError, NotADirectoryError}
@@ -215,11 +185,11 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.root
 def test_a_full_disk_fails_alike(native: _backend.Backend, small_tmpfs: Path) -> None:
     outcomes = {}
-    for name, chosen in _backends(native).items():
+    for name, chosen in both_backends(native).items():
         session = small_tmpfs / name
         session.mkdir()
         chosen.save(str(session), b"old", DURABLE.codes, "session.next", "session")
-        result = _outcome(
+        result = outcome(
             chosen.save,
             str(session),
             b"x" * (1 << 20),
@@ -230,7 +200,7 @@ def test_a_full_disk_fails_alike(native: _backend.Backend, small_tmpfs: Path) ->
         outcomes[name] = (
             result[:3],
             str(result[3]).replace(f"/{name}/", "/"),
-            _listing(session),
+            listing(session),
             chosen.load(str(session / "session")),
         )
     assert outcomes["native"] == outcomes["python"]
@@ -254,7 +224,7 @@ def test_native_saves_any_contiguous_buffer(
     native.save(str(tmp_path), data, DURABLE.codes, "session.next", "session")
 
     assert native.load(str(tmp_path / "session")) == bytes(data)
-    assert _listing(tmp_path) == ["session"]
+    assert listing(tmp_path) == ["session"]
 
 
 def test_native_refuses_a_strided_buffer_before_touching_the_disk(
@@ -264,7 +234,7 @@ def test_native_refuses_a_strided_buffer_before_touching_the_disk(
 
     with pytest.raises(BufferError, match="contiguous"):
         native.save(str(tmp_path), strided, DURABLE.codes, "session.next", "session")
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_native_lock_state_reports_each_state(
@@ -282,7 +252,7 @@ def test_native_lock_state_reports_each_state(
     finally:
         os.close(fd)
     assert native.break_stale_lock(location) is True
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_a_save_lets_another_thread_run(storage: SessionStorage) -> None:

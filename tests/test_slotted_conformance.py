@@ -13,7 +13,6 @@ import errno
 import fcntl
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,8 +22,7 @@ from typing import Final
 
 import pytest
 
-import test_native_backend
-import test_syscall_conformance
+from backend_parity import both_backends, listing, outcome
 from sessionstore import Durability, Layout, SessionStorage, _backend
 from sessionstore._save_plan import SavePlan, SaveStep, plan_slotted_save
 from sessionstore._slots_format import (
@@ -34,25 +32,13 @@ from sessionstore._slots_format import (
     decode_file_header,
     plan_slot_size,
 )
-from test_native_backend import _backends, _listing, _outcome
-from test_syscall_conformance import (
-    _BEGIN,
-    _END,
-    between_markers,
-    describe,
-    expected_lines,
-    parse_trace,
-)
-
-# Fixtures of the other conformance tests, registered here under their names.
-strace: Final = test_syscall_conformance.strace
-native: Final = test_native_backend.native
+from syscall_traces import TRACED, expected_lines, marked_save_script, run_traced
 
 # The calls the replace layout's conformance test traces, and the reads and
 # lookups of a slotted save.
 _TRACED: Final = ",".join(
     [
-        test_syscall_conformance._TRACED,
+        TRACED,
         "newfstatat",
         "statx",
         "read",
@@ -62,9 +48,8 @@ _TRACED: Final = ",".join(
     ]
 )
 
-_CHILD: Final = f"""
-import os, sys
-import sessionstore
+_CHILD: Final = marked_save_script(
+    """
 from sessionstore import Durability, Layout, SessionStorage
 
 location, durability, warm_up, *sizes = sys.argv[1:]
@@ -77,31 +62,16 @@ for size in (10, 20, 5000):
 warm.load_checkpoint()
 storage = SessionStorage(location, durability=durability, layout=Layout.SLOTTED)
 
-def data(size):
+def payload(size):
     size = int(size)
     return bytes(range(256)) * (size // 256) + b"x" * (size % 256)
 
 *before, last = sizes
 for size in before:
-    storage.save_checkpoint(data(size))
-last = data(last)
-
-def mark(fd):
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-mark({_BEGIN})
-try:
-    storage.save_checkpoint(last)
-except OSError as exc:
-    outcome = type(exc).__name__
-else:
-    outcome = "saved"
-mark({_END})
-print(sessionstore.backend, outcome)
+    storage.save_checkpoint(payload(size))
+data = payload(last)
 """
+)
 
 _SLOTS: Final = "session.slots"
 
@@ -116,32 +86,11 @@ def traced_slotted_save(
     """The described calls of the last of ``sizes`` saves (the others set the
     stage untraced), and the child's printed outcome."""
     warm_up = SessionStorage.create(tmp_path / "warm-up")
-    trace = tmp_path / "trace.txt"
-    child = subprocess.run(
-        [
-            strace,
-            "-f",
-            "-qq",
-            "-o",
-            str(trace),
-            "-e",
-            f"trace={_TRACED}",
-            sys.executable,
-            "-c",
-            _CHILD,
-            storage.location,
-            storage.durability.name,
-            warm_up.location,
-            *map(str, sizes),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    args = [storage.location, storage.durability.name, warm_up.location]
+    args += map(str, sizes)
+    return run_traced(
+        strace, env, tmp_path / "trace.txt", _TRACED, _CHILD, args, storage.location
     )
-    assert child.returncode == 0, child.stderr
-    calls = between_markers(parse_trace(trace.read_text()))
-    return describe(calls, storage.location), child.stdout.strip()
 
 
 def _in_place(plan: SavePlan, steps: dict[SaveStep, list[str]]) -> list[str]:
@@ -323,7 +272,7 @@ def test_both_backends_write_the_same_bytes(
     native: _backend.Backend, tmp_path: Path, durability: Durability
 ) -> None:
     images = {}
-    for name, chosen in _backends(native).items():
+    for name, chosen in both_backends(native).items():
         (tmp_path / name).mkdir()
         images[name] = list(_save_all(chosen, tmp_path / name, durability))
     assert len(images["python"]) == 12
@@ -424,14 +373,14 @@ def test_both_backends_fail_a_save_alike(
     native: _backend.Backend, tmp_path: Path, case: str
 ) -> None:
     outcomes = {}
-    for name, chosen in _backends(native).items():
+    for name, chosen in both_backends(native).items():
         session = tmp_path / name
         session.mkdir()
         location, codes = _SAVE_CASES[case](session)
-        result = _outcome(
+        result = outcome(
             chosen.save_slotted, location, b"data", codes, _DURABLE.rebuild.codes
         )
-        outcomes[name] = (_same_up_to_the_session(result, name), _listing(session))
+        outcomes[name] = (_same_up_to_the_session(result, name), listing(session))
     assert outcomes["native"] == outcomes["python"]
     if case == "relative-location":
         assert outcomes["python"] == (("returned", None), [_SLOTS])
@@ -441,12 +390,12 @@ def test_both_backends_fail_a_save_alike(
 
 def test_a_held_lock_fails_alike(native: _backend.Backend, tmp_path: Path) -> None:
     outcomes = []
-    for chosen in _backends(native).values():
+    for chosen in both_backends(native).values():
         fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             outcomes.append(
-                _outcome(
+                outcome(
                     chosen.save_slotted,
                     str(tmp_path),
                     b"x",
@@ -458,7 +407,7 @@ def test_a_held_lock_fails_alike(native: _backend.Backend, tmp_path: Path) -> No
             os.close(fd)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][:2] == (outcomes[0][0], errno.EWOULDBLOCK)
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def _torn(*slots: int) -> bytes:
@@ -492,8 +441,8 @@ def test_both_backends_load_alike(
     if image is not None:
         path.write_bytes(image)
     outcomes = [
-        _outcome(chosen.load_slots, str(path), previous)
-        for chosen in _backends(native).values()
+        outcome(chosen.load_slots, str(path), previous)
+        for chosen in both_backends(native).values()
     ]
     assert outcomes[0] == outcomes[1]
 
@@ -502,8 +451,8 @@ def test_a_directory_is_not_a_slots_file_on_either_backend(
     native: _backend.Backend, tmp_path: Path
 ) -> None:
     outcomes = [
-        _outcome(chosen.load_slots, str(tmp_path), False)
-        for chosen in _backends(native).values()
+        outcome(chosen.load_slots, str(tmp_path), False)
+        for chosen in both_backends(native).values()
     ]
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][:2] == (IsADirectoryError, errno.EISDIR)
