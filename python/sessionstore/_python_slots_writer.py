@@ -253,6 +253,30 @@ def _close(slots_fd: int, dir_fd: int) -> None:
             os.close(dir_fd)
 
 
+# How often a load reads the slots again while saves keep changing them.
+_READS: Final = 100
+
+
+def _settled_records(fd: int, path: str, wanted: int) -> list[ValidRecord]:
+    """``_valid_records``, read again while concurrent saves change the headers.
+
+    A load takes no lock: two saves during one load may overwrite both slots
+    after their headers were read, so neither record read passes its checksum.
+    Headers that changed since mean exactly that; unchanged headers with no
+    whole record mean a damaged file.
+    """
+    view = _read_view(fd, path)
+    for _ in range(_READS):
+        found = _valid_records(fd, view, wanted)
+        if found:
+            return found
+        again = _read_view(fd, path)
+        if again == view:
+            return found
+        view = again
+    return []
+
+
 def load(path: str, previous: bool = False) -> bytes | None:
     """The newest valid record of the slots file at ``path`` (or the one before).
 
@@ -261,7 +285,7 @@ def load(path: str, previous: bool = False) -> bytes | None:
     """
     fd = os.open(path, _READ_FLAGS)
     try:
-        found = _valid_records(fd, _read_view(fd, path), 2 if previous else 1)
+        found = _settled_records(fd, path, 2 if previous else 1)
     except OSError as exc:
         if exc.filename is not None:
             raise
