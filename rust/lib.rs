@@ -373,6 +373,16 @@ fn slotted_error(
         slotted::Failure::Corrupt(reason) => {
             corrupt_error(py, &path(slotted::SLOTS_NAME), &reason.to_string())
         }
+        slotted::Failure::Unsynced { errno, hide } => {
+            let slots = path(slotted::SLOTS_NAME);
+            let err = errno_error(py, errno, &slots);
+            // Hiding the unsynced record failed too: kept as the context of the
+            // flush's error, which is still the one raised.
+            if let Some(hide) = hide {
+                err.set_context(py, Some(errno_error(py, hide, &slots)));
+            }
+            err
+        }
         slotted::Failure::Format(reason) => {
             corrupt_error(py, &path(slotted::SLOTS_NAME), &reason.to_string())
         }
@@ -419,6 +429,10 @@ fn save_slotted<'py>(
 
 /// The newest valid record of the slots file at `path` (with `previous`, the
 /// one before it, or None), read straight into the returned bytes.
+/// How often a slotted load reads again while concurrent saves change the slots
+/// (the fallback's `_READS`).
+const SLOT_READS: usize = 100;
+
 #[pyfunction]
 #[pyo3(signature = (path, previous = false))]
 fn load_slots<'py>(
@@ -433,19 +447,21 @@ fn load_slots<'py>(
         .detach(|| sys::open(c, slotted::READ_FLAGS))
         .map_err(|errno| errno_error(py, errno, name))?;
     let wanted = if previous { 2 } else { 1 };
-    let found = (|| -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let view = py
-            .detach(|| slotted::read_view(fd))
+    let read_view = || {
+        py.detach(|| slotted::read_view(fd))
             .map_err(|error| match error {
                 slotted::ReadError::Os(errno) => errno_error(py, errno, name),
                 slotted::ReadError::Corrupt(reason) => corrupt_error(py, name, &reason.to_string()),
-            })?;
+            })
+    };
+    // Up to `wanted` whole records of `view`, newest first, each read straight into
+    // an uninitialised bytes object of the record's size.
+    let whole_records = |view: &slotted::View| -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let mut found = Vec::new();
         for slot in slots_format::newest_first(&view.headers) {
             let length = view.headers[slot].map_or(0, |record| record.length);
             let length = pyo3::ffi::Py_ssize_t::try_from(length)
                 .map_err(|_| errno_error(py, libc::EOVERFLOW, name))?;
-            // An uninitialised bytes object of the record's size: the reads fill it.
             let bytes = unsafe {
                 let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), length);
                 Bound::from_owned_ptr_or_err(py, ptr)?.cast_into::<PyBytes>()?
@@ -454,7 +470,6 @@ fn load_slots<'py>(
                 let ptr = pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>();
                 load::Destination::from_raw(ptr, length.unsigned_abs())
             };
-            let view = &view;
             let whole = py
                 .detach(move || unsafe { slotted::read_record(fd, view, slot, dest.as_mut_ptr()) })
                 .map_err(|errno| errno_error(py, errno, name))?;
@@ -466,6 +481,25 @@ fn load_slots<'py>(
             }
         }
         Ok(found)
+    };
+    // A load takes no lock: two saves during one load may overwrite both slots
+    // after their headers were read, so no record read is whole. Headers that
+    // changed since mean exactly that, and the load reads again; unchanged
+    // headers with no whole record mean a damaged file.
+    let found = (|| -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let mut view = read_view()?;
+        for _ in 0..SLOT_READS {
+            let found = whole_records(&view)?;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            let again = read_view()?;
+            if again == view {
+                break;
+            }
+            view = again;
+        }
+        Ok(Vec::new())
     })();
     let closed = sys::close(fd);
     let mut found = found?;

@@ -81,6 +81,9 @@ pub enum Failure {
     NotChosen,
     /// The rebuild failed; its error says where.
     Rebuild(SaveError),
+    /// `fdatasync` of the written record failed (`errno`); the record was then
+    /// hidden, or hiding it failed too (`hide`, secondary to the failure).
+    Unsynced { errno: Errno, hide: Option<Errno> },
 }
 
 /// Why reading a slots file failed.
@@ -340,7 +343,17 @@ impl SlottedSave<'_> {
                     view.header.slot_offset(choice.slot),
                 )?;
             }
-            step::SYNC_SLOT => sys::fdatasync(state.slots).map_err(os(At::Slots))?,
+            step::SYNC_SLOT => {
+                if let Err(errno) = sys::fdatasync(state.slots) {
+                    let hide = match (state.view, state.choice) {
+                        (Some(view), Some(choice)) => {
+                            hide_record(state.slots, view.header.slot_offset(choice.slot)).err()
+                        }
+                        _ => None,
+                    };
+                    return Err(Failure::Unsynced { errno, hide });
+                }
+            }
             step::CLOSE_SLOTS => {
                 let fd = std::mem::replace(&mut state.slots, -1);
                 sys::close(fd).map_err(os(At::Slots))?;
@@ -352,6 +365,16 @@ impl SlottedSave<'_> {
             other => return Err(Failure::UnknownStep(other)),
         }
         Ok(Then::GoOn)
+    }
+}
+
+/// Zero the header of the record at `at`: a record whose flush failed may not be
+/// on disk, so no load may return it (the other slot's record loads instead).
+fn hide_record(fd: libc::c_int, at: u64) -> Result<(), Errno> {
+    let zeroes = [0u8; RECORD_HEADER_SIZE];
+    match sys::pwrite(fd, &zeroes, at)? {
+        RECORD_HEADER_SIZE => Ok(()),
+        _ => Err(libc::EIO),
     }
 }
 

@@ -113,6 +113,21 @@ pub unsafe fn pread(
     }
 }
 
+/// One `pwrite(fd, buf, offset)`: the count the kernel accepted, retried on EINTR.
+pub fn pwrite(fd: libc::c_int, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
+    loop {
+        let ret = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset) };
+        if ret >= 0 {
+            return Ok(ret.unsigned_abs());
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
 /// One `pwritev(fd, iov, offset)`: the count the kernel accepted, retried on EINTR.
 ///
 /// On Linux it is `pwritev2` with no flags, the call Python's `os.pwritev` makes.

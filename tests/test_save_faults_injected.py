@@ -19,16 +19,17 @@ from typing import Final
 
 import pytest
 
-from sessionstore import LockState, SessionStorage
+from sessionstore import Layout, LockState, SessionStorage
 
 OLD: Final = b"the last good checkpoint"
 NEW: Final = b"a newer checkpoint " * 1000
 
 _CHILD: Final = """
 import json, sys
-from sessionstore import SessionStorage
+from sessionstore import Layout, SessionStorage
+storage = SessionStorage(sys.argv[1], layout=Layout[sys.argv[3]])
 try:
-    SessionStorage(sys.argv[1]).save_checkpoint(bytes.fromhex(sys.argv[2]))
+    storage.save_checkpoint(bytes.fromhex(sys.argv[2]))
     report = {"raised": None}
 except OSError as exc:
     report = {"raised": type(exc).__name__, "errno": exc.errno,
@@ -51,6 +52,7 @@ def run_with_fault(
     calls: str,
     error: str,
     when: int = 1,
+    data: bytes = NEW,
 ) -> dict[str, object]:
     """Save NEW in a child where the ``when``-th of ``calls`` on ``path`` fails.
 
@@ -61,7 +63,7 @@ def run_with_fault(
     command = [
         "strace", "-qq", "-f", "-o", "/dev/null", "-P", path,
         "-e", f"trace={calls}", "-e", f"inject={calls}:error={error}:when={when}",
-        sys.executable, "-c", _CHILD, storage.location, NEW.hex(),
+        sys.executable, "-c", _CHILD, storage.location, data.hex(), storage.layout.name,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     if done.returncode != 0 or not done.stdout.strip():
@@ -156,3 +158,23 @@ def test_the_fault_really_reaches_the_save(
     report = run_with_fault(saved, backend_env, os.fspath(other), "fsync", "EIO")
     assert report == {"raised": None}
     assert saved.load_checkpoint() == NEW
+
+
+def test_a_slotted_record_whose_flush_failed_is_never_loaded(
+    backend: str, backend_env: dict[str, str], tmp_path: Path
+) -> None:
+    """fdatasync failed: the record may not be on disk, so the old one loads."""
+    slotted = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    slotted.save_checkpoint(b"older")
+    slotted.save_checkpoint(OLD)
+    report = run_with_fault(
+        slotted, backend_env, slotted.paths.slots, "fdatasync", "EIO", data=b"fits"
+    )
+    assert (report["raised"], report["errno"]) == ("OSError", errno.EIO)
+    assert report["filename"] == slotted.paths.slots
+    assert slotted.load_checkpoint() == OLD
+    assert slotted.load_previous() is None
+    assert slotted.lock_state() is LockState.UNLOCKED
+    slotted.save_checkpoint(NEW)
+    assert slotted.load_checkpoint() == NEW
+    assert slotted.load_previous() == OLD

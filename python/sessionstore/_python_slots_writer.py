@@ -129,6 +129,20 @@ def _pwrite_all(fd: int, parts: list[memoryview], at: int) -> None:
             parts[0] = parts[0][step:]
 
 
+def _hide_record(fd: int, at: int, failure: OSError) -> None:
+    """Zero the header of the record at ``at``, whose flush failed with ``failure``.
+
+    That record may not be on disk, so no load may return it: the other slot's
+    record loads instead, as it would after a power cut. A failure to hide it
+    becomes the context of ``failure``, which is still the error raised.
+    """
+    try:
+        if os.pwrite(fd, bytes(RECORD_HEADER_SIZE), at) != RECORD_HEADER_SIZE:
+            raise OSError(errno.EIO, "short write hiding an unsynced record")
+    except OSError:
+        raise failure  # noqa: B904
+
+
 def save(
     location: str,
     data: bytes | bytearray | memoryview,
@@ -207,7 +221,14 @@ def save(
                 _pwrite_all(slots_fd, [memoryview(head), memoryview(data)], at)
             elif code == _SYNC_SLOT:
                 path = slots_path
-                os.fdatasync(slots_fd)
+                try:
+                    os.fdatasync(slots_fd)
+                except OSError as exc:
+                    if view is not None and choice is not None:
+                        _hide_record(
+                            slots_fd, view.header.slot_offset(choice.slot), exc
+                        )
+                    raise
             elif code == _CLOSE_SLOTS:
                 path = slots_path
                 fd, slots_fd = slots_fd, -1
