@@ -16,7 +16,7 @@ pub struct Opened {
 
 /// Open `path` for reading and learn its size; nothing is left open on failure.
 pub fn open(path: &CStr) -> Result<Opened, Errno> {
-    let fd = sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+    let fd = sys::open(path, sys::READ_FLAGS)?;
     match sys::fstat(fd) {
         Ok(st) => Ok(Opened {
             fd,

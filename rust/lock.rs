@@ -128,7 +128,7 @@ pub fn classify(held: bool, before: Option<NextFile>, after: Option<NextFile>) -
 
 /// The lock of the session at `location`. Every error concerns the location.
 pub fn lock_state(location: &CStr) -> Result<LockState, Errno> {
-    let dir = sys::open(location, sys::DIR_FLAGS)?;
+    let dir = sys::open(location, sys::SESSION_DIR_FLAGS)?;
     let state = (|| -> Result<LockState, Errno> {
         let before = look_at_next(dir)?;
         let held = held(dir, before.is_some())?;
@@ -153,7 +153,7 @@ pub enum BreakError {
 /// Remove a leftover next file while holding the directory's flock; false when
 /// a live writer holds it or there is nothing to remove.
 pub fn break_stale_lock(location: &CStr) -> Result<bool, BreakError> {
-    let dir = sys::open(location, sys::DIR_FLAGS).map_err(BreakError::Location)?;
+    let dir = sys::open(location, sys::SESSION_DIR_FLAGS).map_err(BreakError::Location)?;
     let outcome = match sys::flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
         Err(errno) if sys::is_busy(errno) => Ok(false),
         Err(errno) => Err(BreakError::Location(errno)),

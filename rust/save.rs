@@ -171,7 +171,8 @@ impl Save<'_> {
         let os = |at| move |errno| Failure::Os { errno, at };
         match code {
             step::OPEN_DIR => {
-                state.dir = sys::open(self.location, sys::DIR_FLAGS).map_err(os(At::Location))?;
+                state.dir =
+                    sys::open(self.location, sys::SESSION_DIR_FLAGS).map_err(os(At::Location))?;
             }
             step::LOCK_DIR => {
                 sys::flock(state.dir, libc::LOCK_EX | libc::LOCK_NB).map_err(|errno| {

@@ -43,7 +43,7 @@ const NO_ATIME: libc::c_int = libc::O_NOATIME;
 #[cfg(not(target_os = "linux"))]
 const NO_ATIME: libc::c_int = 0;
 /// The flags a load opens a slots file with.
-pub const READ_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC;
+pub const READ_FLAGS: libc::c_int = sys::READ_FLAGS;
 
 /// Which path an error concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +269,8 @@ impl SlottedSave<'_> {
         let os = |at| move |errno| Failure::Os { errno, at };
         match code {
             step::OPEN_DIR => {
-                state.dir = sys::open(self.location, sys::DIR_FLAGS).map_err(os(At::Location))?;
+                state.dir =
+                    sys::open(self.location, sys::SESSION_DIR_FLAGS).map_err(os(At::Location))?;
             }
             step::LOCK_DIR => {
                 sys::flock(state.dir, libc::LOCK_EX | libc::LOCK_NB).map_err(|errno| {

@@ -28,8 +28,15 @@ fn retrying(mut f: impl FnMut() -> libc::c_int) -> Result<libc::c_int, Errno> {
     }
 }
 
-/// The flags of an open session directory: read-only, a directory, not inherited.
+/// The flags of an open directory: read-only, a directory, not inherited.
 pub const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+
+/// The flags of an open session directory: a symlinked session is refused (ENOTDIR:
+/// the link itself is no directory), so nothing is saved or unlocked through one.
+pub const SESSION_DIR_FLAGS: libc::c_int = DIR_FLAGS | libc::O_NOFOLLOW;
+
+/// The flags of a checkpoint file opened for reading: a symlink is refused (ELOOP).
+pub const READ_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
 
 /// `open(path, flags)`; relative paths resolve against the working directory.
 pub fn open(path: &CStr, flags: libc::c_int) -> Result<libc::c_int, Errno> {

@@ -197,7 +197,9 @@ def expected_lines(plan: SavePlan, size: int) -> list[str]:
     """What ``describe`` gives for a trace that follows ``plan`` exactly."""
     next_name, target = plan.next_name, plan.target_name
     by_step = {
-        SaveStep.OPEN_DIR: "openat(cwd, <location>, O_CLOEXEC|O_DIRECTORY|O_RDONLY)",
+        SaveStep.OPEN_DIR: (
+            "openat(cwd, <location>, O_CLOEXEC|O_DIRECTORY|O_NOFOLLOW|O_RDONLY)"
+        ),
         SaveStep.LOCK_DIR: "flock(dir, LOCK_EX|LOCK_NB)",
         SaveStep.CREATE_NEXT: (
             f"openat(dir, {next_name}, O_CLOEXEC|O_CREAT|O_EXCL|O_WRONLY, 0600)"

@@ -113,7 +113,9 @@ def slot_reads(slot_size: int, newest: int, length: int) -> list[str]:
 def before_slots() -> dict[SaveStep, list[str]]:
     """The lines of the steps up to OPEN_SLOTS, as ``describe`` gives them."""
     return {
-        SaveStep.OPEN_DIR: ["openat(cwd, <location>, O_CLOEXEC|O_DIRECTORY|O_RDONLY)"],
+        SaveStep.OPEN_DIR: [
+            "openat(cwd, <location>, O_CLOEXEC|O_DIRECTORY|O_NOFOLLOW|O_RDONLY)"
+        ],
         SaveStep.LOCK_DIR: ["flock(dir, LOCK_EX|LOCK_NB)"],
         SaveStep.CHECK_NEXT: [
             "newfstatat(dir, session.next, AT_SYMLINK_NOFOLLOW) -> ENOENT"

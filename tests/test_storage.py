@@ -392,3 +392,46 @@ def test_a_crash_mid_removal_leaves_nothing_half_listed(
     leftovers = os.listdir(repo.location)
     assert len(leftovers) == 1
     assert leftovers[0].startswith(".")
+
+
+@pytest.mark.parametrize("name", ["session", "session.slots"])
+def test_a_symlinked_checkpoint_file_is_refused_naming_it(
+    storage: SessionStorage, tmp_path: Path, name: str
+) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"not ours")
+    link = Path(storage.location) / name
+    link.symlink_to(target)
+    with pytest.raises(OSError) as info:
+        storage.load_checkpoint()
+    assert info.value.errno == errno.ELOOP
+    assert info.value.filename == os.fspath(link)
+
+
+def test_a_dangling_checkpoint_symlink_is_refused_not_waited_on(
+    storage: SessionStorage,
+) -> None:
+    os.symlink("/nonexistent-target", storage.session_file)
+    with pytest.raises(OSError) as info:
+        storage.load_checkpoint()
+    assert info.value.errno == errno.ELOOP
+
+
+def test_a_symlinked_session_is_refused_by_every_call(
+    backend: str, tmp_path: Path
+) -> None:
+    real = SessionStorage.create(tmp_path / "real")
+    real.save_checkpoint(b"kept")
+    link = tmp_path / "link.session"
+    link.symlink_to(real.location)
+    linked = SessionStorage(link)
+    for call in (
+        lambda: linked.save_checkpoint(b"through the link"),
+        linked.lock_state,
+        linked.break_stale_lock,
+    ):
+        # Links are not followed, so the location is not a directory.
+        with pytest.raises(NotADirectoryError) as info:
+            call()
+        assert info.value.filename == os.fspath(link)
+    assert real.load_checkpoint() == b"kept"

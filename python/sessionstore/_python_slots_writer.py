@@ -17,7 +17,7 @@ import attrs
 from . import _errors, _python_writer
 from ._errors import CorruptCheckpointError
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
-from ._python_writer import DIR_FLAGS, exists_at, try_lock
+from ._python_writer import DIR_FLAGS, READ_FLAGS, exists_at, try_lock
 from ._save_plan import SaveStep
 from ._slots_format import (
     FILE_HEADER_SIZE,
@@ -41,7 +41,6 @@ _SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC
 # about a sixth of the one flush's cost on ext4). Only the file's owner may ask
 # for it: anyone else opens without it (EPERM, then a second open).
 _NO_ATIME: Final = getattr(os, "O_NOATIME", 0)
-_READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC
 
 _OPEN_DIR: Final = SaveStep.OPEN_DIR.value
 _LOCK_DIR: Final = SaveStep.LOCK_DIR.value
@@ -304,7 +303,7 @@ def load(path: str, previous: bool = False) -> bytes | None:
     None for ``previous`` when there is no older valid record. A file with no
     valid record at all raises CorruptCheckpointError: saves never leave one.
     """
-    fd = os.open(path, _READ_FLAGS)
+    fd = os.open(path, READ_FLAGS)
     try:
         found = _settled_records(fd, path, 2 if previous else 1)
     except OSError as exc:

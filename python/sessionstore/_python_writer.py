@@ -25,7 +25,11 @@ from ._lock_state import (
 from ._naming import NEXT_NAME
 from ._save_plan import SaveStep
 
-DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# A symlinked session is refused (ENOTDIR: the link itself is no directory), so
+# nothing is saved or unlocked through one; a symlinked checkpoint file is
+# refused by loads (ELOOP).
+DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _NEXT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _NEXT_MODE: Final = 0o600
 
@@ -176,8 +180,14 @@ def _cleanup(dir_fd: int, next_fd: int, created: bool, next_name: str) -> None:
 
 def load(path: str) -> bytes:
     """Every byte of the file at ``path``, whatever its size."""
-    with open(path, "rb", buffering=0) as stream:
-        return stream.readall()
+    fd = os.open(path, READ_FLAGS)
+    try:
+        with open(fd, "rb", buffering=0, closefd=False) as stream:
+            return stream.readall()
+    except OSError as exc:
+        raise _with_path(exc, path) from exc
+    finally:
+        os.close(fd)
 
 
 def read_lock_table() -> LockTable | None:

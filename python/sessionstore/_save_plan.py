@@ -21,7 +21,7 @@ class SaveStep(enum.IntEnum):
     """One step of a save; the values are the codes the backends execute."""
 
     OPEN_DIR = 1
-    """open the session directory ``O_DIRECTORY|O_CLOEXEC``"""
+    """open the session directory ``O_DIRECTORY|O_CLOEXEC|O_NOFOLLOW``"""
     LOCK_DIR = 2
     """``flock(dir, LOCK_EX|LOCK_NB)``; busy means a live writer"""
     CREATE_NEXT = 3

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 # or the random source, not bad luck.
 _CREATE_ATTEMPTS: Final = 100
 _SESSION_MODE: Final = 0o700
+# How often a load looks for the checkpoint again when a conversion moved it
+# between its reads of the two layouts' files; each look is a conversion step.
+_LOAD_ATTEMPTS: Final = 100
 
 
 def as_location(value: str | os.PathLike[str]) -> str:
@@ -217,7 +220,7 @@ class SessionStorage:
         """
         paths = self.paths
         current = _backend.active.current
-        while True:
+        for _ in range(_LOAD_ATTEMPTS):
             try:
                 return current.load(paths.checkpoint)
             except FileNotFoundError:
@@ -233,6 +236,11 @@ class SessionStorage:
                     continue
                 return b""
             return b"" if newest is None else newest
+        raise OSError(
+            errno.EAGAIN,
+            f"the checkpoint kept moving between layouts for {_LOAD_ATTEMPTS} reads",
+            self.location,
+        )
 
     def load_previous(self) -> bytes | None:
         """The checkpoint saved before the last one, when the layout keeps it.
