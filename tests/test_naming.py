@@ -153,3 +153,11 @@ def test_storage_paths() -> None:
         next="/r/s.session/session.next",
         slots="/r/s.session/session.slots",
     )
+
+
+@given(st.text(min_size=200, max_size=400), times, tokens)
+def test_a_long_prefix_still_leaves_room_for_the_tombstone(
+    prefix: str, now: datetime.datetime, token: str
+) -> None:
+    name = plan_session_name(prefix, now, token)
+    assert len(plan_tombstone_name(name, "ffffffff").encode()) <= 255

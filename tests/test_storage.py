@@ -435,3 +435,23 @@ def test_a_symlinked_session_is_refused_by_every_call(
             call()
         assert info.value.filename == os.fspath(link)
     assert real.load_checkpoint() == b"kept"
+
+
+def test_a_session_with_the_longest_prefix_can_be_removed(tmp_path: Path) -> None:
+    storage = SessionStorage.create(tmp_path, prefix="p" * 300)
+    storage.save_checkpoint(b"x")
+    storage.remove()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"durability": "full"}, {"layout": "slotted"}],
+    ids=["durability", "layout"],
+)
+def test_create_refuses_bad_options_before_making_anything(
+    tmp_path: Path, options: dict[str, str]
+) -> None:
+    with pytest.raises(TypeError):
+        SessionStorage.create(tmp_path / "repo", **options)  # type: ignore[arg-type]
+    assert os.listdir(tmp_path) == []

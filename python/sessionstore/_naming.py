@@ -19,6 +19,11 @@ NEXT_NAME: Final = "session.next"
 SLOTS_NAME: Final = "session.slots"
 TOMBSTONE_MARK: Final = ".removing-"
 
+# At most this much of a prefix reaches a session's name: with the timestamp,
+# the token, the suffix and a removal's tombstone marks the name stays well
+# within the 255 bytes a directory entry may have.
+MAX_PREFIX: Final = 128
+
 # Only these characters may reach the file system from a caller's prefix: no
 # separator, no NUL, nothing a shell or another OS would read differently.
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
@@ -43,13 +48,15 @@ def plan_session_name(prefix: str, now: datetime.datetime, token: str) -> str:
     ``<slug(prefix)><UTC timestamp>-<token>.session``; the timestamp makes names
     sort by creation time for a person reading a listing, the random token makes
     them unique (the caller retries with another token when mkdir says EEXIST).
+    The prefix is cut to ``MAX_PREFIX`` characters, so that every session can
+    also be renamed to its tombstone.
     """
     if now.tzinfo is None:
         raise ValueError(f"session time must be timezone-aware, got {now!r}")
     if not token or _UNSAFE.search(token) or token.startswith("."):
         raise ValueError(f"session token must be a safe non-empty name, got {token!r}")
     stamp = now.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{slug(prefix)}{stamp}-{token}{SESSION_SUFFIX}"
+    return f"{slug(prefix[:MAX_PREFIX])}{stamp}-{token}{SESSION_SUFFIX}"
 
 
 def session_id(location: str) -> str:

@@ -71,6 +71,14 @@ def as_checkpoint(data: object) -> bytes | bytearray | memoryview:
     )
 
 
+def check_options(durability: object, layout: object) -> None:
+    """TypeError unless ``durability`` and ``layout`` are the enums they name."""
+    if not isinstance(durability, Durability):
+        raise TypeError(f"durability must be a Durability, got {durability!r}")
+    if not isinstance(layout, Layout):
+        raise TypeError(f"layout must be a Layout, got {layout!r}")
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -117,13 +125,11 @@ class SessionStorage:
 
     @durability.validator
     def _check_durability(self, _: object, value: object) -> None:
-        if not isinstance(value, Durability):
-            raise TypeError(f"durability must be a Durability, got {value!r}")
+        check_options(value, self.layout)
 
     @layout.validator
     def _check_layout(self, _: object, value: object) -> None:
-        if not isinstance(value, Layout):
-            raise TypeError(f"layout must be a Layout, got {value!r}")
+        check_options(self.durability, value)
 
     @property
     def id(self) -> str:
@@ -157,6 +163,7 @@ class SessionStorage:
         With ``Durability.FULL`` every directory that gained an entry is flushed,
         so a session that was created and then checkpointed survives a power cut.
         """
+        check_options(durability, layout)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be str, got {prefix!r}")
         base = as_location(base_dir)
