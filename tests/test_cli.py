@@ -423,3 +423,37 @@ def test_the_installed_program_lists_shows_and_cats(
     )
     assert missing.returncode == 1
     assert missing.stderr == f"sessionstore show: no session 'nope' in {tmp_path}\n"
+
+
+def test_a_damaged_checkpoint_is_one_line_not_a_traceback(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sessionstore import Layout
+
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    storage.save_checkpoint(b"checkpoint")
+    with open(storage.paths.slots, "r+b") as slots:
+        slots.write(b"garbage")
+    status, out, err = run(capsys, "cat", storage.id, "--repo", tmp_path)
+    assert status == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "damaged checkpoint" in err
+    assert storage.paths.slots in err
+
+
+@pytest.mark.parametrize("age", ["9999999999d", "99999999999999999999w"])
+def test_an_age_beyond_the_calendar_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], age: str
+) -> None:
+    err = usage_error(capsys, "prune", "--older-than", age, "--repo", tmp_path)
+    assert "longer than any date" in err
+
+
+def test_an_age_reaching_before_the_calendar_spares_every_session(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept = make(tmp_path, age_days=10)
+    status, _, _ = run(capsys, "prune", "--older-than", "800000d", "--repo", tmp_path)
+    assert status == 0
+    assert os.path.isdir(kept.location)

@@ -92,3 +92,8 @@ def test_concurrent_create_from_four_processes_gives_distinct_sessions(
     assert len(set(locations)) == 200
     listed = SessionStorageRepository(base).get_storage_list()
     assert sorted(s.location for s in listed) == sorted(locations)
+
+
+def test_an_empty_repository_location_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        SessionStorageRepository("")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any, Final, NoReturn
 
 from . import _backend
 from ._bench import DEFAULT_BUDGET, DEFAULT_SIZES, BenchRow, run_save_benchmark
+from ._errors import CorruptCheckpointError
 from ._lock_state import LockState
 from ._naming import SESSION_SUFFIX
 from ._repository import SessionStorageRepository, describe
@@ -64,8 +66,11 @@ def parse_duration(text: str) -> datetime.timedelta:
             "use a number and a unit, e.g. 30s, 15m, 12h, 7d, 2w"
         )
     total = datetime.timedelta(0)
-    for count, unit in _DURATION_PART.findall(text):
-        total += int(count) * _DURATION_UNITS[unit]
+    try:
+        for count, unit in _DURATION_PART.findall(text):
+            total += int(count) * _DURATION_UNITS[unit]
+    except OverflowError:
+        raise ValueError(f"bad duration {text!r}: longer than any date") from None
     return total
 
 
@@ -377,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo",
         metavar="PATH",
         help="the session repository (default: "
-        "$PLAINBOX_SESSION_REPOSITORY, else ~/.cache/plainbox/sessions)",
+        "$PLAINBOX_SESSION_REPOSITORY, else "
+        "${XDG_CACHE_HOME:-~/.cache}/plainbox/sessions)",
     )
 
     def command(
@@ -469,6 +475,11 @@ def _oneline(exc: OSError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit status."""
+    # Session names are bytes on disk; one that is not valid text is shown
+    # escaped rather than failing the listing.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "prune" and args.keep is None and args.older_than is None:
@@ -488,6 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except OSError as exc:
         print(f"{prog}: {_oneline(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except CorruptCheckpointError as exc:
+        print(f"{prog}: damaged checkpoint: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

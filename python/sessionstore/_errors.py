@@ -14,6 +14,7 @@ class LockedStorageError(OSError):
     ``filename`` is the path of ``session.next`` in both cases.
     """
 
+    filename: str
     stale: bool
 
     def __init__(self, errno: int, filename: str, *, stale: bool) -> None:

@@ -86,6 +86,10 @@ def plan_prune(
     if policy.keep is not None:
         candidates = candidates[policy.keep :]
     if policy.older_than is not None:
-        cutoff = now - policy.older_than
+        try:
+            cutoff = now - policy.older_than
+        except OverflowError:
+            # An age reaching back before the calendar spares every session.
+            return []
         candidates = [s for s in candidates if s.modified < cutoff]
     return candidates

@@ -32,6 +32,8 @@ def _as_repository_location(value: str | os.PathLike[str] | None) -> str:
         raise TypeError(
             f"repository location must be str or os.PathLike[str], got {value!r}"
         )
+    if not path:
+        raise ValueError("repository location must not be empty")
     return path
 
 
