@@ -457,3 +457,19 @@ def test_an_age_reaching_before_the_calendar_spares_every_session(
     status, _, _ = run(capsys, "prune", "--older-than", "800000d", "--repo", tmp_path)
     assert status == 0
     assert os.path.isdir(kept.location)
+
+
+def test_a_name_that_is_not_text_is_listed_escaped(
+    backend_env: dict[str, str], tmp_path: Path
+) -> None:
+    os.mkdir(os.fsencode(tmp_path) + b"/caf\xe9.session")
+    env = {**backend_env, "PYTHONIOENCODING": "utf-8:strict"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionstore", "list", "--repo", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "caf\\udce9" in done.stdout
