@@ -369,3 +369,27 @@ def test_prune_refuses_bad_limits_before_touching_anything(
     with pytest.raises(ValueError):
         SessionStorageRepository(tmp_path).prune(**limits)  # type: ignore[arg-type]
     assert SessionStorageRepository(tmp_path).get_storage_list() == [session]
+
+
+def test_prune_spares_a_session_saved_after_the_scan(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime
+
+    import sessionstore._repository as repository_module
+    from sessionstore._prune import plan_prune
+
+    storage = SessionStorage.create(tmp_path)
+    storage.save_checkpoint(b"old")
+    old_ns = os.stat(storage.location).st_mtime_ns - 30 * 86_400 * 10**9
+    os.utime(storage.location, ns=(old_ns, old_ns))
+
+    def plan_then_save(*args: object, **kwargs: object) -> object:
+        doomed = plan_prune(*args, **kwargs)  # type: ignore[arg-type]
+        storage.save_checkpoint(b"saved between the scan and the removal")
+        return doomed
+
+    monkeypatch.setattr(repository_module, "plan_prune", plan_then_save)
+    repo = SessionStorageRepository(tmp_path)
+    assert repo.prune(older_than=datetime.timedelta(days=7)) == []
+    assert storage.load_checkpoint() == b"saved between the scan and the removal"

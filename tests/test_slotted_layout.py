@@ -271,3 +271,24 @@ def test_a_scan_reports_the_size_of_the_newest_valid_record(
     slotted.save_checkpoint(b"x" * 100)
     slotted.save_checkpoint(b"y" * 7)
     assert [info.checkpoint_size for info in repo.scan()] == [7]
+
+
+def test_an_in_place_save_makes_the_session_young_for_scan_and_prune(
+    slotted: SessionStorage,
+) -> None:
+    import datetime
+
+    from sessionstore import SessionStorageRepository
+
+    repo = SessionStorageRepository(os.path.dirname(slotted.location))
+    slotted.save_checkpoint(b"first")
+    slotted.save_checkpoint(b"second")
+    # The directory looks a month old: only the slots file shows the saves.
+    month_ago = os.stat(slotted.location).st_mtime_ns - 30 * 86_400 * 10**9
+    os.utime(slotted.location, ns=(month_ago, month_ago))
+    slotted.save_checkpoint(b"third, in place")
+    (info,) = repo.scan()
+    age = datetime.datetime.now(datetime.timezone.utc) - info.modified
+    assert age < datetime.timedelta(minutes=5)
+    assert repo.prune(older_than=datetime.timedelta(days=7)) == []
+    assert slotted.load_checkpoint() == b"third, in place"

@@ -15,6 +15,7 @@ from ._default_location import default_location
 from ._errors import CorruptCheckpointError
 from ._lock_state import FileKey, NextFile, classify_lock
 from ._naming import NEXT_NAME, SLOTS_NAME, session_id
+from ._ordering import sort_key
 from ._prune import PrunePolicy, plan_prune
 from ._python_listing import ScannedSession, scan_session
 from ._python_writer import read_lock_table, try_lock
@@ -45,6 +46,23 @@ def _look_at_next(location: str) -> NextFile | None:
     return NextFile(st.st_ino, st.st_ctime_ns)
 
 
+def _slots_mtime_ns(location: str, dir_fd: int | None = None) -> int | None:
+    """When ``session.slots`` was last written, or None when there is none.
+
+    A slotted save overwrites a slot in place and leaves the directory's mtime
+    alone, so a slotted session is as young as its slots file.
+    """
+    try:
+        st = os.stat(
+            SLOTS_NAME if dir_fd is not None else os.path.join(location, SLOTS_NAME),
+            dir_fd=dir_fd,
+            follow_symlinks=False,
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_mtime_ns
+
+
 def _slotted_size(session: str) -> int | None:
     """The size of a slotted session's checkpoint: its newest valid record's.
 
@@ -58,6 +76,13 @@ def _slotted_size(session: str) -> int | None:
     except (FileNotFoundError, NotADirectoryError, CorruptCheckpointError):
         return None
     return None if newest is None else len(newest)
+
+
+def last_change_ns(location: str, dir_mtime_ns: int, dir_fd: int | None = None) -> int:
+    """When the session last changed: its directory's mtime or, for a slotted
+    session saved in place since, its slots file's."""
+    slots = _slots_mtime_ns(location, dir_fd)
+    return dir_mtime_ns if slots is None else max(dir_mtime_ns, slots)
 
 
 def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
@@ -74,7 +99,7 @@ def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
     """
     table = read_lock_table()
     prefix = os.path.join(location, "")
-    infos = []
+    found = []
     for name, mtime_ns, dev, ino, size, next_ino, next_ctime_ns in scanned:
         session = prefix + name
         before = None
@@ -92,16 +117,20 @@ def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
         else:
             after = None if before is None or held else _look_at_next(session)
             lock = classify_lock(held=held, next_before=before, next_after=after)
-        infos.append(
-            SessionInfo(
-                id=session_id(name),
-                location=session,
-                modified=modified_at(mtime_ns),
-                checkpoint_size=_slotted_size(session) if size is None else size,
-                lock=lock,
-            )
+        if size is None:
+            size = _slotted_size(session)
+        mtime_ns = last_change_ns(session, mtime_ns)
+        info = SessionInfo(
+            id=session_id(name),
+            location=session,
+            modified=modified_at(mtime_ns),
+            checkpoint_size=size,
+            lock=lock,
         )
-    return infos
+        found.append((sort_key(mtime_ns, name), info))
+    # A slotted session saved in place may be younger than its directory says.
+    found.sort(key=lambda keyed: keyed[0])
+    return [info for _, info in found]
 
 
 def describe(location: str) -> SessionInfo:
@@ -132,6 +161,11 @@ def _remove_unless_held(info: SessionInfo) -> bool:
         return False
     try:
         if not try_lock(dir_fd):
+            return False
+        # A save that finished between the scan and the lock made the session
+        # young again: it is no longer the session the plan chose.
+        changed = last_change_ns(info.location, os.fstat(dir_fd).st_mtime_ns, dir_fd)
+        if modified_at(changed) != info.modified:
             return False
         SessionStorage(info.location).remove()
         return True

@@ -25,10 +25,12 @@ def modified_at(mtime_ns: int) -> datetime.datetime:
 class SessionInfo:
     """One session as a repository scan found it.
 
-    ``modified`` is the session directory's mtime (it changes with every save,
-    when the new checkpoint is renamed into place) as a timezone-aware UTC
-    datetime; ``checkpoint_size`` is the size in bytes of the saved checkpoint,
-    ``None`` when none was ever saved; ``lock`` is the lock state at scan time.
+    ``modified`` is when the session last changed, as a timezone-aware UTC
+    datetime: its directory's mtime (which a save in the replace layout changes
+    by renaming the new checkpoint into place) or, when later, the mtime of its
+    ``session.slots`` (which an in-place slotted save changes).
+    ``checkpoint_size`` is the size in bytes of the saved checkpoint, ``None``
+    when none was ever saved; ``lock`` is the lock state at scan time.
     """
 
     id: str
