@@ -664,3 +664,58 @@ def test_an_unclosed_writer_saves_its_last_checkpoint_when_collected(
     del writer
     gc.collect()
     assert storage.load_checkpoint() == b"dropped writer"
+
+
+_COLLECTED_ON_ITS_OWN_THREAD = """
+import gc, sys, threading, time
+import attrs
+from sessionstore import CheckpointWriter, SessionStorage
+
+gc.disable()
+
+
+@attrs.frozen
+class CollectingStorage(SessionStorage):
+    def save_checkpoint(self, data):
+        # Stands for a cyclic collection that any allocation of the worker
+        # thread may trigger in the middle of a save.
+        gc.collect()
+        super().save_checkpoint(data)
+
+
+storage = CollectingStorage(sys.argv[1])
+
+
+class Harness:
+    pass
+
+
+harness = Harness()
+harness.me = harness
+harness.writer = CheckpointWriter(storage)
+harness.writer.submit(b"the last checkpoint")
+del harness
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline and any(
+    t.name == "sessionstore-writer" for t in threading.enumerate()
+):
+    time.sleep(0.01)
+alive = any(t.name == "sessionstore-writer" for t in threading.enumerate())
+print(alive, storage.load_checkpoint())
+"""
+
+
+def test_a_writer_collected_on_its_own_thread_still_saves_and_stops(
+    tmp_path: Path,
+) -> None:
+    storage = SessionStorage.create(tmp_path)
+    env = {**os.environ, "SESSIONSTORE_BACKEND": "python"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLECTED_ON_ITS_OWN_THREAD, storage.location],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False b'the last checkpoint'"

@@ -95,7 +95,9 @@ class _Handoff:
     )
 
     def __init__(self) -> None:
-        self.changed = threading.Condition(threading.Lock())
+        # Reentrant: garbage collection may run the writer's finalizer on the
+        # worker thread while it holds this lock.
+        self.changed = threading.Condition(threading.RLock())
         self.waiting: bytes | None = None
         self.submitted = 0
         self.durable = 0
@@ -209,6 +211,12 @@ class _ThreadedWorker:
             raise error
 
     def close(self) -> None:
+        if self._thread is threading.current_thread():
+            # Called by the finalizer on the worker thread itself (garbage
+            # collection ran there): waiting for a flush would wait for this very
+            # thread. Stopping is enough; the thread saves what waits, then ends.
+            self.stop(None)
+            return
         handoff = self._handoff
         with handoff.changed:
             if handoff.closed:
