@@ -13,21 +13,16 @@ pub mod slots_format;
 pub mod slotted;
 pub mod sys;
 
-use std::ffi::{CStr, CString, OsStr};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
+use std::ffi::{CStr, CString};
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::save::{At, Checkpoint, Cleanup, Failure, Save, SaveError};
 use crate::slotted::SlottedSave;
-
-fn path_bytes(path: PathBuf) -> Vec<u8> {
-    path.into_os_string().into_vec()
-}
 
 /// A path as an owned C string; a NUL inside is refused as Python's `os`
 /// functions refuse it.
@@ -35,12 +30,49 @@ fn c_path(path: &[u8]) -> PyResult<CString> {
     sys::c_path(path).ok_or_else(|| PyValueError::new_err("embedded null byte"))
 }
 
+/// Whether the interpreter's file system encoding is UTF-8 with surrogateescape
+/// (asked once): then a name's UTF-8 form is its file system form, and a valid
+/// UTF-8 name decodes to the `str` `os.fsdecode` gives. Under another locale
+/// every name goes through the interpreter's own codec, as `os` does.
+fn fs_is_utf8(py: Python<'_>) -> bool {
+    static UTF8: PyOnceLock<bool> = PyOnceLock::new();
+    *UTF8.get_or_init(py, || {
+        let asked = || -> PyResult<bool> {
+            let sys = py.import("sys")?;
+            let encoding: String = sys.call_method0("getfilesystemencoding")?.extract()?;
+            let errors: String = sys.call_method0("getfilesystemencodeerrors")?.extract()?;
+            let encoding = encoding.to_ascii_lowercase().replace('_', "-");
+            Ok(matches!(encoding.as_str(), "utf-8" | "utf8") && errors == "surrogateescape")
+        };
+        asked().unwrap_or(false)
+    })
+}
+
+/// A file name as `os.fsdecode` gives it, for listings and error messages.
+fn fs_name<'py>(py: Python<'py>, name: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    if fs_is_utf8(py) {
+        if let Ok(text) = std::str::from_utf8(name) {
+            return Ok(PyString::new(py, text));
+        }
+    }
+    let len = pyo3::ffi::Py_ssize_t::try_from(name.len())
+        .map_err(|_| PyValueError::new_err("file name too long"))?;
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyUnicode_DecodeFSDefaultAndSize(name.as_ptr().cast(), len),
+        )?
+        .cast_into::<PyString>()
+        .map_err(Into::into)
+    }
+}
+
 /// A path argument as the C string the syscalls take, borrowed from the Python
 /// object that holds it: no copy on the way to the kernel.
 ///
-/// A `str` lends its cached UTF-8 form (the file system encoding on Linux); one
-/// that UTF-8 cannot hold (lone surrogates from undecodable names) is encoded
-/// as `os.fsencode` does. A `bytes` path, or a `PathLike` of either, works too.
+/// A `str` is encoded as `os.fsencode` does; under a UTF-8 file system encoding
+/// that is the string's cached UTF-8 form, unless it holds lone surrogates
+/// (from undecodable names). A `bytes` path, or a `PathLike` of either, works too.
 struct FsPath<'py> {
     // Keeps the memory behind `ptr` alive.
     _holder: Bound<'py, PyAny>,
@@ -58,9 +90,11 @@ impl<'py> FsPath<'py> {
         };
         if let Ok(text) = path.cast::<PyString>() {
             // CPython keeps the UTF-8 form with a NUL after it, for the string's life.
-            if let Ok(utf8) = text.to_str() {
-                let (ptr, len) = (utf8.as_ptr(), utf8.len());
-                return Self::checked(path, ptr, len);
+            if fs_is_utf8(py) {
+                if let Ok(utf8) = text.to_str() {
+                    let (ptr, len) = (utf8.as_ptr(), utf8.len());
+                    return Self::checked(path, ptr, len);
+                }
             }
             path = unsafe {
                 Bound::from_owned_ptr_or_err(
@@ -122,13 +156,15 @@ fn os_error(
     filename2: Option<&[u8]>,
 ) -> PyErr {
     let os_error = py.get_type::<PyOSError>();
-    let name = |path: &[u8]| OsStr::from_bytes(path).to_owned();
     let made = match (filename, filename2) {
         (None, _) => os_error.call1((errno, strerror)),
-        (Some(path), None) => os_error.call1((errno, strerror, name(path))),
-        (Some(path), Some(path2)) => {
-            os_error.call1((errno, strerror, name(path), py.None(), name(path2)))
+        (Some(path), None) => {
+            fs_name(py, path).and_then(|name| os_error.call1((errno, strerror, name)))
         }
+        (Some(path), Some(path2)) => fs_name(py, path).and_then(|name| {
+            let name2 = fs_name(py, path2)?;
+            os_error.call1((errno, strerror, name, py.None(), name2))
+        }),
     };
     match made {
         Ok(exc) => PyErr::from_value(exc),
@@ -145,7 +181,7 @@ fn locked_error(py: Python<'_>, factory: &str, next_path: &[u8]) -> PyErr {
     let made = py
         .import("sessionstore._errors")
         .and_then(|errors| errors.getattr(factory))
-        .and_then(|factory| factory.call1((OsStr::from_bytes(next_path),)));
+        .and_then(|factory| factory.call1((fs_name(py, next_path)?,)));
     match made {
         Ok(exc) => PyErr::from_value(exc),
         Err(err) => err,
@@ -326,8 +362,15 @@ fn library_error<'py>(
 
 /// The library's CorruptCheckpointError for the slots file at `path`.
 fn corrupt_error(py: Python<'_>, path: &[u8], reason: &str) -> PyErr {
-    let args = (OsStr::from_bytes(path), reason);
-    library_error(py, "sessionstore._errors", "CorruptCheckpointError", args)
+    match fs_name(py, path) {
+        Ok(name) => library_error(
+            py,
+            "sessionstore._errors",
+            "CorruptCheckpointError",
+            (name, reason),
+        ),
+        Err(err) => err,
+    }
 }
 
 fn slotted_error(
@@ -594,15 +637,15 @@ impl CheckpointWorker {
 impl CheckpointWorker {
     #[new]
     fn new(
-        location: PathBuf,
+        location: &Bound<'_, PyAny>,
         codes: &Bound<'_, PyBytes>,
-        next_name: PathBuf,
-        target: PathBuf,
+        next_name: &Bound<'_, PyAny>,
+        target: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
         let paths = SavePaths {
-            location: path_bytes(location),
-            next_name: path_bytes(next_name),
-            target: path_bytes(target),
+            location: FsPath::new(location)?.as_bytes().to_vec(),
+            next_name: FsPath::new(next_name)?.as_bytes().to_vec(),
+            target: FsPath::new(target)?.as_bytes().to_vec(),
         };
         let plan = checkpoint_worker::Plan::Replace {
             location: c_path(&paths.location)?,
@@ -622,12 +665,12 @@ impl CheckpointWorker {
     /// The worker of a slotted storage: it runs the plan `save_slotted` runs.
     #[staticmethod]
     fn slotted(
-        location: PathBuf,
+        location: &Bound<'_, PyAny>,
         in_place: &Bound<'_, PyBytes>,
         rebuild: &Bound<'_, PyBytes>,
     ) -> PyResult<Self> {
         let paths = SavePaths {
-            location: path_bytes(location),
+            location: FsPath::new(location)?.as_bytes().to_vec(),
             next_name: slotted::NEXT_NAME.to_bytes().to_vec(),
             target: slotted::SLOTS_NAME.to_bytes().to_vec(),
         };

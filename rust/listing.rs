@@ -3,12 +3,11 @@
 //! released. `sessionstore._python_listing` is the fallback with the same answers.
 
 use std::cmp::Ordering;
-use std::ffi::{CStr, CString, OsStr};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::sys::{self, Errno};
 
@@ -64,7 +63,8 @@ pub fn python_order(a: &[u8], b: &[u8]) -> Ordering {
 /// A session directory: its name and what its own `lstat` says.
 pub struct Found {
     pub name: Vec<u8>,
-    pub mtime_ns: i64,
+    /// Wider than i64, which ends in 2262: Python's `st_mtime_ns` has no end.
+    pub mtime_ns: i128,
     pub dev: u64,
     pub ino: u64,
 }
@@ -73,7 +73,7 @@ pub struct Found {
 pub struct Detail {
     pub checkpoint_size: Option<u64>,
     /// inode and change time (ns) of `session.next`
-    pub next: Option<(u64, i64)>,
+    pub next: Option<(u64, i128)>,
 }
 
 pub struct Listing {
@@ -101,8 +101,13 @@ fn to_c(bytes: &[u8]) -> Result<CString, ListError> {
     CString::new(bytes).map_err(|_| ListError::Entry(libc::EINVAL, bytes.to_vec()))
 }
 
-fn mtime_ns(st: &libc::stat) -> i64 {
-    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec
+/// A time in nanoseconds as Python's `st_*_ns` gives it, for any second count.
+fn time_ns(seconds: impl Into<i128>, nanoseconds: impl Into<i128>) -> i128 {
+    seconds.into() * 1_000_000_000 + nanoseconds.into()
+}
+
+fn mtime_ns(st: &libc::stat) -> i128 {
+    time_ns(st.st_mtime, st.st_mtime_nsec)
 }
 
 /// The entries of the open directory `dir`: name and `d_type`.
@@ -110,14 +115,12 @@ fn read_entries(dir: &Dir) -> Result<Vec<(Vec<u8>, u8)>, ListError> {
     let mut entries = Vec::new();
     loop {
         // readdir says "end" and "error" both with NULL; only errno tells them apart.
-        unsafe { *libc::__errno_location() = 0 };
-        let entry = unsafe { libc::readdir64(dir.0) };
+        sys::clear_errno();
+        let entry = unsafe { libc::readdir(dir.0) };
         if entry.is_null() {
-            let errno = unsafe { *libc::__errno_location() };
-            return if errno == 0 {
-                Ok(entries)
-            } else {
-                Err(ListError::Repository(errno))
+            return match sys::last_errno() {
+                0 => Ok(entries),
+                errno => Err(ListError::Repository(errno)),
             };
         }
         let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
@@ -155,8 +158,8 @@ fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
 /// `session`. A slotted session (`session.slots` only) is not recognised yet.
 fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
     let checkpoint_size = look(fd, &join(name, CHECKPOINT))?.map(|st| st.st_size as u64);
-    let next = look(fd, &join(name, NEXT))?
-        .map(|st| (st.st_ino, st.st_ctime * 1_000_000_000 + st.st_ctime_nsec));
+    let next =
+        look(fd, &join(name, NEXT))?.map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec)));
     if checkpoint_size.is_none() && next.is_none() && look(fd, name)?.is_none() {
         return Ok(None);
     }
@@ -178,7 +181,7 @@ pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError
     };
     let stream = unsafe { libc::fdopendir(fd) };
     if stream.is_null() {
-        let errno = unsafe { *libc::__errno_location() };
+        let errno = sys::last_errno();
         let _ = sys::close(fd);
         return Err(ListError::Repository(errno));
     }
@@ -307,6 +310,52 @@ fn run(py: Python<'_>, location: &Bound<'_, PyAny>, details: bool) -> PyResult<O
         .map_err(|error| list_error(py, error, path.as_bytes()))
 }
 
+/// A session of a listing with the name Python sees.
+type Named<'py, 'a> = (Bound<'py, PyString>, &'a Found, Option<&'a Detail>);
+
+/// The sessions of `listing` with their decoded names, in `sort_key` order.
+///
+/// `list` orders ties by the names' UTF-8 decoding; under another file system
+/// encoding only the interpreter's codec knows the `str` Python compares, so
+/// the ties are ordered again by those strings' code points.
+fn named<'py, 'a>(py: Python<'py>, listing: &'a Listing) -> PyResult<Vec<Named<'py, 'a>>> {
+    let named = listing
+        .sessions
+        .iter()
+        .map(|(found, detail)| Ok((crate::fs_name(py, &found.name)?, found, detail.as_ref())))
+        .collect::<PyResult<Vec<Named<'py, 'a>>>>()?;
+    if crate::fs_is_utf8(py) {
+        return Ok(named);
+    }
+    // UTF-32-BE bytes compare as the code points do; surrogatepass keeps the
+    // lone surrogates of undecodable bytes.
+    let mut keyed = named
+        .into_iter()
+        .map(|entry| {
+            let encoded = entry
+                .0
+                .call_method1("encode", ("utf-32-be", "surrogatepass"))?;
+            Ok((encoded.cast_into::<PyBytes>()?.as_bytes().to_vec(), entry))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    keyed.sort_by(|(a_key, a), (b_key, b)| {
+        b.1.mtime_ns
+            .cmp(&a.1.mtime_ns)
+            .then_with(|| a_key.cmp(b_key))
+    });
+    Ok(keyed.into_iter().map(|(_, entry)| entry).collect())
+}
+
+/// The decoded names of the tombstones in `listing`.
+fn tombstones<'py>(py: Python<'py>, listing: &Listing) -> PyResult<Bound<'py, PyList>> {
+    let names = listing
+        .tombstones
+        .iter()
+        .map(|name| crate::fs_name(py, name))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, names)
+}
+
 /// The names of the sessions in `location`, youngest first; None when it is missing.
 #[pyfunction]
 pub fn list_sessions<'py>(
@@ -316,10 +365,7 @@ pub fn list_sessions<'py>(
     let Some(listing) = run(py, location, false)? else {
         return Ok(None);
     };
-    let names = listing
-        .sessions
-        .iter()
-        .map(|(found, _)| OsStr::from_bytes(&found.name));
+    let names = named(py, &listing)?.into_iter().map(|(name, _, _)| name);
     PyList::new(py, names).map(Some)
 }
 
@@ -335,14 +381,14 @@ pub fn scan_sessions<'py>(
         return Ok(None);
     };
     let mut sessions: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(listing.sessions.len());
-    for (found, detail) in &listing.sessions {
+    for (name, found, detail) in named(py, &listing)? {
         let Some(detail) = detail else { continue };
         let (next_ino, next_ctime) = match detail.next {
             Some((ino, ctime)) => (Some(ino), Some(ctime)),
             None => (None, None),
         };
         let row = (
-            OsStr::from_bytes(&found.name),
+            name,
             found.mtime_ns,
             found.dev,
             found.ino,
@@ -352,19 +398,16 @@ pub fn scan_sessions<'py>(
         );
         sessions.push(row.into_pyobject(py)?);
     }
-    let tombstones = listing
-        .tombstones
-        .iter()
-        .map(|name| OsStr::from_bytes(name));
     Ok(Some((
         PyList::new(py, sessions)?,
-        PyList::new(py, tombstones)?,
+        tombstones(py, &listing)?,
     )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     fn repository(name: &str) -> (std::path::PathBuf, CString) {
         let path = std::env::temp_dir().join(format!(

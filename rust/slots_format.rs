@@ -25,6 +25,8 @@ pub const RECORD_HEADER_SIZE: usize = RECORD_PREFIX_SIZE + 4;
 /// the first slot's record header, in one read.
 pub const HEAD_READ_SIZE: usize = FILE_HEADER_SIZE as usize + RECORD_HEADER_SIZE;
 pub const MAX_SEQUENCE: u64 = u64::MAX;
+/// The largest size a file can have: the largest signed 64-bit file offset.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// Why a slots file cannot be read, or a save cannot go on; the text is the
 /// Python module's, word for word.
@@ -132,7 +134,9 @@ pub fn decode_file_header(block: &[u8]) -> Result<FileHeader, FormatError> {
     if version != FORMAT_VERSION || u64::from(header_size) != FILE_HEADER_SIZE {
         return Err(FormatError::Version(version));
     }
-    if slot_size < MIN_SLOT_SIZE || slot_size % MIN_SLOT_SIZE != 0 {
+    // A file of two such slots must fit a file offset (off_t), or no read can reach it.
+    let too_big = slot_size > (MAX_FILE_SIZE - FILE_HEADER_SIZE) / 2;
+    if slot_size < MIN_SLOT_SIZE || slot_size % MIN_SLOT_SIZE != 0 || too_big {
         return Err(FormatError::SlotSize(slot_size));
     }
     Ok(FileHeader { slot_size })
@@ -370,6 +374,18 @@ mod tests {
         let crc = crc32fast::hash(&newer[..24]);
         newer[24..28].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode_file_header(&newer), Err(FormatError::Version(2)));
+        // A CRC-valid header whose two slots would end past any file offset.
+        for huge in [1 << 62, 1 << 63, u64::MAX - 4095] {
+            assert_eq!(
+                decode_file_header(&encode_file_header(huge)),
+                Err(FormatError::SlotSize(huge))
+            );
+        }
+        let largest = (MAX_FILE_SIZE - FILE_HEADER_SIZE) / 2 / MIN_SLOT_SIZE * MIN_SLOT_SIZE;
+        assert_eq!(
+            decode_file_header(&encode_file_header(largest)),
+            Ok(FileHeader { slot_size: largest })
+        );
         assert_eq!(
             FormatError::Version(2).to_string(),
             "unsupported slots format version 2"

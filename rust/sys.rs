@@ -8,10 +8,38 @@ use std::ffi::{CStr, CString};
 /// An `errno` value, as the kernel returned it.
 pub type Errno = i32;
 
-fn last_errno() -> Errno {
+/// The calling thread's `errno`, as the last failed call left it.
+pub fn last_errno() -> Errno {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+/// Set the calling thread's `errno` to 0, for the calls (`readdir`) that
+/// report an error only through it. Each C library names its `errno` cell
+/// differently.
+pub fn clear_errno() {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "emscripten",
+        target_os = "fuchsia",
+        target_os = "redox",
+        target_os = "hurd",
+        target_os = "dragonfly",
+    ))]
+    let cell = unsafe { libc::__errno_location() };
+    #[cfg(any(target_vendor = "apple", target_os = "freebsd"))]
+    let cell = unsafe { libc::__error() };
+    #[cfg(any(
+        target_os = "android",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "cygwin",
+    ))]
+    let cell = unsafe { libc::__errno() };
+    #[cfg(any(target_os = "solaris", target_os = "illumos"))]
+    let cell = unsafe { libc::___errno() };
+    unsafe { *cell = 0 };
 }
 
 /// Calls `f` until it stops failing with EINTR; `Err(errno)` for any other failure.
@@ -160,8 +188,12 @@ pub unsafe fn pwritev(fd: libc::c_int, iov: &[libc::iovec], offset: u64) -> Resu
 }
 
 /// `fdatasync(fd)`: the data and what reading it back needs, not the times.
+/// Where the C library has no `fdatasync` (Apple's), `fsync`, which does more.
 pub fn fdatasync(fd: libc::c_int) -> Result<(), Errno> {
-    retrying(|| unsafe { libc::fdatasync(fd) }).map(drop)
+    #[cfg(not(target_vendor = "apple"))]
+    return retrying(|| unsafe { libc::fdatasync(fd) }).map(drop);
+    #[cfg(target_vendor = "apple")]
+    return fsync(fd);
 }
 
 /// `fsync(fd)`.
@@ -257,6 +289,14 @@ mod tests {
     fn busy_means_would_block() {
         assert!(is_busy(libc::EWOULDBLOCK));
         assert!(!is_busy(libc::EBADF));
+    }
+
+    #[test]
+    fn errno_is_cleared_and_read_back() {
+        assert_eq!(close(-1), Err(libc::EBADF));
+        assert_eq!(last_errno(), libc::EBADF);
+        clear_errno();
+        assert_eq!(last_errno(), 0);
     }
 
     #[test]

@@ -8,10 +8,12 @@ import errno
 import fcntl
 import logging
 import os
+import struct
 import subprocess
 import sys
 import threading
 import types
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
@@ -19,7 +21,13 @@ from typing import Final
 import pytest
 
 from backend_parity import both_backends, listing, outcome
-from sessionstore import Durability, LockState, SessionStorage, _backend
+from sessionstore import (
+    CorruptCheckpointError,
+    Durability,
+    LockState,
+    SessionStorage,
+    _backend,
+)
 from sessionstore._save_plan import plan_save
 
 DURABLE: Final = plan_save(Durability.FULL)
@@ -341,3 +349,77 @@ def test_a_checkpoint_over_2_gib_round_trips(storage: SessionStorage) -> None:
     assert len(loaded) == len(data)
     assert loaded[-2:] == b"\xa5\x5a"
     del loaded, data
+
+
+def test_a_session_modified_after_2262_lists_and_scans_alike(
+    native: _backend.Backend, tmp_path: Path
+) -> None:
+    # 10**19 ns is past what a signed 64-bit count of nanoseconds holds.
+    for name, mtime_ns in [("a.session", 10**18), ("future.session", 10**19)]:
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, ns=(mtime_ns, mtime_ns))
+    (tmp_path / "b.session").mkdir()
+    found = {
+        name: (b.list_sessions(str(tmp_path)), b.scan_sessions(str(tmp_path)))
+        for name, b in both_backends(native).items()
+    }
+    assert found["native"] == found["python"]
+    names, scanned = found["native"]
+    assert names == ["future.session", "b.session", "a.session"]
+    assert scanned is not None
+    assert scanned[0][0][:2] == ("future.session", 10**19)
+
+
+_NAMES_UNDER_ASCII: Final = """
+import os, sys
+from sessionstore import _backend
+from sessionstore._save_plan import plan_save
+base = os.fsencode(sys.argv[1])
+for name in (b"caf\\xc3\\xa9.session", b"caf\\xc3\\xa8.session", b"\\xe9.session"):
+    os.mkdir(os.path.join(base, name))
+    os.utime(os.path.join(base, name), ns=(10**18, 10**18))
+plan = plan_save()
+for b in (_backend.PYTHON, _backend.load_native()):
+    try:
+        b.save(os.path.join(sys.argv[1], "caf\\u00e9.session"), b"x", plan.codes,
+               plan.next_name, plan.target_name)
+        saved = "saved"
+    except UnicodeEncodeError as exc:
+        saved = type(exc).__name__
+    scanned = [row[0] for row in b.scan_sessions(sys.argv[1])[0]]
+    names = b.list_sessions(sys.argv[1])
+    print(ascii((sys.getfilesystemencoding(), names, scanned, saved)))
+"""
+
+
+def test_paths_follow_a_file_system_encoding_other_than_utf8(
+    native: _backend.Backend, tmp_path: Path
+) -> None:
+    # The C locale without coercion or UTF-8 mode: the file system encoding is
+    # ASCII, so a UTF-8 name decodes to surrogates and "é" cannot be encoded.
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    env.pop("LANG", None)
+    ran = subprocess.run(
+        [sys.executable, "-c", _NAMES_UNDER_ASCII, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    python, ours = ran.stdout.splitlines()
+    assert ours == python
+    names = ["caf\udcc3\udca8.session", "caf\udcc3\udca9.session", "\udce9.session"]
+    assert python == ascii(("ascii", names, names, "UnicodeEncodeError"))
+
+
+@pytest.mark.parametrize("slot_size", [2**62, 2**63, 2**64 - 4096])
+def test_a_slot_size_past_any_file_offset_is_a_corrupt_file(
+    native: _backend.Backend, tmp_path: Path, slot_size: int
+) -> None:
+    head = struct.pack("<8sIIQ", b"SESSLOTS", 1, 4096, slot_size)
+    path = tmp_path / "session.slots"
+    path.write_bytes((head + struct.pack("<I", zlib.crc32(head))).ljust(8192, b"\0"))
+    for b in both_backends(native).values():
+        with pytest.raises(CorruptCheckpointError, match="bad slot size") as caught:
+            b.load_slots(str(path), False)
+        assert str(path) in str(caught.value)

@@ -95,7 +95,9 @@ def decode_file_header(block: bytes) -> FileHeader:
         raise SlotsFormatError("not a slots file (bad magic or header checksum)")
     if version != FORMAT_VERSION or header_size != FILE_HEADER_SIZE:
         raise SlotsFormatError(f"unsupported slots format version {version}")
-    if slot_size < MIN_SLOT_SIZE or slot_size % MIN_SLOT_SIZE:
+    # A file of two such slots must fit a file offset (off_t), or no read can reach it.
+    too_big = FILE_HEADER_SIZE + 2 * slot_size > 2**63 - 1
+    if slot_size < MIN_SLOT_SIZE or slot_size % MIN_SLOT_SIZE or too_big:
         raise SlotsFormatError(f"bad slot size {slot_size}")
     return FileHeader(slot_size)
 
