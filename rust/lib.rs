@@ -16,7 +16,7 @@ pub mod sys;
 use std::ffi::{CStr, CString};
 
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString};
@@ -435,6 +435,7 @@ fn slotted_error(
         slotted::Failure::NotChosen => {
             PyValueError::new_err(format!("slot written before it was chosen in {}", plan()))
         }
+        slotted::Failure::NoMemory => PyMemoryError::new_err(()),
         slotted::Failure::Rebuild(error) => {
             let paths = SavePaths {
                 location: location.to_vec(),

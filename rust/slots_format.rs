@@ -256,21 +256,30 @@ pub fn choose_slot(
 ///
 /// Keeping the previous generation means `load_previous()` still works after
 /// the file was rebuilt. Every byte is written (zeroes included), so later
-/// in-place saves overwrite blocks that are already allocated.
-pub fn build_slots_file(data: &[u8], sequence: u64, previous: Option<(u64, &[u8])>) -> Vec<u8> {
+/// in-place saves overwrite blocks that are already allocated. None when the
+/// memory for the image cannot be had: the caller reports it, where a failed
+/// allocation would end the process.
+pub fn build_slots_file(
+    data: &[u8],
+    sequence: u64,
+    previous: Option<(u64, &[u8])>,
+) -> Option<Vec<u8>> {
     let longest = data.len().max(previous.map_or(0, |(_, body)| body.len()));
     let geometry = FileHeader {
         slot_size: plan_slot_size(longest as u64),
     };
-    let mut image = encode_file_header(geometry.slot_size);
-    image.resize(geometry.file_size() as usize, 0);
+    let size = usize::try_from(geometry.file_size()).ok()?;
+    let mut image = Vec::new();
+    image.try_reserve_exact(size).ok()?;
+    image.extend_from_slice(&encode_file_header(geometry.slot_size));
+    image.resize(size, 0);
     let records = std::iter::once((sequence, data)).chain(previous);
     for (slot, (seq, body)) in records.enumerate() {
         let at = geometry.slot_offset(slot) as usize;
         image[at..at + RECORD_HEADER_SIZE].copy_from_slice(&encode_record_header(seq, body));
         image[at + RECORD_HEADER_SIZE..at + RECORD_HEADER_SIZE + body.len()].copy_from_slice(body);
     }
-    image
+    Some(image)
 }
 
 #[cfg(test)]
@@ -442,7 +451,7 @@ mod tests {
     #[test]
     fn a_rebuilt_file_holds_both_generations_in_full_slots() {
         let data = noise(9, 5000);
-        let image = build_slots_file(&data, 8, Some((7, b"old")));
+        let image = build_slots_file(&data, 8, Some((7, b"old"))).unwrap();
         let header = decode_file_header(&image).unwrap();
         assert_eq!(header.slot_size, 8192);
         assert_eq!(image.len() as u64, header.file_size());
@@ -454,7 +463,7 @@ mod tests {
         assert!(first.crc_matches(body(0, 5000)));
         assert!(second.crc_matches(body(1, 3)));
         assert_eq!(body(0, 5000), &data[..]);
-        let alone = build_slots_file(b"x", 1, None);
+        let alone = build_slots_file(b"x", 1, None).unwrap();
         assert_eq!(alone.len(), 4096 * 3);
         assert_eq!(decode_record_header(&alone[8192..], 4096), None);
     }

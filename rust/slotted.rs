@@ -84,6 +84,8 @@ pub enum Failure {
     /// `fdatasync` of the written record failed (`errno`); the record was then
     /// hidden, or hiding it failed too (`hide`, secondary to the failure).
     Unsynced { errno: Errno, hide: Option<Errno> },
+    /// The memory for the previous record or the rebuilt file cannot be had.
+    NoMemory,
 }
 
 /// Why reading a slots file failed.
@@ -159,15 +161,20 @@ struct ValidRecord {
 }
 
 /// The newest whole record, reading newest first and no more than needed.
-fn newest_valid(fd: libc::c_int, view: &View) -> Result<Option<ValidRecord>, Errno> {
+fn newest_valid(fd: libc::c_int, view: &View) -> Result<Option<ValidRecord>, Failure> {
+    let os = |errno| Failure::Os {
+        errno,
+        at: At::Slots,
+    };
     for slot in newest_first(&view.headers) {
         let Some(record) = view.headers[slot] else {
             continue;
         };
-        let length = usize::try_from(record.length).map_err(|_| libc::EOVERFLOW)?;
+        let length = usize::try_from(record.length).map_err(|_| os(libc::EOVERFLOW))?;
         let mut data = Vec::new();
-        data.try_reserve_exact(length).map_err(|_| libc::ENOMEM)?;
-        if unsafe { read_record(fd, view, slot, data.as_mut_ptr()) }? {
+        data.try_reserve_exact(length)
+            .map_err(|_| Failure::NoMemory)?;
+        if unsafe { read_record(fd, view, slot, data.as_mut_ptr()) }.map_err(os)? {
             // read_record filled all `length` bytes when it says the record is whole.
             unsafe { data.set_len(length) };
             return Ok(Some(ValidRecord {
@@ -253,7 +260,10 @@ impl SlottedSave<'_> {
         }
         let sequence = state.choice.map_or(1, |choice| choice.sequence);
         let previous = state.previous.as_ref().map(|(seq, body)| (*seq, &body[..]));
-        let image = build_slots_file(unsafe { data.as_slice() }, sequence, previous);
+        let Some(image) = build_slots_file(unsafe { data.as_slice() }, sequence, previous) else {
+            state.release();
+            return Err(Failure::NoMemory);
+        };
         let dir = std::mem::replace(&mut state.dir, -1);
         Save {
             location: self.location,
@@ -313,7 +323,7 @@ impl SlottedSave<'_> {
                     ReadError::Os(errno) => os(At::Slots)(errno),
                     ReadError::Corrupt(reason) => Failure::Corrupt(reason),
                 })?;
-                let newest = newest_valid(state.slots, &view).map_err(os(At::Slots))?;
+                let newest = newest_valid(state.slots, &view)?;
                 let order = newest_first(&view.headers);
                 let newest_is_valid = newest
                     .as_ref()

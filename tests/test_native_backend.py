@@ -423,3 +423,32 @@ def test_a_slot_size_past_any_file_offset_is_a_corrupt_file(
         with pytest.raises(CorruptCheckpointError, match="bad slot size") as caught:
             b.load_slots(str(path), False)
         assert str(path) in str(caught.value)
+
+
+_SAVE_WITHOUT_MEMORY: Final = """
+import mmap, os, resource, sys
+from sessionstore import Layout, SessionStorage
+storage = SessionStorage.create(sys.argv[1], layout=Layout.SLOTTED)
+# Zero pages never written: address space, but no memory.
+data = mmap.mmap(-1, 512 << 20, prot=mmap.PROT_READ)
+with open("/proc/self/status") as status:
+    size = next(int(l.split()[1]) << 10 for l in status if l.startswith("VmSize:"))
+# Room for the process, not for the 1 GiB slots of the rebuilt file.
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.RLIM_INFINITY))
+try:
+    storage.save_checkpoint(memoryview(data))
+except MemoryError:
+    print("MemoryError", os.listdir(storage.location))
+"""
+
+
+def test_a_rebuild_without_memory_raises_memory_error(
+    backend_env: dict[str, str], tmp_path: Path
+) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", _SAVE_WITHOUT_MEMORY, str(tmp_path)],
+        env=backend_env,
+        capture_output=True,
+        text=True,
+    )
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "MemoryError []\n", "")
