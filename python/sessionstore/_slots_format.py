@@ -192,14 +192,18 @@ def build_slots_file(
 
     Keeping the previous generation means ``load_previous()`` still works after
     the file was rebuilt. Every byte is written (zeroes included), so later
-    in-place saves overwrite blocks that are already allocated.
+    in-place saves overwrite blocks that are already allocated. The records
+    are copied once into one zeroed buffer of the file's size, which is then
+    frozen: at most twice the file's size is held at any moment.
     """
     longest = max(len(data), len(previous[1]) if previous else 0)
     geometry = FileHeader(plan_slot_size(longest))
-    parts = [encode_file_header(geometry.slot_size)]
+    image = bytearray(geometry.file_size)
+    image[:FILE_HEADER_SIZE] = encode_file_header(geometry.slot_size)
     records = [(sequence, data)] + ([previous] if previous else [])
-    for seq, body in records:
-        record = encode_record_header(seq, body) + bytes(body)
-        parts.append(record.ljust(geometry.slot_size, b"\0"))
-    image = b"".join(parts)
-    return image.ljust(geometry.file_size, b"\0")
+    for slot, (seq, body) in enumerate(records):
+        at = geometry.slot_offset(slot)
+        head = encode_record_header(seq, body)
+        image[at : at + RECORD_HEADER_SIZE] = head
+        image[at + RECORD_HEADER_SIZE : at + RECORD_HEADER_SIZE + len(body)] = body
+    return bytes(image)
