@@ -126,6 +126,8 @@ impl<D> Shared<D> {
 /// what waits and end, without waiting for it.
 pub struct Worker<D: AsRef<[u8]> + Send + 'static> {
     shared: Arc<Shared<D>>,
+    /// The process that started the thread: a forked child has no such thread.
+    pid: u32,
 }
 
 impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
@@ -154,7 +156,10 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
         thread::Builder::new()
             .name(name)
             .spawn(move || work(&served))?;
-        Ok(Self { shared })
+        Ok(Self {
+            shared,
+            pid: std::process::id(),
+        })
     }
 
     /// Put `data` in the slot, replacing what waits there.
@@ -239,18 +244,19 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
         !slot.running
     }
 
-    /// Hold the thread between saves: wait for a save in flight to end, and
-    /// start none until `resume`. A process forks while paused, so the child
-    /// inherits no descriptor, and no lock, of a save.
-    pub fn pause(&self) {
+    /// Hold the thread between saves: start none until `resume`, and wait up
+    /// to `timeout` for a save in flight to end; whether none is in flight. A
+    /// process forks while paused, so the child inherits no descriptor, and no
+    /// lock, of a save.
+    pub fn pause(&self, timeout: Duration) -> bool {
         let mut slot = self.shared.lock();
         slot.paused = true;
-        drop(
-            self.shared
-                .changed
-                .wait_while(slot, |slot| slot.saving)
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let (slot, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(slot, timeout, |slot| slot.saving)
+            .unwrap_or_else(PoisonError::into_inner);
+        !slot.saving
     }
 
     /// Let the thread save again after `pause`.
@@ -277,6 +283,11 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
 
 impl<D: AsRef<[u8]> + Send + 'static> Drop for Worker<D> {
     fn drop(&mut self) {
+        // In a forked child no thread serves the slot, and its lock may have
+        // been held by one at the fork: taking it could wait for ever.
+        if std::process::id() != self.pid {
+            return;
+        }
         let mut slot = self.shared.lock();
         slot.closed = true;
         slot.stopping = true;
@@ -307,7 +318,6 @@ fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
         let outcome = shared.plan.run(data.as_ref());
         drop(data);
         slot = shared.lock();
-        slot.saving = false;
         slot.saves += 1;
         let dropped = match outcome {
             Ok(()) => {
@@ -323,13 +333,17 @@ fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
                 slot.waiting.take()
             }
         };
-        shared.changed.notify_all();
         if dropped.is_some() {
-            // Released outside the lock: dropping a checkpoint may cost.
+            // Released outside the lock, as dropping a checkpoint may cost, but
+            // still while saving: `pause` (before a fork) then returns only once
+            // the thread is done with every checkpoint it held.
+            shared.changed.notify_all();
             drop(slot);
             drop(dropped);
             slot = shared.lock();
         }
+        slot.saving = false;
+        shared.changed.notify_all();
     }
 }
 
@@ -450,7 +464,7 @@ mod tests {
     fn a_paused_worker_starts_no_save_until_resumed() {
         let dir = TempDir::new("paused");
         let worker = worker(&dir.0);
-        worker.pause();
+        assert!(worker.pause(PATIENCE));
         worker.submit(b"held".to_vec()).unwrap();
         thread::sleep(Duration::from_millis(50));
         assert_eq!(worker.saves(), 0);
@@ -486,6 +500,37 @@ mod tests {
             flush(&worker),
             Err(Error::Slotted(slotted::Failure::ReplaceLayout))
         );
+    }
+
+    #[test]
+    fn a_forked_child_drops_its_copy_without_the_lock() {
+        let dir = TempDir::new("forked");
+        let worker = worker(&dir.0);
+        // Held across the fork: in the child nobody will ever release it.
+        let shared = Arc::clone(&worker.shared);
+        let held = shared.lock();
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            drop(worker);
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let ended = loop {
+            let ended = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+            if ended != 0 || std::time::Instant::now() > deadline {
+                break ended;
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        if ended == 0 {
+            unsafe { libc::kill(child, libc::SIGKILL) };
+            unsafe { libc::waitpid(child, &mut status, 0) };
+        }
+        drop(held);
+        assert_eq!(ended, child, "the child hung dropping the worker");
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub mod sys;
 
 use std::ffi::{CStr, CString};
 
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Mutex, PoisonError};
+
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -587,14 +590,66 @@ fn break_stale_lock(py: Python<'_>, location: &Bound<'_, PyAny>) -> PyResult<boo
 /// A `bytes` object the saving thread reads without the interpreter: bytes are
 /// immutable, and the owned reference keeps them alive until the save is done.
 struct HeldBytes {
-    _owner: Py<PyBytes>,
+    owner: Option<Py<PyBytes>>,
     ptr: *const u8,
     len: usize,
 }
 
-// Only `write(2)` reads the memory; dropping the owner without the interpreter
-// leaves the decref to PyO3's pool, done at the next call into the extension.
+// Only `write(2)` reads the memory.
 unsafe impl Send for HeldBytes {}
+
+impl Drop for HeldBytes {
+    /// Release the bytes promptly. Attached to the interpreter (a caller's
+    /// thread), at once. On the saving thread, which never waits for the
+    /// interpreter (it saves on while a caller holds the GIL), the reference
+    /// goes to `RELEASED` and the interpreter's main thread drops it at its next
+    /// check for pending calls: dropped there without the interpreter, PyO3
+    /// would leave the decref to the next call into the extension, keeping a
+    /// saved (possibly large) checkpoint in memory until then.
+    fn drop(&mut self) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        if unsafe { pyo3::ffi::PyGILState_Check() } == 1 {
+            let _ = Python::try_attach(move |_| drop(owner));
+            return;
+        }
+        RELEASED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(owner.into_ptr() as usize);
+        // One pending call drains every reference queued until it runs. None
+        // once the interpreter is shutting down: what is queued is then left.
+        if !RELEASE_SCHEDULED.swap(true, AtomicOrdering::AcqRel)
+            && (unsafe { pyo3::ffi::Py_IsInitialized() } == 0
+                || unsafe {
+                    pyo3::ffi::Py_AddPendingCall(Some(release_queued), std::ptr::null_mut())
+                } != 0)
+        {
+            // Not scheduled (the queue of pending calls is full, or shutdown):
+            // the next submission drains the queue instead.
+            RELEASE_SCHEDULED.store(false, AtomicOrdering::Release);
+        }
+    }
+}
+
+/// References to `bytes` the saving thread let go of, as raw object pointers,
+/// waiting for a thread attached to the interpreter to drop them.
+static RELEASED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Whether a pending call to `release_queued` is scheduled.
+static RELEASE_SCHEDULED: AtomicBool = AtomicBool::new(false);
+
+/// Drop the references in `RELEASED`: run by the interpreter's main thread as
+/// a pending call, and at each submission. The caller holds the GIL.
+extern "C" fn release_queued(_: *mut std::ffi::c_void) -> std::ffi::c_int {
+    // Cleared first: a reference queued from now on schedules another call.
+    RELEASE_SCHEDULED.store(false, AtomicOrdering::Release);
+    let queued = std::mem::take(&mut *RELEASED.lock().unwrap_or_else(PoisonError::into_inner));
+    for object in queued {
+        unsafe { pyo3::ffi::Py_DecRef(object as *mut pyo3::ffi::PyObject) };
+    }
+    0
+}
 
 impl AsRef<[u8]> for HeldBytes {
     fn as_ref(&self) -> &[u8] {
@@ -618,6 +673,15 @@ struct CheckpointWorker {
 }
 
 impl CheckpointWorker {
+    /// Stop the thread and wait for it to end, raising a signal's exception
+    /// (Ctrl-C) meanwhile: a save blocked in the kernel may never end.
+    fn stop_until_ended(&self, py: Python<'_>) -> PyResult<()> {
+        while !py.detach(|| self.worker.stop(Some(SIGNAL_CHECK))) {
+            py.check_signals()?;
+        }
+        Ok(())
+    }
+
     fn error(&self, py: Python<'_>, error: checkpoint_worker::Error) -> PyErr {
         match error {
             checkpoint_worker::Error::Slotted(failure) => slotted_error(
@@ -690,11 +754,13 @@ impl CheckpointWorker {
     }
 
     fn submit(&self, py: Python<'_>, data: &Bound<'_, PyBytes>) -> PyResult<()> {
+        // What a pending call could not release yet.
+        release_queued(std::ptr::null_mut());
         let bytes = data.as_bytes();
         let held = HeldBytes {
             ptr: bytes.as_ptr(),
             len: bytes.len(),
-            _owner: data.clone().unbind(),
+            owner: Some(data.clone().unbind()),
         };
         self.worker.submit(held).map_err(|refused| match refused {
             checkpoint_worker::Refused::Closed => PyValueError::new_err(format!(
@@ -719,15 +785,24 @@ impl CheckpointWorker {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        // A later call flushes and stops again: nothing to do after a close that
+        // returned, the rest of the work after one a signal interrupted.
         if !self.worker.mark_closed() {
-            return match self.worker.take_error() {
-                Some(error) => Err(self.error(py, error)),
-                None => Ok(()),
-            };
+            if let Some(error) = self.worker.take_error() {
+                return Err(self.error(py, error));
+            }
         }
         let flushed = self.flush(py);
-        py.detach(|| self.worker.stop(None));
-        flushed
+        // The thread is stopped even when the flush raised (a signal, say): as
+        // with `finally`, an error while stopping wins, the flush's as its context.
+        match (flushed, self.stop_until_ended(py)) {
+            (flushed, Ok(())) => flushed,
+            (Ok(()), Err(stopping)) => Err(stopping),
+            (Err(flushing), Err(stopping)) => {
+                stopping.set_context(py, Some(flushing));
+                Err(stopping)
+            }
+        }
     }
 
     fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
@@ -736,8 +811,16 @@ impl CheckpointWorker {
         Ok(py.detach(|| self.worker.stop(Some(timeout))))
     }
 
-    fn pause(&self, py: Python<'_>) {
-        py.detach(|| self.worker.pause());
+    /// Hold the thread between saves. A signal's exception raised while waiting
+    /// for the save in flight lets the thread go on, as if never paused.
+    fn pause(&self, py: Python<'_>) -> PyResult<()> {
+        while !py.detach(|| self.worker.pause(SIGNAL_CHECK)) {
+            if let Err(err) = py.check_signals() {
+                self.worker.resume();
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     fn resume(&self) {

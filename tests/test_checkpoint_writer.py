@@ -719,3 +719,96 @@ def test_a_writer_collected_on_its_own_thread_still_saves_and_stops(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False b'the last checkpoint'"
+
+
+def test_a_saved_checkpoint_is_released_without_another_call(
+    storage: SessionStorage,
+) -> None:
+    data = os.urandom(1 << 20)
+    unreferenced = sys.getrefcount(data)
+    writer = storage.writer()
+    writer.submit(data)
+    # Nothing but the check runs meanwhile: no call into the writer, whose
+    # next call would otherwise be what releases the saved checkpoint.
+    deadline = time.monotonic() + PATIENCE
+    while sys.getrefcount(data) > unreferenced:
+        assert time.monotonic() < deadline, "the writer still holds the checkpoint"
+        time.sleep(0.01)
+    assert storage.load_checkpoint() == data
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def freezable_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An ext4 filesystem ``fsfreeze`` can freeze, so saves block in the kernel."""
+    if shutil.which("fsfreeze") is None:
+        pytest.skip("fsfreeze (util-linux) is not installed")
+    for mount in filesystems.mount_or_skip("ext4", tmp_path_factory):
+        yield mount.root
+
+
+# Ctrl-C (SIGINT, sent again and again) while close() or pause() waits for a
+# save the frozen filesystem blocks; the filesystem is thawed only after the
+# KeyboardInterrupt, so a wait that ignores signals never returns.
+_INTERRUPTED_WHILE_FROZEN = """
+import os, signal, subprocess, sys, threading, time
+from sessionstore import SessionStorage
+repository, waiting = sys.argv[1], sys.argv[2]
+storage = SessionStorage.create(repository)
+storage.save_checkpoint(b"old")
+writer = storage.writer()
+subprocess.run(["fsfreeze", "-f", repository], check=True)
+def blocked():
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/stat") as stat:
+            if stat.read().rpartition(")")[2].split()[0] == "D":
+                return True
+    return False
+try:
+    writer.submit(b"new")
+    # pause() waits only for a save in flight: one blocked by the frozen disk.
+    while not blocked():
+        time.sleep(0.01)
+    interrupted = threading.Event()
+    def interrupt():
+        while not interrupted.wait(0.2):
+            os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt, daemon=True).start()
+    try:
+        writer.close() if waiting == "close" else writer._worker.pause()
+        print("returned while frozen")
+    except KeyboardInterrupt:
+        print("interrupted")
+    interrupted.set()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+finally:
+    subprocess.run(["fsfreeze", "-u", repository], check=True)
+if waiting == "pause":
+    writer._worker.resume()
+writer.close()
+print(storage.load_checkpoint())
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("waiting", ["close", "pause"])
+def test_ctrl_c_interrupts_a_wait_for_a_blocked_save(
+    backend_env: dict[str, str], freezable_disk: Path, waiting: str
+) -> None:
+    repository = freezable_disk / f"{backend_env[_backend.ENV_VAR]}-{waiting}"
+    repository.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_WHILE_FROZEN, str(repository), waiting],
+        env=backend_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = child.communicate(timeout=PATIENCE)
+    except subprocess.TimeoutExpired:
+        # The child is stuck: thaw first, or it cannot even be killed.
+        subprocess.run(["fsfreeze", "-u", str(repository)], check=True)
+        child.kill()
+        out, err = child.communicate()
+    assert (out, err) == ("interrupted\nb'new'\n", "")
