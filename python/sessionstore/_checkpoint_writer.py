@@ -247,8 +247,15 @@ class _ThreadedWorker:
         handoff = self._handoff
         with handoff.changed:
             handoff.paused = True
-            while handoff.saving:
-                handoff.changed.wait()
+            try:
+                while handoff.saving:
+                    handoff.changed.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C) before the save in flight finished: not
+                # paused, so nothing waits for a resume that never comes.
+                handoff.paused = False
+                handoff.changed.notify_all()
+                raise
 
     def resume(self) -> None:
         handoff = self._handoff
