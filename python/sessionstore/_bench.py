@@ -79,9 +79,11 @@ def run_save_benchmark(
     size, durable first.
     """
     missing = _missing_directories(base_dir)
+    # The payloads first: a size too large for memory fails before the disk is
+    # touched, so nothing is left behind.
+    payloads = {size: os.urandom(size) for size in sizes}
     session = SessionStorage.create(base_dir, prefix="bench-")
     storages = {d: SessionStorage(session.location, durability=d) for d in DURABILITIES}
-    payloads = {size: os.urandom(size) for size in sizes}
     cells = [(size, d) for size in sizes for d in DURABILITIES]
     latencies: dict[tuple[int, Durability], list[float]] = {cell: [] for cell in cells}
     try:
