@@ -85,14 +85,11 @@ fn held(dir: libc::c_int, next_exists: bool) -> Result<bool, Errno> {
             return Ok(false);
         }
     }
-    match sys::flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
-        Ok(()) => {
-            sys::flock(dir, libc::LOCK_UN)?;
-            Ok(false)
-        }
-        Err(errno) if sys::is_busy(errno) => Ok(true),
-        Err(errno) => Err(errno),
+    if !sys::try_lock(dir)? {
+        return Ok(true);
     }
+    sys::flock(dir, libc::LOCK_UN)?;
+    Ok(false)
 }
 
 /// One look at the next file: a writer that creates, writes or renames it
@@ -154,12 +151,12 @@ pub enum BreakError {
 /// a live writer holds it or there is nothing to remove.
 pub fn break_stale_lock(location: &CStr) -> Result<bool, BreakError> {
     let dir = sys::open(location, sys::SESSION_DIR_FLAGS).map_err(BreakError::Location)?;
-    let outcome = match sys::flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
-        Err(errno) if sys::is_busy(errno) => Ok(false),
+    let outcome = match sys::try_lock(dir) {
+        Ok(false) => Ok(false),
         Err(errno) => Err(BreakError::Location(errno)),
         // Looked up first: a read-only filesystem refuses an unlink with EROFS
         // before it looks the name up; nothing to break is no error.
-        Ok(()) => match look_at_next(dir) {
+        Ok(true) => match look_at_next(dir) {
             Ok(None) => Ok(false),
             Err(errno) => Err(BreakError::Next(errno)),
             Ok(Some(_)) => match sys::unlinkat(dir, NEXT_NAME) {

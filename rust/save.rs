@@ -175,16 +175,9 @@ impl Save<'_> {
                     sys::open(self.location, sys::SESSION_DIR_FLAGS).map_err(os(At::Location))?;
             }
             step::LOCK_DIR => {
-                sys::flock(state.dir, libc::LOCK_EX | libc::LOCK_NB).map_err(|errno| {
-                    if sys::is_busy(errno) {
-                        Failure::Held
-                    } else {
-                        Failure::Os {
-                            errno,
-                            at: At::Location,
-                        }
-                    }
-                })?;
+                if !sys::try_lock(state.dir).map_err(os(At::Location))? {
+                    return Err(Failure::Held);
+                }
             }
             step::CREATE_NEXT => {
                 state.next = sys::openat(state.dir, self.next_name, NEXT_FLAGS, NEXT_MODE)

@@ -283,13 +283,9 @@ impl SlottedSave<'_> {
                     sys::open(self.location, sys::SESSION_DIR_FLAGS).map_err(os(At::Location))?;
             }
             step::LOCK_DIR => {
-                sys::flock(state.dir, libc::LOCK_EX | libc::LOCK_NB).map_err(|errno| {
-                    if sys::is_busy(errno) {
-                        Failure::Held
-                    } else {
-                        os(At::Location)(errno)
-                    }
-                })?;
+                if !sys::try_lock(state.dir).map_err(os(At::Location))? {
+                    return Err(Failure::Held);
+                }
             }
             step::CHECK_NEXT => {
                 if sys::stat_at(state.dir, NEXT_NAME)

@@ -91,6 +91,16 @@ pub fn is_busy(errno: Errno) -> bool {
     errno == libc::EWOULDBLOCK || errno == libc::EAGAIN
 }
 
+/// Take the session directory's flock without waiting: false when a live writer
+/// holds it, any other failure as its errno (the fallback's `try_lock`).
+pub fn try_lock(dir: libc::c_int) -> Result<bool, Errno> {
+    match flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
+        Err(errno) if is_busy(errno) => Ok(false),
+        Err(errno) => Err(errno),
+    }
+}
+
 /// One `write(fd, data, len)`: the count the kernel accepted, retried on EINTR.
 ///
 /// # Safety
