@@ -5,6 +5,7 @@
 //! exceptions `sessionstore._python_writer` raises for the same failure.
 
 pub mod checkpoint_worker;
+pub mod held;
 pub mod listing;
 pub mod load;
 pub mod lock;
@@ -838,6 +839,148 @@ impl CheckpointWorker {
     }
 }
 
+/// A session held across saves (`HeldSession`'s native writer): the directory
+/// open and locked from construction to `close`, each save run with the GIL
+/// released. A lock inside serialises threads sharing it.
+#[pyclass(module = "sessionstore._native", frozen)]
+struct HeldWriter {
+    held: Mutex<Option<held::Held>>,
+    paths: SavePaths,
+    /// The codes errors quote: the save's, and the slotted rebuild's.
+    codes: Py<PyBytes>,
+    rebuild: Py<PyBytes>,
+    release: Py<PyBytes>,
+}
+
+impl HeldWriter {
+    fn closed_error(&self) -> PyErr {
+        PyValueError::new_err(format!(
+            "held session {} is closed",
+            String::from_utf8_lossy(&self.paths.location)
+        ))
+    }
+
+    fn slotted_error(
+        &self,
+        py: Python<'_>,
+        failure: slotted::Failure,
+        codes: &Py<PyBytes>,
+    ) -> PyErr {
+        slotted_error(
+            py,
+            failure,
+            &self.paths.location,
+            codes.bind(py),
+            self.rebuild.bind(py),
+        )
+    }
+}
+
+#[pymethods]
+impl HeldWriter {
+    /// Open and lock `location` with the `acquire` codes; `slotted` says which
+    /// layout `save` (and `rebuild`) write.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        location: &Bound<'_, PyAny>,
+        acquire: &Bound<'_, PyBytes>,
+        save: &Bound<'_, PyBytes>,
+        rebuild: &Bound<'_, PyBytes>,
+        release: &Bound<'_, PyBytes>,
+        slotted: bool,
+    ) -> PyResult<Self> {
+        let location = FsPath::new(location)?.as_bytes().to_vec();
+        let target = if slotted {
+            slotted::SLOTS_NAME
+        } else {
+            slotted::CHECKPOINT_NAME
+        };
+        let paths = SavePaths {
+            location,
+            next_name: slotted::NEXT_NAME.to_bytes().to_vec(),
+            target: target.to_bytes().to_vec(),
+        };
+        let plan = if slotted {
+            held::slotted(save.as_bytes(), rebuild.as_bytes())
+        } else {
+            held::replace(save.as_bytes())
+        };
+        let c_location = c_path(&paths.location)?;
+        let codes = acquire.as_bytes();
+        let release_codes = release.as_bytes().to_vec();
+        let held = py
+            .detach(|| held::Held::acquire(c_location, codes, plan, release_codes))
+            .map_err(|failure| slotted_error(py, failure, &paths.location, acquire, rebuild))?;
+        Ok(Self {
+            held: Mutex::new(Some(held)),
+            paths,
+            codes: save.clone().unbind(),
+            rebuild: rebuild.clone().unbind(),
+            release: release.clone().unbind(),
+        })
+    }
+
+    /// Save `data` on the held descriptors.
+    fn save(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (checkpoint, buffer) = borrow_checkpoint(data)?;
+        let outcome = py.detach(move || {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            held.as_mut().map(|held| held.save(checkpoint))
+        });
+        if let Some(exported) = buffer {
+            exported.release(py);
+        }
+        match outcome {
+            None => Err(self.closed_error()),
+            Some(Ok(())) => Ok(()),
+            Some(Err(checkpoint_worker::Error::Slotted(failure))) => {
+                Err(self.slotted_error(py, failure, &self.codes))
+            }
+            Some(Err(checkpoint_worker::Error::Replace(error))) => {
+                Err(save_error(py, error, &self.paths, self.codes.bind(py)))
+            }
+        }
+    }
+
+    /// Run the release codes, which release the lock; nothing once closed.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let outcome = py.detach(|| {
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            held.map(|mut held| held.release())
+        });
+        match outcome {
+            Some(Err(failure)) => Err(self.slotted_error(py, failure, &self.release)),
+            _ => Ok(()),
+        }
+    }
+
+    /// In a forked child: close the inherited descriptors, which leaves the
+    /// parent's lock held, and refuse saves from then on. A save that was in
+    /// flight on another thread at the fork left the lock inside taken: then
+    /// the descriptors stay open until the child exits or execs.
+    fn forget(&self) {
+        if let Ok(mut held) = self.held.try_lock() {
+            if let Some(mut held) = held.take() {
+                held.forget();
+            }
+        }
+    }
+
+    /// Whether `close` ran.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
@@ -849,6 +992,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(listing::list_sessions, m)?)?;
     m.add_function(wrap_pyfunction!(listing::scan_sessions, m)?)?;
     m.add_class::<CheckpointWorker>()?;
+    m.add_class::<HeldWriter>()?;
     Ok(())
 }
 

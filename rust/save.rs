@@ -132,6 +132,8 @@ struct State {
     dir: libc::c_int,
     next: libc::c_int,
     created: bool,
+    /// Whether the directory is this save's to close.
+    owns_dir: bool,
 }
 
 impl Save<'_> {
@@ -142,13 +144,16 @@ impl Save<'_> {
     }
 
     /// Execute the plan in `dir`, a session directory the caller opened and
-    /// locked (a slotted save going on with a rebuild: its plan starts after
-    /// the lock). The directory is the plan's from then on: it closes it.
+    /// locked (a slotted save going on with a rebuild, or a held session: the
+    /// plan starts after the lock). A plan that closes the directory owns it
+    /// from then on and closes it on failure too; one that does not (a held
+    /// session's) leaves it open either way.
     pub fn run_in(&self, dir: libc::c_int, data: Checkpoint) -> Result<(), SaveError> {
         let mut state = State {
             dir,
             next: -1,
             created: false,
+            owns_dir: dir < 0 || self.codes.contains(&step::CLOSE_DIR),
         };
         let outcome = self
             .codes
@@ -230,7 +235,7 @@ impl State {
                 first = first.or(Some(Cleanup::Unlink(errno)));
             }
         }
-        if self.dir >= 0 {
+        if self.dir >= 0 && self.owns_dir {
             if let Err(errno) = sys::close(std::mem::replace(&mut self.dir, -1)) {
                 first = first.or(Some(Cleanup::Close(errno)));
             }

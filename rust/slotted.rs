@@ -12,8 +12,8 @@ use std::ffi::CStr;
 use crate::save::{Checkpoint, Save, SaveError};
 use crate::slots_format::{
     build_slots_file, choose_slot, decode_file_header, decode_record_header, encode_record_header,
-    newest_first, FileHeader, FormatError, Headers, Placement, SlotChoice, HEAD_READ_SIZE,
-    RECORD_HEADER_SIZE,
+    newest_first, FileHeader, FormatError, Headers, Placement, RecordHeader, SlotChoice,
+    HEAD_READ_SIZE, RECORD_HEADER_SIZE,
 };
 use crate::sys::{self, Errno};
 
@@ -194,17 +194,42 @@ pub struct SlottedSave<'a> {
     pub rebuild: &'a [u8],
 }
 
-struct State {
+/// What a save has open and knows: one save's, or a held session's across saves.
+pub struct State {
     dir: libc::c_int,
     slots: libc::c_int,
     view: Option<View>,
     choice: Option<SlotChoice>,
     previous: Option<(u64, Vec<u8>)>,
+    /// The record header the save wrote, once written.
+    written: Option<RecordHeader>,
+    /// Whether `view` is what is on disk: true after a held session's own
+    /// successful save, as nobody else writes while it holds the lock.
+    known: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            dir: -1,
+            slots: -1,
+            view: None,
+            choice: None,
+            previous: None,
+            written: None,
+            known: false,
+        }
+    }
 }
 
 impl State {
+    /// The session directory, open and locked (-1 before and after).
+    pub fn dir(&self) -> libc::c_int {
+        self.dir
+    }
+
     /// Close what is still open; errors here are secondary to what happened.
-    fn release(&mut self) {
+    pub fn release(&mut self) {
         for fd in [&mut self.slots, &mut self.dir] {
             if *fd >= 0 {
                 let _ = sys::close(std::mem::replace(fd, -1));
@@ -223,48 +248,67 @@ impl SlottedSave<'_> {
     /// Execute the plan; on failure every descriptor it opened is closed, and
     /// nothing it did is left behind (a rebuild unlinks its next file).
     pub fn run(&self, data: Checkpoint) -> Result<(), Failure> {
-        let mut state = State {
-            dir: -1,
-            slots: -1,
-            view: None,
-            choice: None,
-            previous: None,
-        };
-        let mut rebuild = false;
+        let mut state = State::default();
+        let outcome = self.run_on(&mut state, data);
+        // A well-formed plan closed both; a plan that did not must not leak them.
+        state.release();
+        outcome
+    }
+
+    /// Execute the plan on `state`, which a held session keeps between saves
+    /// (its plan neither opens nor closes the directory). Closes nothing on
+    /// failure: `run`, or the held session's release, does. After a failure
+    /// the state no longer claims to know the slots, so the next save reads them.
+    pub fn run_on(&self, state: &mut State, data: Checkpoint) -> Result<(), Failure> {
+        state.choice = None;
+        state.written = None;
+        let outcome = self.run_steps(state, data);
+        match (&outcome, state.view.as_mut(), state.choice, state.written) {
+            (Ok(true), Some(view), Some(choice), Some(written)) => {
+                view.headers[choice.slot] = Some(written);
+                state.known = true;
+            }
+            _ => {
+                state.view = None;
+                state.known = false;
+            }
+        }
+        outcome.map(|_| ())
+    }
+
+    /// The steps, then the rebuild when one is due: whether the record went in place.
+    fn run_steps(&self, state: &mut State, data: Checkpoint) -> Result<bool, Failure> {
         for &code in self.in_place {
-            match self.step(code, data, &mut state) {
-                Ok(Then::GoOn) => {}
-                Ok(Then::Rebuild) => {
-                    rebuild = true;
-                    break;
-                }
-                Err(failure) => {
-                    state.release();
-                    return Err(failure);
+            match self.step(code, data, state)? {
+                Then::GoOn => {}
+                Then::Rebuild => {
+                    self.rebuild(state, data)?;
+                    return Ok(false);
                 }
             }
         }
-        if !rebuild {
-            // A well-formed plan closed both; a plan that did not must not leak them.
-            state.release();
-            return Ok(());
-        }
+        Ok(true)
+    }
+
+    fn rebuild(&self, state: &mut State, data: Checkpoint) -> Result<(), Failure> {
         if state.slots >= 0 {
-            if let Err(errno) = sys::close(std::mem::replace(&mut state.slots, -1)) {
-                state.release();
-                return Err(Failure::Os {
-                    errno,
-                    at: At::Slots,
-                });
-            }
+            sys::close(std::mem::replace(&mut state.slots, -1)).map_err(|errno| Failure::Os {
+                errno,
+                at: At::Slots,
+            })?;
         }
         let sequence = state.choice.map_or(1, |choice| choice.sequence);
-        let previous = state.previous.as_ref().map(|(seq, body)| (*seq, &body[..]));
-        let Some(image) = build_slots_file(unsafe { data.as_slice() }, sequence, previous) else {
-            state.release();
-            return Err(Failure::NoMemory);
+        let previous = state.previous.take();
+        let previous = previous.as_ref().map(|(seq, body)| (*seq, &body[..]));
+        let image = build_slots_file(unsafe { data.as_slice() }, sequence, previous)
+            .ok_or(Failure::NoMemory)?;
+        // A plan that closes the directory takes it over (a one-shot save's);
+        // a held session's plan borrows it.
+        let dir = if self.rebuild.contains(&step::CLOSE_DIR) {
+            std::mem::replace(&mut state.dir, -1)
+        } else {
+            state.dir
         };
-        let dir = std::mem::replace(&mut state.dir, -1);
         Save {
             location: self.location,
             next_name: NEXT_NAME,
@@ -303,6 +347,7 @@ impl SlottedSave<'_> {
                     return Err(Failure::ReplaceLayout);
                 }
             }
+            step::OPEN_SLOTS if state.slots >= 0 => {}
             step::OPEN_SLOTS => {
                 let mut opened = sys::openat(state.dir, SLOTS_NAME, SLOTS_FLAGS | NO_ATIME, 0);
                 if NO_ATIME != 0 && opened == Err(libc::EPERM) {
@@ -314,6 +359,7 @@ impl SlottedSave<'_> {
                     Err(errno) => return Err(os(At::Slots)(errno)),
                 }
             }
+            step::READ_SLOTS if state.known && self.choose_known(data, state)? => {}
             step::READ_SLOTS => {
                 let view = read_view(state.slots).map_err(|error| match error {
                     ReadError::Os(errno) => os(At::Slots)(errno),
@@ -349,6 +395,7 @@ impl SlottedSave<'_> {
                     data,
                     view.header.slot_offset(choice.slot),
                 )?;
+                state.written = decode_record_header(&head, view.header.slot_size);
             }
             step::SYNC_SLOT => {
                 if let Err(errno) = sys::fdatasync(state.slots) {
@@ -361,6 +408,7 @@ impl SlottedSave<'_> {
                     return Err(Failure::Unsynced { errno, hide });
                 }
             }
+            step::CLOSE_SLOTS if state.slots < 0 => {}
             step::CLOSE_SLOTS => {
                 let fd = std::mem::replace(&mut state.slots, -1);
                 sys::close(fd).map_err(os(At::Slots))?;
@@ -372,6 +420,23 @@ impl SlottedSave<'_> {
             other => return Err(Failure::UnknownStep(other)),
         }
         Ok(Then::GoOn)
+    }
+}
+
+impl SlottedSave<'_> {
+    /// Choose the slot from what a held session knows, without reading: false
+    /// when the record does not fit, as a rebuild needs the newest record's data.
+    fn choose_known(&self, data: Checkpoint, state: &mut State) -> Result<bool, Failure> {
+        let Some(view) = state.view else {
+            return Ok(false);
+        };
+        let choice = choose_slot(view.header, &view.headers, true, data.len() as u64)
+            .map_err(Failure::Format)?;
+        if choice.placement == Placement::Rebuild {
+            return Ok(false);
+        }
+        state.choice = Some(choice);
+        Ok(true)
     }
 }
 

@@ -7,6 +7,7 @@ from typing import Final
 from ._backend import active as _active
 from ._checkpoint_writer import CheckpointWriter
 from ._errors import CorruptCheckpointError, LockedStorageError
+from ._held_session import HeldSession
 from ._lock_state import LockState
 from ._options import Durability, Layout
 from ._repository import SessionStorageRepository
@@ -20,6 +21,7 @@ __all__ = [
     "CheckpointWriter",
     "CorruptCheckpointError",
     "Durability",
+    "HeldSession",
     "Layout",
     "LockState",
     "LockedStorageError",

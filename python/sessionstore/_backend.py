@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 
-from . import _python_listing, _python_slots_writer, _python_writer
+from . import _python_held_writer, _python_listing, _python_slots_writer, _python_writer
 from ._lock_state import LockState
 
 log = logging.getLogger("sessionstore")
@@ -23,6 +23,16 @@ NAMES: Final = ("native", "python")
 
 # The order of the native side's lock-state codes.
 _LOCK_STATES: Final = (LockState.UNLOCKED, LockState.HELD, LockState.STALE)
+
+
+class HeldWriter(Protocol):
+    """A held session's writer: ``_python_held_writer.HeldWriter`` documents it."""
+
+    @property
+    def closed(self) -> bool: ...
+    def save(self, data: bytes | bytearray | memoryview) -> None: ...
+    def close(self) -> None: ...
+    def forget(self) -> None: ...
 
 
 @attrs.frozen
@@ -42,12 +52,19 @@ class Backend:
     """a slotted save plan: (location, data, in-place codes, rebuild codes)"""
     load_slots: Callable[[str, bool], bytes | None]
     """the newest valid record of a slots file, or (True) the one before it"""
+    hold: Callable[[str, bytes, bytes, bytes, bytes, bool], HeldWriter]
+    """a held session's writer: (location, acquire, save, rebuild and release
+    codes, whether the layout is slotted)"""
 
 
 # What the extension must provide: a function of the same name for each one a
-# backend has. An extension built from older sources may lack some.
+# backend has (a class for a held session's writer). An extension built from
+# older sources may lack some.
+_NATIVE_NAMES: Final = {"hold": "HeldWriter"}
 NATIVE_FUNCTIONS: Final = tuple(
-    field.name for field in attrs.fields(Backend) if field.name != "name"
+    _NATIVE_NAMES.get(field.name, field.name)
+    for field in attrs.fields(Backend)
+    if field.name != "name"
 )
 
 
@@ -61,6 +78,7 @@ PYTHON: Final = Backend(
     scan_sessions=_python_listing.scan_sessions,
     save_slotted=_python_slots_writer.save,
     load_slots=_python_slots_writer.load,
+    hold=_python_held_writer.HeldWriter,
 )
 
 
@@ -94,6 +112,7 @@ def load_native() -> Backend:
         scan_sessions=_native.scan_sessions,
         save_slotted=_native.save_slotted,
         load_slots=_native.load_slots,
+        hold=_native.HeldWriter,
     )
 
 

@@ -5,6 +5,7 @@ from typing import final
 
 __all__ = [
     "CheckpointWorker",
+    "HeldWriter",
     "break_stale_lock",
     "list_sessions",
     "load",
@@ -66,3 +67,22 @@ class CheckpointWorker:
     def stop(self, timeout: float) -> bool: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
+
+# The writer of sessionstore.HeldSession; sessionstore._python_held_writer
+# documents the behaviour.
+@final
+class HeldWriter:
+    def __new__(
+        cls,
+        location: str,
+        acquire: bytes,
+        save: bytes,
+        rebuild: bytes,
+        release: bytes,
+        slotted: bool,
+    ) -> HeldWriter: ...
+    @property
+    def closed(self) -> bool: ...
+    def save(self, data: bytes | bytearray | memoryview) -> None: ...
+    def close(self) -> None: ...
+    def forget(self) -> None: ...

@@ -142,6 +142,31 @@ def _hide_record(fd: int, at: int, failure: OSError) -> None:
         raise failure  # noqa: B904
 
 
+class SlotsState:
+    """What a save has open and knows: one save's, or a held session's across saves.
+
+    ``known`` says ``view`` is what is on disk: true after a held session's own
+    successful save, as nobody else writes while it holds the lock.
+    """
+
+    __slots__ = ("choice", "dir_fd", "known", "previous", "slots_fd", "view", "written")
+
+    def __init__(self) -> None:
+        self.dir_fd = -1
+        self.slots_fd = -1
+        self.view: SlotsView | None = None
+        self.choice: SlotChoice | None = None
+        self.previous: tuple[int, bytes] | None = None
+        self.written: RecordHeader | None = None
+        self.known = False
+
+    def close(self) -> None:
+        """Close what is still open: the slots file, then the directory."""
+        slots_fd, self.slots_fd = self.slots_fd, -1
+        dir_fd, self.dir_fd = self.dir_fd, -1
+        _close(slots_fd, dir_fd)
+
+
 def save(
     location: str,
     data: bytes | bytearray | memoryview,
@@ -149,119 +174,189 @@ def save(
     rebuild: bytes,
 ) -> None:
     """Execute a slotted save plan: ``in_place``, or ``rebuild`` when it must."""
-    dir_fd = -1
-    slots_fd = -1
+    state = SlotsState()
+    try:
+        run_on(state, location, data, in_place, rebuild)
+    finally:
+        # A well-formed plan closed both; a plan that did not must not leak them.
+        state.close()
+
+
+def run_on(
+    state: SlotsState,
+    location: str,
+    data: bytes | bytearray | memoryview,
+    in_place: bytes,
+    rebuild: bytes,
+) -> None:
+    """Execute the plan on ``state``, which a held session keeps between saves.
+
+    Closes nothing on failure: ``save``, or the held session's release, does.
+    After a failure the state no longer claims to know the slots, so the next
+    save reads them.
+    """
+    state.choice = None
+    state.written = None
+    in_place_done = False
+    try:
+        in_place_done = _run_steps(state, location, data, in_place, rebuild)
+    finally:
+        view, choice, written = state.view, state.choice, state.written
+        if in_place_done and view and choice and written:
+            headers = list(view.headers)
+            headers[choice.slot] = written
+            state.view = SlotsView(view.header, (headers[0], headers[1]))
+            state.known = True
+        else:
+            state.view = None
+            state.known = False
+
+
+def _choose_known(state: SlotsState, size: int) -> bool:
+    """Choose the slot from what a held session knows, without reading: False
+    when the record does not fit, as a rebuild needs the newest record's data."""
+    view = state.view
+    if view is None:
+        return False
+    choice = choose_slot(view.header, view.headers, True, size)
+    if choice.placement is Placement.REBUILD:
+        return False
+    state.choice = choice
+    return True
+
+
+def _run_steps(
+    state: SlotsState,
+    location: str,
+    data: bytes | bytearray | memoryview,
+    in_place: bytes,
+    rebuild: bytes,
+) -> bool:
+    """The steps, then the rebuild when one is due: whether the record went in place."""
     next_path = os.path.join(location, NEXT_NAME)
     slots_path = os.path.join(location, SLOTS_NAME)
     path = location
-    view: SlotsView | None = None
-    choice: SlotChoice | None = None
-    previous: tuple[int, bytes] | None = None
-    must_rebuild = False
-    rebuilding = False
     try:
         for code in in_place:
             if code == _OPEN_DIR:
                 path = location
-                dir_fd = os.open(location, DIR_FLAGS)
+                state.dir_fd = os.open(location, DIR_FLAGS)
             elif code == _LOCK_DIR:
-                if not try_lock(dir_fd):
+                if not try_lock(state.dir_fd):
                     raise _errors.held(next_path)
             elif code == _CHECK_NEXT:
                 path = next_path
-                if exists_at(NEXT_NAME, dir_fd):
+                if exists_at(NEXT_NAME, state.dir_fd):
                     raise _errors.leftover(next_path)
             elif code == _CHECK_REPLACE:
                 path = os.path.join(location, CHECKPOINT_NAME)
-                if exists_at(CHECKPOINT_NAME, dir_fd):
+                if exists_at(CHECKPOINT_NAME, state.dir_fd):
                     raise FileExistsError(
                         errno.EEXIST,
                         "the session is in the replace layout; convert it first",
                         path,
                     )
             elif code == _OPEN_SLOTS:
+                if state.slots_fd >= 0:
+                    continue
                 path = slots_path
                 try:
-                    try:
-                        slots_fd = os.open(
-                            SLOTS_NAME, _SLOTS_FLAGS | _NO_ATIME, dir_fd=dir_fd
-                        )
-                    except PermissionError as exc:
-                        if not _NO_ATIME or exc.errno != errno.EPERM:
-                            raise
-                        slots_fd = os.open(SLOTS_NAME, _SLOTS_FLAGS, dir_fd=dir_fd)
+                    state.slots_fd = _open_slots(state.dir_fd)
                 except FileNotFoundError:
-                    must_rebuild = True
                     break
             elif code == _READ_SLOTS:
                 path = slots_path
-                view = _read_view(slots_fd, slots_path)
+                if state.known and _choose_known(state, len(data)):
+                    continue
+                view = _read_view(state.slots_fd, slots_path)
                 order = newest_first(view.headers)
-                valid = _valid_records(slots_fd, view, 1)
+                valid = _valid_records(state.slots_fd, view, 1)
                 newest_is_valid = bool(valid) and valid[0].slot == order[0]
-                try:
-                    choice = choose_slot(
-                        view.header, view.headers, newest_is_valid, len(data)
-                    )
-                except SlotsFormatError as exc:
-                    raise CorruptCheckpointError(slots_path, str(exc)) from None
+                choice = choose_slot(
+                    view.header, view.headers, newest_is_valid, len(data)
+                )
+                state.view = view
+                state.choice = choice
                 if choice.placement is Placement.REBUILD:
-                    previous = (valid[0].sequence, valid[0].data) if valid else None
-                    must_rebuild = True
+                    state.previous = (
+                        (valid[0].sequence, valid[0].data) if valid else None
+                    )
                     break
             elif code == _WRITE_SLOT:
                 path = slots_path
-                if view is None or choice is None:
+                chosen, slot = state.view, state.choice
+                if chosen is None or slot is None:
                     raise ValueError(
                         f"slot written before it was chosen in {in_place!r}"
                     )
-                head = encode_record_header(choice.sequence, data)
-                at = view.header.slot_offset(choice.slot)
-                _pwrite_all(slots_fd, [memoryview(head), memoryview(data)], at)
+                head = encode_record_header(slot.sequence, data)
+                at = chosen.header.slot_offset(slot.slot)
+                _pwrite_all(state.slots_fd, [memoryview(head), memoryview(data)], at)
+                state.written = decode_record_header(head, chosen.header.slot_size)
             elif code == _SYNC_SLOT:
                 path = slots_path
                 try:
-                    os.fdatasync(slots_fd)
+                    os.fdatasync(state.slots_fd)
                 except OSError as exc:
-                    if view is not None and choice is not None:
-                        _hide_record(
-                            slots_fd, view.header.slot_offset(choice.slot), exc
-                        )
+                    if state.view is not None and state.choice is not None:
+                        at = state.view.header.slot_offset(state.choice.slot)
+                        _hide_record(state.slots_fd, at, exc)
                     raise
             elif code == _CLOSE_SLOTS:
+                if state.slots_fd < 0:
+                    continue
                 path = slots_path
-                fd, slots_fd = slots_fd, -1
+                fd, state.slots_fd = state.slots_fd, -1
                 os.close(fd)
             elif code == _CLOSE_DIR:
                 path = location
-                fd, dir_fd = dir_fd, -1
+                fd, state.dir_fd = state.dir_fd, -1
                 os.close(fd)
             else:
                 raise ValueError(f"unknown slotted save step {code} in {in_place!r}")
-        if must_rebuild:
-            if slots_fd >= 0:
-                fd, slots_fd = slots_fd, -1
-                os.close(fd)
-            sequence = choice.sequence if choice is not None else 1
-            image = build_slots_file(data, sequence, previous)
-            fd, dir_fd = dir_fd, -1
-            rebuilding = True
-            _python_writer.save(
-                location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=fd
-            )
+        else:
+            return True
+        path = slots_path
+        if state.slots_fd >= 0:
+            fd, state.slots_fd = state.slots_fd, -1
+            os.close(fd)
+    except SlotsFormatError as exc:
+        raise CorruptCheckpointError(slots_path, str(exc)) from None
     except (_errors.LockedStorageError, CorruptCheckpointError):
-        _close(slots_fd, dir_fd)
         raise
     except OSError as exc:
-        _close(slots_fd, dir_fd)
-        # The rebuild's errors already name their paths; the calls above name
-        # nothing, or a name relative to the directory: the full path replaces it.
-        if rebuilding:
-            raise
+        # The calls above name nothing, or a name relative to the directory:
+        # the full path replaces it.
         raise OSError(exc.errno, exc.strerror, path) from exc
-    except BaseException:
-        _close(slots_fd, dir_fd)
-        raise
+    _rebuild(state, location, data, rebuild)
+    return False
+
+
+def _open_slots(dir_fd: int) -> int:
+    try:
+        return os.open(SLOTS_NAME, _SLOTS_FLAGS | _NO_ATIME, dir_fd=dir_fd)
+    except PermissionError as exc:
+        if not _NO_ATIME or exc.errno != errno.EPERM:
+            raise
+        return os.open(SLOTS_NAME, _SLOTS_FLAGS, dir_fd=dir_fd)
+
+
+def _rebuild(
+    state: SlotsState,
+    location: str,
+    data: bytes | bytearray | memoryview,
+    rebuild: bytes,
+) -> None:
+    """Write a whole new slots file through the replace sequence; its errors
+    name their paths. A plan that closes the directory takes it over (a
+    one-shot save's); a held session's plan borrows it."""
+    sequence = state.choice.sequence if state.choice is not None else 1
+    previous, state.previous = state.previous, None
+    image = build_slots_file(data, sequence, previous)
+    dir_fd = state.dir_fd
+    if _CLOSE_DIR in rebuild:
+        state.dir_fd = -1
+    _python_writer.save(location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=dir_fd)
 
 
 def _close(slots_fd: int, dir_fd: int) -> None:

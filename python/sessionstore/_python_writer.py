@@ -94,10 +94,12 @@ def save(
     ``data`` is a byte-shaped, contiguous view. A failure after this save created
     the next file unlinks it before the error is raised, so a failed save never
     leaves a lock behind and never touches the previous checkpoint. ``dir_fd``
-    is the directory already opened and locked by a slotted save that goes on
-    with a rebuild (whose plan then starts after the lock); this function owns
-    it from then on and closes it.
+    is the directory already opened and locked (a slotted save going on with a
+    rebuild, or a held session: the plan starts after the lock). A plan that
+    closes the directory owns it from then on and closes it on failure too;
+    one that does not (a held session's) leaves it open either way.
     """
+    owns_dir = dir_fd < 0 or _CLOSE_DIR in codes
     next_fd = -1
     created = False
     next_path = os.path.join(location, next_name)
@@ -156,7 +158,7 @@ def save(
     else:
         return
     try:
-        _cleanup(dir_fd, next_fd, created, next_name)
+        _cleanup(dir_fd if owns_dir else -1, next_fd, created, next_name, dir_fd)
     except OSError:
         # Undoing failed too: that error becomes the context of the save's own
         # error, which is still the one raised.
@@ -164,15 +166,18 @@ def save(
     raise failure
 
 
-def _cleanup(dir_fd: int, next_fd: int, created: bool, next_name: str) -> None:
-    """Undo what a failed save did, so no lock and no partial file are left."""
+def _cleanup(
+    dir_fd: int, next_fd: int, created: bool, next_name: str, in_dir: int
+) -> None:
+    """Undo what a failed save did, so no lock and no partial file are left:
+    unlink the next file in ``in_dir``, and close ``dir_fd`` when it is not -1."""
     try:
         if next_fd >= 0:
             os.close(next_fd)
     finally:
         try:
             if created:
-                os.unlink(next_name, dir_fd=dir_fd)
+                os.unlink(next_name, dir_fd=in_dir)
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)

@@ -14,7 +14,7 @@ from typing import Final
 import attrs
 
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
-from ._options import Durability
+from ._options import Durability, Layout
 
 
 class SaveStep(enum.IntEnum):
@@ -45,15 +45,17 @@ class SaveStep(enum.IntEnum):
     OPEN_SLOTS = 12
     """``openat(dir, session.slots, O_RDWR|O_NOATIME|O_CLOEXEC)``; missing means
     rebuild; EPERM (not the owner, who alone may ask for O_NOATIME) opens again
-    without O_NOATIME"""
+    without O_NOATIME. Nothing when the file is open already (a held session)"""
     READ_SLOTS = 13
-    """``pread`` the headers and the newest record; choose the slot or a rebuild"""
+    """``pread`` the headers and the newest record; choose the slot or a rebuild.
+    Nothing but the choice when the writer knows the slots from its own last
+    save (a held session: nobody else writes while it holds the lock)"""
     WRITE_SLOT = 14
     """``pwritev`` the record header and data over the chosen slot"""
     SYNC_SLOT = 15
     """``fdatasync(slots)``: the one flush of a durable in-place save"""
     CLOSE_SLOTS = 16
-    """``close(slots)``, checked"""
+    """``close(slots)``, checked; nothing when it is not open"""
 
 
 @attrs.frozen
@@ -158,4 +160,76 @@ def plan_slotted_save(durability: Durability = Durability.FULL) -> SlottedPlan:
             steps=rebuild.steps[rebuild.steps.index(SaveStep.CREATE_NEXT) :],
             target_name=SLOTS_NAME,
         ),
+    )
+
+
+@attrs.frozen
+class HeldPlan:
+    """A session held across saves: the lock taken once, the files kept open.
+
+    ``acquire`` runs once (open the directory, take its lock, and check what a
+    save would check before writing); then ``save`` runs per checkpoint, and
+    for the slotted layout ``rebuild`` when a record does not fit; ``release``
+    runs once at the end, and closing the directory releases the lock. With
+    the lock held throughout, nobody else writes to the session, so a held
+    slotted save reads the slots only on its first save and after a failure:
+    after the first, it is ``pwritev`` and ``fdatasync``, the one-flush floor.
+    """
+
+    layout: Layout
+    acquire: SavePlan
+    save: SavePlan
+    rebuild: SavePlan
+    release: SavePlan
+
+    @property
+    def durable(self) -> bool:
+        if self.layout is Layout.REPLACE:
+            return self.save.durable
+        return SaveStep.SYNC_SLOT in self.save.steps and self.rebuild.durable
+
+
+_HELD_STEPS: Final = {
+    Layout.REPLACE: (
+        (SaveStep.OPEN_DIR, SaveStep.LOCK_DIR, SaveStep.CHECK_NEXT),
+        (SaveStep.CLOSE_DIR,),
+    ),
+    Layout.SLOTTED: (
+        (
+            SaveStep.OPEN_DIR,
+            SaveStep.LOCK_DIR,
+            SaveStep.CHECK_NEXT,
+            SaveStep.CHECK_REPLACE,
+        ),
+        (SaveStep.CLOSE_SLOTS, SaveStep.CLOSE_DIR),
+    ),
+}
+
+
+@functools.cache
+def plan_hold(
+    durability: Durability = Durability.FULL, layout: Layout = Layout.REPLACE
+) -> HeldPlan:
+    """Hold a session in ``layout``: each save is the one-shot save without the
+    steps that open, lock and close the directory (see ``HeldPlan``)."""
+    acquire, release = _HELD_STEPS[layout]
+
+    def between(steps: tuple[SaveStep, ...]) -> tuple[SaveStep, ...]:
+        return tuple(s for s in steps if s not in acquire and s not in release)
+
+    rebuild: tuple[SaveStep, ...] = ()
+    if layout is Layout.REPLACE:
+        target = CHECKPOINT_NAME
+        middle = between(plan_save(durability).steps)
+    else:
+        slotted = plan_slotted_save(durability)
+        target = SLOTS_NAME
+        middle = between(slotted.in_place.steps)
+        rebuild = between(slotted.rebuild.steps)
+    return HeldPlan(
+        layout=layout,
+        acquire=SavePlan(acquire, target_name=target),
+        save=SavePlan(middle, target_name=target),
+        rebuild=SavePlan(rebuild, target_name=SLOTS_NAME),
+        release=SavePlan(release, target_name=target),
     )

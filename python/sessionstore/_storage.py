@@ -27,6 +27,7 @@ from ._save_plan import plan_save, plan_slotted_save
 
 if TYPE_CHECKING:
     from ._checkpoint_writer import CheckpointWriter
+    from ._held_session import HeldSession
 
 # How many names create() tries before it gives up. Each is a fresh random token,
 # so a collision twice in a row already means something is wrong with the clock
@@ -300,6 +301,17 @@ class SessionStorage:
         writer holds the lock.
         """
         return _backend.active.current.break_stale_lock(self.location)
+
+    def hold(self) -> HeldSession:
+        """Open and lock this session for a run of saves (see ``HeldSession``).
+
+        LockedStorageError when a live writer holds the lock or left
+        ``session.next`` behind; for the slotted layout, FileExistsError naming
+        ``session`` when the session is in the replace layout.
+        """
+        from ._held_session import HeldSession
+
+        return HeldSession(self)
 
     def writer(self) -> CheckpointWriter:
         """A background, coalescing saver for this storage."""

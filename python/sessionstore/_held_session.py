@@ -1,0 +1,141 @@
+"""A session held open and locked across saves, for harnesses that checkpoint often."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from . import _backend
+from ._options import Layout
+from ._save_plan import plan_hold
+
+if TYPE_CHECKING:
+    from ._storage import SessionStorage
+
+
+class HeldSession:
+    """A session whose directory stays open and locked from ``storage.hold()`` to
+    ``close()``, so each save skips opening, locking and closing it.
+
+    A save of a session held in the slotted layout is, after the first, one
+    ``pwritev`` and one ``fdatasync``: nobody else writes while the lock is
+    held, so the writer knows which slot to overwrite without reading. Saves
+    are as atomic and durable as ``SessionStorage.save_checkpoint``'s, on the
+    same files; a failed save raises and leaves the session held, with its last
+    good checkpoint in place.
+
+    While held, the session's lock is held by a live writer: ``lock_state()``
+    says ``HELD``, saves through any other storage or process raise
+    ``LockedStorageError``, and ``prune`` spares the session. Closing (the end
+    of a ``with`` block, collection, interpreter exit, or the process's death)
+    releases it. ``remove()`` does not take the lock: removing a held session
+    is the caller's choice to make. A child forked while a session is held
+    does not hold it: its saves through the inherited object raise ValueError.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "_pid", "_storage", "_writer")
+
+    def __init__(self, storage: SessionStorage) -> None:
+        plan = plan_hold(storage.durability, storage.layout)
+        writer = _backend.active.current.hold(
+            storage.location,
+            plan.acquire.codes,
+            plan.save.codes,
+            plan.rebuild.codes,
+            plan.release.codes,
+            storage.layout is Layout.SLOTTED,
+        )
+        self._storage = storage
+        self._writer: _backend.HeldWriter = writer
+        self._pid = os.getpid()
+        self._finalizer = weakref.finalize(self, writer.close)
+        _live_sessions.add(self)
+
+    @property
+    def storage(self) -> SessionStorage:
+        """The storage this session saves to."""
+        return self._storage
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session was released."""
+        return self._writer.closed
+
+    def save_checkpoint(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the checkpoint with ``data``, as ``SessionStorage.save_checkpoint``.
+
+        TypeError for data that is not bytes-like, before touching the disk;
+        ValueError once the session was released.
+        """
+        from ._storage import as_checkpoint
+
+        self._writer.save(as_checkpoint(data))
+
+    def load_checkpoint(self) -> bytes:
+        """The last saved checkpoint (``SessionStorage.load_checkpoint``)."""
+        return self._storage.load_checkpoint()
+
+    def close(self) -> None:
+        """Release the session: close its files, which releases the lock. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> HeldSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "held"
+        return f"<HeldSession {self._storage.location!r} {state}>"
+
+    def _orphan(self) -> None:
+        """In a forked child: close the inherited files (the parent keeps its
+        lock) and refuse saves."""
+        self._finalizer.detach()
+        self._writer.forget()
+        self._writer = _Forked(self._storage.location, self._pid)
+
+
+class _Forked:
+    """The writer of a held session a forked child inherited: it refuses saves."""
+
+    __slots__ = ("_location", "_parent")
+
+    def __init__(self, location: str, parent: int) -> None:
+        self._location = location
+        self._parent = parent
+
+    @property
+    def closed(self) -> bool:
+        return True
+
+    def save(self, data: bytes | bytearray | memoryview) -> None:
+        raise ValueError(
+            f"held session {self._location} belongs to process {self._parent}, "
+            "not to this fork of it"
+        )
+
+    def close(self) -> None:
+        pass
+
+    def forget(self) -> None:
+        pass
+
+
+_live_sessions: weakref.WeakSet[HeldSession] = weakref.WeakSet()
+
+
+def _orphan_sessions_in_child() -> None:
+    for session in list(_live_sessions):
+        session._orphan()
+
+
+os.register_at_fork(after_in_child=_orphan_sessions_in_child)

@@ -1,0 +1,103 @@
+"""The pure-Python writer of a held session: same plan, same syscalls as native.
+
+The directory is opened and locked once, by the held plan's ``acquire`` steps;
+each save runs its ``save`` steps on the descriptors kept open (the replace
+sequence, or the slotted in-place write); ``release`` closes them, which
+releases the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import _python_slots_writer, _python_writer
+from ._naming import CHECKPOINT_NAME, NEXT_NAME
+from ._python_slots_writer import SlotsState
+
+
+class HeldWriter:
+    """A session directory held open and locked; a lock inside serialises threads."""
+
+    __slots__ = (
+        "_location",
+        "_lock",
+        "_rebuild",
+        "_release",
+        "_save",
+        "_slotted",
+        "_state",
+    )
+
+    def __init__(
+        self,
+        location: str,
+        acquire: bytes,
+        save: bytes,
+        rebuild: bytes,
+        release: bytes,
+        slotted: bool,
+    ) -> None:
+        state = SlotsState()
+        try:
+            _python_slots_writer.run_on(state, location, b"", acquire, b"")
+        except BaseException:
+            state.close()
+            raise
+        self._location = location
+        self._save = save
+        self._rebuild = rebuild
+        self._release = release
+        self._slotted = slotted
+        self._lock = threading.Lock()
+        self._state: SlotsState | None = state
+
+    @property
+    def closed(self) -> bool:
+        return self._state is None
+
+    def save(self, data: bytes | bytearray | memoryview) -> None:
+        """Save ``data`` on the held descriptors."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                raise ValueError(f"held session {self._location} is closed")
+            if self._slotted:
+                _python_slots_writer.run_on(
+                    state, self._location, data, self._save, self._rebuild
+                )
+            else:
+                _python_writer.save(
+                    self._location,
+                    data,
+                    self._save,
+                    NEXT_NAME,
+                    CHECKPOINT_NAME,
+                    dir_fd=state.dir_fd,
+                )
+
+    def close(self) -> None:
+        """Run the release steps, which release the lock; nothing once closed."""
+        with self._lock:
+            state, self._state = self._state, None
+            if state is None:
+                return
+            try:
+                _python_slots_writer.run_on(
+                    state, self._location, b"", self._release, b""
+                )
+            finally:
+                state.close()
+
+    def forget(self) -> None:
+        """In a forked child: close the inherited descriptors, which leaves the
+        parent's lock held, and refuse saves from then on. A save in flight on
+        another thread at the fork left the lock inside taken: then the
+        descriptors stay open until the child exits or execs."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            state, self._state = self._state, None
+            if state is not None:
+                state.close()
+        finally:
+            self._lock.release()

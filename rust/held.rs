@@ -1,0 +1,242 @@
+//! A session held across saves: `sessionstore._save_plan.HeldPlan` in Rust.
+//!
+//! `acquire` opens the session directory, takes its lock and checks what a save
+//! would; each save then runs the held plan's middle steps on the descriptors
+//! kept open, and `release` closes them, which releases the lock. While the lock
+//! is held nobody else writes to the session, so after its first save a held
+//! slotted session knows its slots and writes a record with one `pwritev` and
+//! one `fdatasync`. Plain Rust, without Python: the extension runs it with the
+//! GIL released.
+
+use std::ffi::CString;
+
+use crate::checkpoint_worker::Error;
+use crate::save::{Checkpoint, Save};
+use crate::slotted::{Failure, SlottedSave, State, CHECKPOINT_NAME, NEXT_NAME};
+
+/// What a held session runs per save, by layout.
+pub enum Plan {
+    /// The replace sequence after the lock, without closing the directory.
+    Replace { save: Vec<u8> },
+    /// The slotted in-place steps after the lock, and the rebuild for a record
+    /// that does not fit, neither closing the directory.
+    Slotted { save: Vec<u8>, rebuild: Vec<u8> },
+}
+
+/// A held session: its directory open and locked, its slots file open once used.
+pub struct Held {
+    location: CString,
+    plan: Plan,
+    release: Vec<u8>,
+    state: State,
+}
+
+impl Held {
+    /// Run `acquire` (open, lock, check); on failure nothing stays open.
+    pub fn acquire(
+        location: CString,
+        acquire: &[u8],
+        plan: Plan,
+        release: Vec<u8>,
+    ) -> Result<Self, Failure> {
+        let mut state = State::default();
+        let outcome = SlottedSave {
+            location: &location,
+            in_place: acquire,
+            rebuild: &[],
+        }
+        .run_on(&mut state, Checkpoint::of(&[]));
+        if let Err(failure) = outcome {
+            state.release();
+            return Err(failure);
+        }
+        Ok(Self {
+            location,
+            plan,
+            release,
+            state,
+        })
+    }
+
+    pub fn location(&self) -> &CString {
+        &self.location
+    }
+
+    /// One save on the held descriptors. A failed save leaves the session held
+    /// and its last good checkpoint in place; the next save reads the slots again.
+    pub fn save(&mut self, data: Checkpoint) -> Result<(), Error> {
+        match &self.plan {
+            Plan::Replace { save } => Save {
+                location: &self.location,
+                next_name: NEXT_NAME,
+                target: CHECKPOINT_NAME,
+                codes: save,
+            }
+            .run_in(self.state.dir(), data)
+            .map_err(Error::Replace),
+            Plan::Slotted { save, rebuild } => SlottedSave {
+                location: &self.location,
+                in_place: save,
+                rebuild,
+            }
+            .run_on(&mut self.state, data)
+            .map_err(Error::Slotted),
+        }
+    }
+
+    /// Run `release`, which closes the descriptors and so releases the lock.
+    /// Whatever it leaves open (a failed close) is closed anyway.
+    pub fn release(&mut self) -> Result<(), Failure> {
+        let outcome = SlottedSave {
+            location: &self.location,
+            in_place: &self.release,
+            rebuild: &[],
+        }
+        .run_on(&mut self.state, Checkpoint::of(&[]));
+        self.state.release();
+        outcome
+    }
+
+    /// Close the descriptors without running any plan: a forked child's copy,
+    /// whose closing leaves the parent's lock alone (the lock belongs to the
+    /// open directory both share, and the parent's stays open).
+    pub fn forget(&mut self) {
+        self.state.release();
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.state.release();
+    }
+}
+
+/// The replace layout's `Plan` from the held plan's save codes.
+pub fn replace(save: &[u8]) -> Plan {
+    Plan::Replace {
+        save: save.to_vec(),
+    }
+}
+
+/// The slotted layout's `Plan` from the held plan's save and rebuild codes.
+pub fn slotted(save: &[u8], rebuild: &[u8]) -> Plan {
+    Plan::Slotted {
+        save: save.to_vec(),
+        rebuild: rebuild.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slotted;
+    use crate::sys;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::PathBuf;
+
+    // The codes of `plan_hold(Durability.FULL, layout)`.
+    const ACQUIRE_SLOTTED: &[u8] = &[1, 2, 10, 11];
+    const ACQUIRE_REPLACE: &[u8] = &[1, 2, 10];
+    const SAVE_SLOTTED: &[u8] = &[12, 13, 14, 15];
+    const REBUILD: &[u8] = &[3, 4, 5, 6, 7, 8];
+    const SAVE_REPLACE: &[u8] = &[3, 4, 5, 6, 7, 8];
+    const RELEASE_SLOTTED: &[u8] = &[16, 9];
+    const RELEASE_REPLACE: &[u8] = &[9];
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("sessionstore-held-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn location(&self) -> CString {
+            CString::new(self.0.as_os_str().as_bytes()).unwrap()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn hold_slotted(dir: &TempDir) -> Result<Held, Failure> {
+        Held::acquire(
+            dir.location(),
+            ACQUIRE_SLOTTED,
+            slotted(SAVE_SLOTTED, REBUILD),
+            RELEASE_SLOTTED.to_vec(),
+        )
+    }
+
+    fn newest(dir: &TempDir) -> Vec<u8> {
+        let path = CString::new(dir.0.join("session.slots").as_os_str().as_bytes()).unwrap();
+        let fd = sys::open(&path, slotted::READ_FLAGS).unwrap();
+        let view = slotted::read_view(fd).unwrap();
+        let slot = crate::slots_format::newest_first(&view.headers)[0];
+        let length = view.headers[slot].unwrap().length as usize;
+        let mut data = vec![0u8; length];
+        assert!(unsafe { slotted::read_record(fd, &view, slot, data.as_mut_ptr()) }.unwrap());
+        sys::close(fd).unwrap();
+        data
+    }
+
+    #[test]
+    fn a_held_slotted_session_saves_rebuilds_and_saves_in_place_again() {
+        let dir = TempDir::new("slotted");
+        let mut held = hold_slotted(&dir).unwrap();
+        for data in [
+            &b"first"[..],
+            b"second",
+            &[7u8; 10_000],
+            b"fourth",
+            b"fifth",
+        ] {
+            held.save(Checkpoint::of(data)).unwrap();
+            assert_eq!(newest(&dir), data);
+        }
+        held.release().unwrap();
+    }
+
+    #[test]
+    fn the_lock_is_held_until_release() {
+        let dir = TempDir::new("lock");
+        let mut held = hold_slotted(&dir).unwrap();
+        assert_eq!(hold_slotted(&dir).err(), Some(Failure::Held));
+        held.release().unwrap();
+        hold_slotted(&dir).unwrap().release().unwrap();
+    }
+
+    #[test]
+    fn a_leftover_or_the_other_layout_refuses_the_hold() {
+        let dir = TempDir::new("refused");
+        fs::write(dir.0.join("session.next"), b"").unwrap();
+        assert_eq!(hold_slotted(&dir).err(), Some(Failure::Leftover));
+        fs::rename(dir.0.join("session.next"), dir.0.join("session")).unwrap();
+        assert_eq!(hold_slotted(&dir).err(), Some(Failure::ReplaceLayout));
+    }
+
+    #[test]
+    fn a_held_replace_session_renames_into_place_each_save() {
+        let dir = TempDir::new("replace");
+        let mut held = Held::acquire(
+            dir.location(),
+            ACQUIRE_REPLACE,
+            replace(SAVE_REPLACE),
+            RELEASE_REPLACE.to_vec(),
+        )
+        .unwrap();
+        for data in [&b"one"[..], b"two"] {
+            held.save(Checkpoint::of(data)).unwrap();
+            assert_eq!(fs::read(dir.0.join("session")).unwrap(), data);
+        }
+        held.release().unwrap();
+        assert!(!dir.0.join("session.next").exists());
+    }
+}
