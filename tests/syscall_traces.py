@@ -120,15 +120,25 @@ def parse_trace(text: str) -> list[Call]:
     return calls
 
 
-def between_markers(calls: list[Call]) -> list[Call]:
-    """The calls between the two marker closes (exclusive)."""
+def _marks(calls: list[Call]) -> list[int]:
     marks = [
         i
         for i, call in enumerate(calls)
         if call.name == "close" and call.args in {(str(BEGIN),), (str(END),)}
     ]
     assert len(marks) == 2, f"expected both markers in the trace, found {marks}"
-    return calls[marks[0] + 1 : marks[1]]
+    return marks
+
+
+def between_markers(calls: list[Call]) -> list[Call]:
+    """The calls between the two marker closes (exclusive)."""
+    first, last = _marks(calls)
+    return calls[first + 1 : last]
+
+
+def before_markers(calls: list[Call]) -> list[Call]:
+    """The calls before the first marker: where descriptors still open came from."""
+    return calls[: _marks(calls)[0]]
 
 
 def _unquote(arg: str) -> str:
@@ -136,9 +146,12 @@ def _unquote(arg: str) -> str:
     return arg.strip('"').removesuffix('"...')
 
 
-def describe(calls: list[Call], location: str) -> list[str]:
+def describe(
+    calls: list[Call], location: str, earlier: list[Call] | None = None
+) -> list[str]:
     """The calls as comparable lines: descriptors named by what they were opened
-    on, flags sorted, and consecutive writes to one file merged into a count."""
+    on (in ``calls``, or ``earlier`` for those still open: a held session's),
+    flags sorted, and consecutive writes to one file merged into a count."""
     roles: dict[str, str] = {"AT_FDCWD": "cwd"}
     lines: list[str] = []
 
@@ -148,6 +161,14 @@ def describe(calls: list[Call], location: str) -> list[str]:
     def name(arg: str) -> str:
         path = _unquote(arg)
         return "<location>" if path == location else path
+
+    for call in earlier or []:
+        if call.name == "openat" and not call.error:
+            roles[call.result] = (
+                "dir" if name(call.args[1]) == "<location>" else name(call.args[1])
+            )
+        elif call.name == "close" and not call.error:
+            roles.pop(call.args[0], None)
 
     for call in calls:
         failed = f" -> {call.error}" if call.error else ""
@@ -260,5 +281,6 @@ def run_traced(
         command, env=env, capture_output=True, text=True, timeout=120
     )
     assert child.returncode == 0, child.stderr
-    calls = between_markers(parse_trace(trace.read_text()))
-    return describe(calls, location), child.stdout.strip()
+    calls = parse_trace(trace.read_text())
+    described = describe(between_markers(calls), location, before_markers(calls))
+    return described, child.stdout.strip()

@@ -1,0 +1,402 @@
+"""storage.hold(): a session held open and locked across saves, on both backends.
+
+The held plan's syscalls are traced (as in ``test_slotted_conformance``): a held
+slotted save that knows its slots is ``pwritev2`` and ``fdatasync`` and nothing
+else. The lock is held from ``hold()`` to ``close()`` and never longer; every
+save is the same atomic, durable save as ``save_checkpoint``'s, on the same files.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from sessionstore import (
+    Durability,
+    HeldSession,
+    Layout,
+    LockedStorageError,
+    LockState,
+    SessionStorage,
+    SessionStorageRepository,
+)
+from sessionstore._save_plan import SaveStep, plan_hold
+from sessionstore._slots_format import (
+    FILE_HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    plan_slot_size,
+)
+from syscall_traces import expected_lines, marked_save_script, run_traced
+from test_slotted_conformance import _TRACED, before_slots, slot_reads
+
+_SLOTS: Final = "session.slots"
+
+_CHILD: Final = marked_save_script(
+    """
+from sessionstore import Durability, Layout, SessionStorage
+
+location, durability, layout, held_saves, size = sys.argv[1:]
+storage = SessionStorage(
+    location, durability=Durability[durability], layout=Layout[layout]
+)
+size = int(size)
+# One-shot saves set the stage (and warm every import), then the session is
+# held and saved into `held_saves` times before the traced save.
+storage.save_checkpoint(b"a" * size)
+storage.save_checkpoint(b"b" * size)
+held = storage.hold()
+for _ in range(int(held_saves)):
+    held.save_checkpoint(b"c" * size)
+data = b"d" * size
+storage = held
+"""
+)
+
+
+def traced_held_save(
+    strace: str,
+    env: dict[str, str],
+    tmp_path: Path,
+    storage: SessionStorage,
+    held_saves: int,
+    size: int,
+) -> tuple[list[str], str]:
+    args = [storage.location, storage.durability.name, storage.layout.name]
+    args += [str(held_saves), str(size)]
+    return run_traced(
+        strace, env, tmp_path / "trace.txt", _TRACED, _CHILD, args, storage.location
+    )
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_a_held_slotted_save_that_knows_its_slots_is_one_write_and_one_flush(
+    strace: str,
+    backend: str,
+    backend_env: dict[str, str],
+    tmp_path: Path,
+    durability: Durability,
+) -> None:
+    storage = SessionStorage.create(
+        tmp_path / "repo", durability=durability, layout=Layout.SLOTTED
+    )
+    size = 4096
+    lines, outcome = traced_held_save(strace, backend_env, tmp_path, storage, 1, size)
+
+    assert outcome == f"{backend} saved"
+    plan = plan_hold(durability, Layout.SLOTTED)
+    # One-shot saves filled slot 0 then slot 1, the held save slot 0: this one
+    # goes to slot 1, without opening or reading anything.
+    at = FILE_HEADER_SIZE + plan_slot_size(size)
+    by_step = {
+        SaveStep.WRITE_SLOT: [
+            f"pwritev2({_SLOTS}, 2 parts, {RECORD_HEADER_SIZE + size} bytes at {at})"
+        ],
+        SaveStep.SYNC_SLOT: [f"fdatasync({_SLOTS})"],
+    }
+    assert lines == [line for step in plan.save.steps for line in by_step.get(step, [])]
+    assert len(lines) == (2 if durability is Durability.FULL else 1)
+
+
+def test_the_first_held_save_opens_and_reads_the_slots(
+    strace: str, backend: str, backend_env: dict[str, str], tmp_path: Path
+) -> None:
+    storage = SessionStorage.create(tmp_path / "repo", layout=Layout.SLOTTED)
+    size = 3000
+    lines, outcome = traced_held_save(strace, backend_env, tmp_path, storage, 0, size)
+
+    assert outcome == f"{backend} saved"
+    record = RECORD_HEADER_SIZE + size
+    assert lines == [
+        *before_slots()[SaveStep.OPEN_SLOTS],
+        *slot_reads(plan_slot_size(size), 1, size),
+        f"pwritev2({_SLOTS}, 2 parts, {record} bytes at {FILE_HEADER_SIZE})",
+        f"fdatasync({_SLOTS})",
+    ]
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_a_held_replace_save_is_the_replace_sequence_inside_the_held_directory(
+    strace: str,
+    backend: str,
+    backend_env: dict[str, str],
+    tmp_path: Path,
+    durability: Durability,
+) -> None:
+    storage = SessionStorage.create(tmp_path / "repo", durability=durability)
+    size = 5000
+    lines, outcome = traced_held_save(strace, backend_env, tmp_path, storage, 1, size)
+
+    assert outcome == f"{backend} saved"
+    plan = plan_hold(durability, Layout.REPLACE)
+    assert lines == expected_lines(plan.save, size)
+    assert not {"openat(cwd", "flock(", "close(dir)"} & {line[:10] for line in lines}
+
+
+@pytest.fixture(params=list(Layout), ids=lambda layout: layout.name.lower())
+def layout_storage(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> SessionStorage:
+    layout: Layout = request.param
+    return SessionStorage.create(tmp_path / "repo", layout=layout)
+
+
+def test_held_saves_load_like_any_other(layout_storage: SessionStorage) -> None:
+    checkpoints = [b"", b"one", os.urandom(70_000), b"two" * 10, b"three"]
+    with layout_storage.hold() as held:
+        for data in checkpoints:
+            held.save_checkpoint(data)
+            assert layout_storage.load_checkpoint() == data
+            assert held.load_checkpoint() == data
+    if layout_storage.layout is Layout.SLOTTED:
+        assert layout_storage.load_previous() == checkpoints[-2]
+        assert sorted(os.listdir(layout_storage.location)) == [_SLOTS]
+    else:
+        assert sorted(os.listdir(layout_storage.location)) == ["session"]
+
+
+def test_bytearray_and_memoryview_are_saved_and_other_data_refused(
+    layout_storage: SessionStorage,
+) -> None:
+    with layout_storage.hold() as held:
+        held.save_checkpoint(bytearray(b"array"))
+        assert layout_storage.load_checkpoint() == b"array"
+        held.save_checkpoint(memoryview(b"xviewx")[1:-1])
+        assert layout_storage.load_checkpoint() == b"view"
+        with pytest.raises(TypeError):
+            held.save_checkpoint("text")  # type: ignore[arg-type]
+        assert layout_storage.load_checkpoint() == b"view"
+
+
+def test_the_lock_is_held_from_hold_to_close(layout_storage: SessionStorage) -> None:
+    other = SessionStorage(layout_storage.location, layout=layout_storage.layout)
+    layout_storage.save_checkpoint(b"before")
+    held = layout_storage.hold()
+    assert layout_storage.lock_state() is LockState.HELD
+    with pytest.raises(LockedStorageError) as raised:
+        other.save_checkpoint(b"elsewhere")
+    assert raised.value.errno == errno.EWOULDBLOCK
+    assert raised.value.stale is False
+    assert raised.value.filename == layout_storage.paths.next
+    with pytest.raises(LockedStorageError):
+        other.hold()
+    assert layout_storage.break_stale_lock() is False
+    assert other.load_checkpoint() == b"before"
+
+    held.close()
+    assert held.closed
+    assert layout_storage.lock_state() is LockState.UNLOCKED
+    other.save_checkpoint(b"after")
+    assert layout_storage.load_checkpoint() == b"after"
+
+
+def test_close_is_idempotent_and_a_closed_session_refuses_saves(
+    layout_storage: SessionStorage,
+) -> None:
+    held = layout_storage.hold()
+    held.save_checkpoint(b"kept")
+    held.close()
+    held.close()
+    with pytest.raises(ValueError, match=layout_storage.location):
+        held.save_checkpoint(b"too late")
+    assert layout_storage.load_checkpoint() == b"kept"
+    assert "closed" in repr(held)
+
+
+def test_a_held_session_left_to_the_collector_releases_its_lock(
+    layout_storage: SessionStorage,
+) -> None:
+    held = layout_storage.hold()
+    held.save_checkpoint(b"saved")
+    assert layout_storage.lock_state() is LockState.HELD
+    del held
+    gc.collect()
+    assert layout_storage.lock_state() is LockState.UNLOCKED
+    assert layout_storage.load_checkpoint() == b"saved"
+
+
+def test_hold_refuses_what_a_save_refuses(backend: str, tmp_path: Path) -> None:
+    missing = SessionStorage(str(tmp_path / "missing.session"))
+    with pytest.raises(FileNotFoundError) as gone:
+        missing.hold()
+    assert gone.value.filename == missing.location
+
+    leftover = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    Path(leftover.paths.next).write_bytes(b"")
+    for layout in Layout:
+        with pytest.raises(LockedStorageError) as locked:
+            SessionStorage(leftover.location, layout=layout).hold()
+        assert locked.value.errno == errno.EEXIST
+        assert locked.value.stale is True
+        assert locked.value.filename == leftover.paths.next
+    assert leftover.lock_state() is LockState.STALE
+
+    replace = SessionStorage.create(tmp_path)
+    replace.save_checkpoint(b"replace layout")
+    with pytest.raises(FileExistsError) as exists:
+        SessionStorage(replace.location, layout=Layout.SLOTTED).hold()
+    assert exists.value.filename == replace.paths.checkpoint
+    assert replace.lock_state() is LockState.UNLOCKED
+
+
+def test_a_growing_record_rebuilds_and_later_saves_go_in_place_again(
+    backend: str, tmp_path: Path
+) -> None:
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    with storage.hold() as held:
+        held.save_checkpoint(b"small")
+        before = os.stat(storage.paths.slots).st_ino
+        held.save_checkpoint(b"big" * 100_000)
+        rebuilt = os.stat(storage.paths.slots).st_ino
+        held.save_checkpoint(b"in place")
+        held.save_checkpoint(b"in place again")
+        assert os.stat(storage.paths.slots).st_ino == rebuilt != before
+        assert storage.load_checkpoint() == b"in place again"
+        assert storage.load_previous() == b"in place"
+
+
+def test_prune_spares_a_held_session(backend: str, tmp_path: Path) -> None:
+    repo = SessionStorageRepository(str(tmp_path))
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    with storage.hold() as held:
+        held.save_checkpoint(b"busy")
+        assert repo.prune(keep=0) == []
+        assert os.path.isdir(storage.location)
+    assert [info.location for info in repo.prune(keep=0)] == [storage.location]
+
+
+def test_threads_sharing_a_held_session_take_turns(
+    layout_storage: SessionStorage,
+) -> None:
+    saved = [f"{thread}-{n}".encode() * 50 for thread in range(4) for n in range(40)]
+    errors: list[BaseException] = []
+    with layout_storage.hold() as held:
+
+        def save(start: int) -> None:
+            try:
+                for data in saved[start : start + 40]:
+                    held.save_checkpoint(data)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=save, args=(i * 40,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert layout_storage.load_checkpoint() in saved
+    if layout_storage.layout is Layout.SLOTTED:
+        assert layout_storage.load_previous() in saved
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_hold_the_parents_session(
+    layout_storage: SessionStorage,
+) -> None:
+    held = layout_storage.hold()
+    held.save_checkpoint(b"parent")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read_end)
+        try:
+            held.save_checkpoint(b"child")
+            report = "saved"
+        except ValueError as exc:
+            report = str(exc)
+        os.write(write_end, report.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert "not to this fork" in report
+    assert layout_storage.lock_state() is LockState.HELD
+    held.save_checkpoint(b"parent again")
+    held.close()
+    assert layout_storage.lock_state() is LockState.UNLOCKED
+    assert layout_storage.load_checkpoint() == b"parent again"
+
+
+_FAULT_CHILD: Final = """
+import json, sys
+from sessionstore import Layout, SessionStorage
+storage = SessionStorage(sys.argv[1], layout=Layout.SLOTTED)
+report = {}
+with storage.hold() as held:
+    held.save_checkpoint(b"first")
+    try:
+        held.save_checkpoint(b"second")
+        report["raised"] = None
+    except OSError as exc:
+        report.update(raised=type(exc).__name__, errno=exc.errno, filename=exc.filename)
+    report["after_failure"] = storage.load_checkpoint().decode()
+    held.save_checkpoint(b"third")
+    report["after_retry"] = storage.load_checkpoint().decode()
+    report["previous"] = storage.load_previous().decode()
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_failed_flush_hides_the_record_and_the_held_session_saves_on(
+    backend: str, backend_env: dict[str, str], tmp_path: Path
+) -> None:
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    storage.save_checkpoint(b"zeroth")
+    # The second fdatasync of the slots file fails: the held session's second save.
+    command = [
+        "strace", "-qq", "-f", "-o", "/dev/null", "-P", storage.paths.slots,
+        "-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO:when=2",
+        sys.executable, "-c", _FAULT_CHILD, storage.location,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=backend_env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report == {
+        "raised": "OSError",
+        "errno": errno.EIO,
+        "filename": storage.paths.slots,
+        "after_failure": "first",
+        "after_retry": "third",
+        "previous": "first",
+    }
+    assert storage.lock_state() is LockState.UNLOCKED
+
+
+def test_both_backends_write_the_same_bytes(native: object, tmp_path: Path) -> None:
+    from backend_parity import both_backends
+    from sessionstore import _backend
+
+    images = {}
+    for name, chosen in both_backends(native).items():  # type: ignore[arg-type]
+        previous = _backend.active.current
+        _backend.active.current = chosen
+        try:
+            storage = SessionStorage.create(tmp_path / name, layout=Layout.SLOTTED)
+            with storage.hold() as held:
+                for data in [b"a", b"bb" * 3000, b"c", b"d" * 100_000, b"e"]:
+                    held.save_checkpoint(data)
+            images[name] = Path(storage.paths.slots).read_bytes()
+        finally:
+            _backend.active.current = previous
+    assert images["python"] == images["native"]
+
+
+def test_hold_returns_a_held_session(layout_storage: SessionStorage) -> None:
+    with layout_storage.hold() as held:
+        assert isinstance(held, HeldSession)
+        assert held.storage == layout_storage
+        assert not held.closed
