@@ -9,7 +9,8 @@ Run as a script it has two modes, each announcing ``ready <backend>`` first:
     A fork server. Each line ``SEED DELAY_US DURABILITY LAYOUT ACTION REPORT``
     on stdin forks a worker. With ACTION ``save`` it saves random checkpoints
     in LAYOUT in a loop, reporting ``S <id>`` to the file REPORT before each
-    save and ``D <id>`` after it; with ACTION ``convert`` it converts the
+    save and ``D <id>`` after it; with ACTION ``hold`` it does the same through
+    one held session (``storage.hold()``); with ACTION ``convert`` it converts the
     session to the other layout and back in a loop, reporting ``C <layout>``
     before each conversion and ``c <layout>`` after it. The server SIGKILLs the
     worker after DELAY_US microseconds, reaps it (so its lock is released) and
@@ -117,11 +118,12 @@ def _work(
                 storage.convert_layout(target)
                 os.write(out, f"c {target.value}\n".encode())
                 target = Layout.REPLACE if target is Layout.SLOTTED else Layout.SLOTTED
+        saver = storage.hold() if action == "hold" else storage
         while True:
             data = random_checkpoint(rng)
             name = hashlib.sha256(data[HEADER_SIZE:]).hexdigest()
             os.write(out, f"S {name}\n".encode())
-            storage.save_checkpoint(data)
+            saver.save_checkpoint(data)
             os.write(out, f"D {name}\n".encode())
     except BaseException as exc:
         os.write(out, f"E {exc!r}\n".encode())

@@ -400,3 +400,20 @@ def test_hold_returns_a_held_session(layout_storage: SessionStorage) -> None:
         assert isinstance(held, HeldSession)
         assert held.storage == layout_storage
         assert not held.closed
+
+
+def test_held_saves_leave_the_bytes_one_shot_saves_leave(
+    backend: str, tmp_path: Path
+) -> None:
+    """A held session chooses each slot from what it wrote; one-shot saves read
+    the file each time: the same choices, so the same file, byte for byte."""
+    checkpoints = [b"a", b"bb" * 3000, b"c", b"d" * 100_000, b"e", b"f" * 99_000, b""]
+    one_shot = SessionStorage.create(tmp_path / "one-shot", layout=Layout.SLOTTED)
+    held = SessionStorage.create(tmp_path / "held", layout=Layout.SLOTTED)
+    with held.hold() as session:
+        for data in checkpoints:
+            one_shot.save_checkpoint(data)
+            session.save_checkpoint(data)
+            assert Path(held.paths.slots).read_bytes() == (
+                Path(one_shot.paths.slots).read_bytes()
+            )

@@ -143,18 +143,27 @@ def kill_rounds(
     env: dict[str, str],
     rounds: int,
     workdir: Path,
+    action: str = "save",
 ) -> Counter[str]:
-    """Run ``rounds`` kills on ``storage``, check each, and count what they hit."""
+    """Run ``rounds`` kills on ``storage``, check each, and count what they hit.
+
+    The worker saves with ``save_checkpoint`` (``action`` "save") or through a
+    held session ("hold").
+    """
     server = KillServer(storage.location, env)
     try:
         assert server.ready == f"ready {backend}\n"
-        return _check_rounds(storage, server, rounds, workdir)
+        return _check_rounds(storage, server, rounds, workdir, action)
     finally:
         server.close()
 
 
 def _check_rounds(
-    storage: SessionStorage, server: KillServer, rounds: int, workdir: Path
+    storage: SessionStorage,
+    server: KillServer,
+    rounds: int,
+    workdir: Path,
+    action: str,
 ) -> Counter[str]:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -169,7 +178,7 @@ def _check_rounds(
             rng.randrange(2**32),
             rng.randrange(MAX_DELAY_US),
             worker,
-            "save",
+            action,
             report_path,
         )
         report = Report.parse(report_path.read_text() if report_path.exists() else "")
@@ -254,6 +263,21 @@ def test_a_writer_killed_at_random_moments_never_tears_or_loses_a_checkpoint(
     assert seen["stale"] > 0, seen
     assert seen["in flight"] > 0, seen
     print(f"{backend}, {layout.value}: {ROUNDS} kills, {dict(seen)}")
+
+
+def test_a_held_session_killed_at_random_moments_never_tears_or_loses_a_checkpoint(
+    backend: str,
+    backend_env: dict[str, str],
+    layout: Layout,
+    tmp_path: Path,
+) -> None:
+    """The worker holds the session and saves through it until killed: the
+    kernel releases the lock with the process, and nothing is torn or lost."""
+    storage = SessionStorage.create(tmp_path / "repo", layout=layout)
+    seen = kill_rounds(storage, backend, backend_env, ROUNDS, tmp_path, "hold")
+    assert seen["in flight"] > 0, seen
+    assert seen["saves before the kill"] > 0, seen
+    print(f"{backend}, {layout.value}, held: {ROUNDS} kills, {dict(seen)}")
 
 
 @pytest.fixture(scope="module", params=filesystems.LOOP_KINDS)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from sessionstore import Durability
-from sessionstore._save_plan import SaveStep, plan_save
+import pytest
+
+from sessionstore import Durability, Layout
+from sessionstore._save_plan import SaveStep, plan_hold, plan_save, plan_slotted_save
 
 
 def test_the_durable_plan_is_the_contract_sequence() -> None:
@@ -47,3 +49,39 @@ def test_codes_are_the_steps_as_bytes() -> None:
 
 def test_plans_are_computed_once() -> None:
     assert plan_save(Durability.NONE) is plan_save(Durability.NONE)
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_a_held_slotted_save_is_the_one_shot_save_split_at_the_lock(
+    durability: Durability,
+) -> None:
+    held = plan_hold(durability, Layout.SLOTTED)
+    one_shot = plan_slotted_save(durability)
+    assert held.acquire.steps + held.save.steps + held.release.steps == (
+        one_shot.in_place.steps
+    )
+    assert held.acquire.steps[-1] is SaveStep.CHECK_REPLACE
+    assert (*held.rebuild.steps, SaveStep.CLOSE_DIR) == one_shot.rebuild.steps
+    assert held.durable == one_shot.durable == (durability is Durability.FULL)
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_a_held_replace_save_is_the_replace_sequence_inside_the_lock(
+    durability: Durability,
+) -> None:
+    held = plan_hold(durability, Layout.REPLACE)
+    one_shot = plan_save(durability).steps
+    # The lock also refuses a leftover next file up front, as a slotted hold does.
+    assert held.acquire.steps == (*one_shot[:2], SaveStep.CHECK_NEXT)
+    assert held.save.steps == one_shot[2:-1]
+    assert held.release.steps == (SaveStep.CLOSE_DIR,)
+    assert held.rebuild.steps == ()
+    assert held.durable == (durability is Durability.FULL)
+
+
+def test_no_held_save_opens_locks_or_closes_the_directory() -> None:
+    lifetime = {SaveStep.OPEN_DIR, SaveStep.LOCK_DIR, SaveStep.CLOSE_DIR}
+    for layout in Layout:
+        for durability in Durability:
+            held = plan_hold(durability, layout)
+            assert lifetime.isdisjoint(held.save.steps + held.rebuild.steps)
