@@ -354,28 +354,12 @@ mod tests {
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     const DURABLE: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
     const PATIENCE: Duration = Duration::from_secs(30);
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let path = std::env::temp_dir()
-                .join(format!("sessionstore-worker-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn worker(location: &Path) -> Worker<Vec<u8>> {
         let plan = Plan::Replace {
@@ -396,7 +380,7 @@ mod tests {
 
     #[test]
     fn the_last_submission_is_saved_after_flush() {
-        let dir = TempDir::new("last");
+        let dir = TempDir::new("worker", "last");
         let worker = worker(&dir.0);
         for number in 0..1000 {
             worker
@@ -412,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_failed_save_is_reported_once_and_submissions_go_on() {
-        let dir = TempDir::new("failed");
+        let dir = TempDir::new("worker", "failed");
         fs::write(dir.0.join("session.next"), b"").unwrap();
         let worker = worker(&dir.0);
         worker.submit(b"lost".to_vec()).unwrap();
@@ -433,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_pending_error_refuses_the_next_submission() {
-        let dir = TempDir::new("refused");
+        let dir = TempDir::new("worker", "refused");
         let gone = dir.0.join("gone");
         let worker = worker(&gone);
         worker.submit(b"nowhere".to_vec()).unwrap();
@@ -462,7 +446,7 @@ mod tests {
 
     #[test]
     fn a_paused_worker_starts_no_save_until_resumed() {
-        let dir = TempDir::new("paused");
+        let dir = TempDir::new("worker", "paused");
         let worker = worker(&dir.0);
         assert!(worker.pause(PATIENCE));
         worker.submit(b"held".to_vec()).unwrap();
@@ -476,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_slotted_plan_saves_in_place_and_reports_its_own_errors() {
-        let dir = TempDir::new("slotted");
+        let dir = TempDir::new("worker", "slotted");
         let plan = Plan::Slotted {
             location: CString::new(dir.0.as_os_str().as_bytes()).unwrap(),
             in_place: vec![1, 2, 10, 11, 12, 13, 14, 15, 16, 9],
@@ -504,7 +488,7 @@ mod tests {
 
     #[test]
     fn a_forked_child_drops_its_copy_without_the_lock() {
-        let dir = TempDir::new("forked");
+        let dir = TempDir::new("worker", "forked");
         let worker = worker(&dir.0);
         // Held across the fork: in the child nobody will ever release it.
         let shared = Arc::clone(&worker.shared);
@@ -535,7 +519,7 @@ mod tests {
 
     #[test]
     fn a_closed_worker_refuses_submissions_and_its_thread_ends() {
-        let dir = TempDir::new("closed");
+        let dir = TempDir::new("worker", "closed");
         let worker = worker(&dir.0);
         worker.submit(b"before".to_vec()).unwrap();
         assert!(worker.mark_closed());

@@ -133,7 +133,6 @@ mod tests {
     use crate::sys;
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
-    use std::path::PathBuf;
 
     // The codes of `plan_hold(Durability.FULL, layout)`.
     const ACQUIRE_SLOTTED: &[u8] = &[1, 2, 10, 11];
@@ -144,27 +143,7 @@ mod tests {
     const RELEASE_SLOTTED: &[u8] = &[16, 9];
     const RELEASE_REPLACE: &[u8] = &[9];
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let path = std::env::temp_dir()
-                .join(format!("sessionstore-held-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        fn location(&self) -> CString {
-            CString::new(self.0.as_os_str().as_bytes()).unwrap()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn hold_slotted(dir: &TempDir) -> Result<Held, Failure> {
         Held::acquire(
@@ -189,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_held_slotted_session_saves_rebuilds_and_saves_in_place_again() {
-        let dir = TempDir::new("slotted");
+        let dir = TempDir::new("held", "slotted");
         let mut held = hold_slotted(&dir).unwrap();
         for data in [
             &b"first"[..],
@@ -206,7 +185,7 @@ mod tests {
 
     #[test]
     fn the_lock_is_held_until_release() {
-        let dir = TempDir::new("lock");
+        let dir = TempDir::new("held", "lock");
         let mut held = hold_slotted(&dir).unwrap();
         assert_eq!(hold_slotted(&dir).err(), Some(Failure::Held));
         held.release().unwrap();
@@ -215,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_leftover_or_the_other_layout_refuses_the_hold() {
-        let dir = TempDir::new("refused");
+        let dir = TempDir::new("held", "refused");
         fs::write(dir.0.join("session.next"), b"").unwrap();
         assert_eq!(hold_slotted(&dir).err(), Some(Failure::Leftover));
         fs::rename(dir.0.join("session.next"), dir.0.join("session")).unwrap();
@@ -224,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_held_replace_session_renames_into_place_each_save() {
-        let dir = TempDir::new("replace");
+        let dir = TempDir::new("held", "replace");
         let mut held = Held::acquire(
             dir.location(),
             ACQUIRE_REPLACE,

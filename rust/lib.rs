@@ -13,6 +13,8 @@ pub mod save;
 pub mod slots_format;
 pub mod slotted;
 pub mod sys;
+#[cfg(test)]
+mod test_dir;
 
 use std::ffi::{CStr, CString};
 

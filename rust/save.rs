@@ -270,29 +270,12 @@ mod tests {
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     const DURABLE: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
     const NOT_DURABLE: &[u8] = &[1, 2, 3, 4, 6, 7, 9];
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let path = std::env::temp_dir()
-                .join(format!("sessionstore-save-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o700));
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn save(location: &Path, codes: &[u8], data: &[u8]) -> Result<(), SaveError> {
         let location = CString::new(location.as_os_str().as_bytes()).unwrap();
@@ -316,7 +299,7 @@ mod tests {
 
     #[test]
     fn durable_save_replaces_the_checkpoint() {
-        let dir = TempDir::new("durable");
+        let dir = TempDir::new("save", "durable");
         save(&dir.0, DURABLE, b"first").unwrap();
         save(&dir.0, DURABLE, b"second").unwrap();
         assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"second");
@@ -330,7 +313,7 @@ mod tests {
 
     #[test]
     fn save_without_flushes_writes_the_same_bytes() {
-        let dir = TempDir::new("none");
+        let dir = TempDir::new("save", "none");
         let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
         save(&dir.0, NOT_DURABLE, &data).unwrap();
         assert_eq!(fs::read(dir.0.join("session")).unwrap(), data);
@@ -338,14 +321,14 @@ mod tests {
 
     #[test]
     fn empty_checkpoint_is_saved_as_an_empty_file() {
-        let dir = TempDir::new("empty");
+        let dir = TempDir::new("save", "empty");
         save(&dir.0, DURABLE, b"").unwrap();
         assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"");
     }
 
     #[test]
     fn leftover_next_file_is_reported_and_kept() {
-        let dir = TempDir::new("leftover");
+        let dir = TempDir::new("save", "leftover");
         save(&dir.0, DURABLE, b"old").unwrap();
         fs::write(dir.0.join("session.next"), b"partial").unwrap();
         let err = save(&dir.0, DURABLE, b"new").unwrap_err();
@@ -357,7 +340,7 @@ mod tests {
 
     #[test]
     fn held_lock_is_reported_without_touching_anything() {
-        let dir = TempDir::new("held");
+        let dir = TempDir::new("save", "held");
         let location = CString::new(dir.0.as_os_str().as_bytes()).unwrap();
         let holder = sys::open(&location, sys::DIR_FLAGS).unwrap();
         sys::flock(holder, libc::LOCK_EX | libc::LOCK_NB).unwrap();
@@ -369,7 +352,7 @@ mod tests {
 
     #[test]
     fn missing_directory_fails_at_the_location() {
-        let dir = TempDir::new("missing");
+        let dir = TempDir::new("save", "missing");
         let err = save(&dir.0.join("gone"), DURABLE, b"x").unwrap_err();
         assert_eq!(
             err.failure,
@@ -382,7 +365,7 @@ mod tests {
 
     #[test]
     fn failed_rename_unlinks_the_next_file() {
-        let dir = TempDir::new("rename");
+        let dir = TempDir::new("save", "rename");
         // A non-empty directory named like the target: rename(2) refuses it.
         fs::create_dir_all(dir.0.join("session").join("inside")).unwrap();
         let err = save(&dir.0, DURABLE, b"x").unwrap_err();
@@ -399,7 +382,7 @@ mod tests {
 
     #[test]
     fn unknown_step_undoes_what_came_before() {
-        let dir = TempDir::new("unknown");
+        let dir = TempDir::new("save", "unknown");
         let err = save(&dir.0, &[1, 2, 3, 4, 42], b"x").unwrap_err();
         assert_eq!(err.failure, Failure::UnknownStep(42));
         assert!(entries(&dir.0).is_empty());
@@ -407,7 +390,7 @@ mod tests {
 
     #[test]
     fn a_write_to_a_closed_descriptor_is_an_error_at_next() {
-        let dir = TempDir::new("badwrite");
+        let dir = TempDir::new("save", "badwrite");
         // CLOSE_NEXT before WRITE_NEXT: the write sees EBADF.
         let err = save(&dir.0, &[1, 2, 3, 6, 4], b"x").unwrap_err();
         assert_eq!(

@@ -494,34 +494,12 @@ mod tests {
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     const IN_PLACE: &[u8] = &[1, 2, 10, 11, 12, 13, 14, 15, 16, 9];
     const REBUILD: &[u8] = &[3, 4, 5, 6, 7, 8, 9];
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "sessionstore-slotted-{name}-{}",
-                std::process::id()
-            ));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        fn slots(&self) -> PathBuf {
-            self.0.join("session.slots")
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn save_with(location: &Path, in_place: &[u8], data: &[u8]) -> Result<(), Failure> {
         let location = CString::new(location.as_os_str().as_bytes()).unwrap();
@@ -567,7 +545,7 @@ mod tests {
 
     #[test]
     fn saves_alternate_slots_in_place_and_keep_two_generations() {
-        let dir = TempDir::new("alternate");
+        let dir = TempDir::new("slotted", "alternate");
         save(&dir.0, b"one").unwrap();
         let inode = fs::metadata(dir.slots()).unwrap().ino();
         save(&dir.0, b"two").unwrap();
@@ -579,7 +557,7 @@ mod tests {
 
     #[test]
     fn a_record_that_does_not_fit_rebuilds_keeping_the_previous_one() {
-        let dir = TempDir::new("rebuild");
+        let dir = TempDir::new("slotted", "rebuild");
         save(&dir.0, b"small").unwrap();
         let before = fs::metadata(dir.slots()).unwrap();
         let big = vec![7u8; 100_000];
@@ -593,7 +571,7 @@ mod tests {
 
     #[test]
     fn a_torn_newest_record_is_overwritten_not_the_valid_one() {
-        let dir = TempDir::new("torn");
+        let dir = TempDir::new("slotted", "torn");
         save(&dir.0, b"good").unwrap();
         save(&dir.0, b"torn").unwrap();
         let mut image = fs::read(dir.slots()).unwrap();
@@ -608,7 +586,7 @@ mod tests {
 
     #[test]
     fn the_lock_and_the_other_layout_are_respected() {
-        let dir = TempDir::new("refusals");
+        let dir = TempDir::new("slotted", "refusals");
         save(&dir.0, b"kept").unwrap();
         fs::write(dir.0.join("session.next"), b"").unwrap();
         assert_eq!(save(&dir.0, b"new"), Err(Failure::Leftover));
@@ -627,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_damaged_file_header_is_reported() {
-        let dir = TempDir::new("corrupt");
+        let dir = TempDir::new("slotted", "corrupt");
         fs::write(dir.slots(), vec![0u8; 12_288]).unwrap();
         assert_eq!(
             save(&dir.0, b"x"),
@@ -641,7 +619,7 @@ mod tests {
 
     #[test]
     fn malformed_plans_fail_cleanly() {
-        let dir = TempDir::new("plans");
+        let dir = TempDir::new("slotted", "plans");
         save(&dir.0, b"x").unwrap();
         assert_eq!(
             save_with(&dir.0, &[1, 2, 12, 14], b"y"),
@@ -656,7 +634,7 @@ mod tests {
 
     #[test]
     fn a_missing_session_fails_at_the_location() {
-        let dir = TempDir::new("missing");
+        let dir = TempDir::new("slotted", "missing");
         assert_eq!(
             save(&dir.0.join("gone"), b"x"),
             Err(Failure::Os {
