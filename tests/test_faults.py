@@ -213,3 +213,76 @@ def test_a_session_removed_under_a_live_storage_is_file_not_found_naming_it(
     with pytest.raises(FileNotFoundError) as missing:
         getattr(storage, call)(*arguments.get(call, ()))
     assert missing.value.filename == storage.location
+
+
+@pytest.mark.root
+def test_a_held_session_on_a_full_filesystem_fails_the_save_and_saves_on(
+    backend: str, mount: filesystems.Mount, layout: Layout
+) -> None:
+    storage = SessionStorage.create(
+        mount.root / f"held-full-{backend}-{layout.value}", layout=layout
+    )
+    storage.save_checkpoint(OLD)
+    with storage.hold() as held:
+        filler = filesystems.fill(mount, leave=_LEAVE)
+        try:
+            with pytest.raises(OSError) as full:
+                # Too big for the slot too: the slotted layout rebuilds.
+                held.save_checkpoint(TOO_BIG)
+            assert full.value.errno == errno.ENOSPC, full.value
+            assert full.value.filename == storage.paths.next
+            assert storage.load_checkpoint() == OLD
+            assert storage.lock_state() is LockState.HELD
+            names = [p.name for p in Path(storage.location).iterdir()]
+            assert names == [FILE_OF[layout]]
+        finally:
+            filler.unlink()
+        held.save_checkpoint(SMALL)
+        assert storage.load_checkpoint() == SMALL
+    assert_nothing_lost(storage, SMALL)
+
+
+@pytest.mark.root
+def test_a_held_replace_session_on_a_read_only_filesystem_fails_and_saves_on(
+    backend: str, mount: filesystems.Mount
+) -> None:
+    storage = SessionStorage.create(mount.root / f"held-ro-{backend}")
+    storage.save_checkpoint(OLD)
+    with storage.hold() as held:
+        # The held directory is open for reading only: the remount goes through.
+        filesystems.remount(mount, read_only=True)
+        try:
+            with pytest.raises(OSError) as read_only:
+                held.save_checkpoint(SMALL)
+            assert read_only.value.errno == errno.EROFS, read_only.value
+            assert read_only.value.filename == storage.paths.next
+            assert storage.load_checkpoint() == OLD
+            assert storage.lock_state() is LockState.HELD
+        finally:
+            filesystems.remount(mount, read_only=False)
+        held.save_checkpoint(SMALL)
+    assert_nothing_lost(storage, SMALL)
+
+
+@pytest.mark.root
+def test_a_held_slotted_session_keeps_its_filesystem_from_going_read_only(
+    backend: str, mount: filesystems.Mount
+) -> None:
+    """Its slots file stays open for writing, as the kernel then sees it, until
+    the session is released: a read-only remount is refused as busy meanwhile,
+    and the saves go on."""
+    storage = SessionStorage.create(
+        mount.root / f"held-busy-{backend}", layout=Layout.SLOTTED
+    )
+    storage.save_checkpoint(OLD)
+    with storage.hold() as held:
+        held.save_checkpoint(SMALL)
+        with pytest.raises(filesystems.CommandFailed, match="busy"):
+            filesystems.remount(mount, read_only=True)
+        held.save_checkpoint(OLD)
+    filesystems.remount(mount, read_only=True)
+    try:
+        assert storage.load_checkpoint() == OLD
+        assert storage.load_previous() == SMALL
+    finally:
+        filesystems.remount(mount, read_only=False)
