@@ -18,11 +18,11 @@ Run as a script it has two modes, each announcing ``ready <backend>`` first:
     Forking from one warm process keeps a round to a few milliseconds, where
     starting an interpreter per round would cost more than the round itself.
 
-``saves LOCATION COUNT SEED MAX_SIZE [LAYOUT]``
+``saves LOCATION COUNT SEED MAX_SIZE [LAYOUT [held]]``
     Waits for a line on stdin (so several writers start together), then makes
     COUNT saves in LAYOUT (default ``replace``), printing ``ok <id>`` or
     ``locked <errno> <stale>`` for each; any other error ends the process with
-    its traceback.
+    its traceback. With ``held``, the saves go through one ``storage.hold()``.
 
 ``converts LOCATION COUNT``
     Prints ``ready <backend>``, then converts the session to the other layout
@@ -148,19 +148,20 @@ def _serve_kills(location: str) -> None:
 
 
 def _save_many(
-    location: str, count: int, seed: int, max_size: int, layout: str
+    location: str, count: int, seed: int, max_size: int, layout: str, held: bool
 ) -> None:
-    from sessionstore import Layout, LockedStorageError, SessionStorage
+    from sessionstore import HeldSession, Layout, LockedStorageError, SessionStorage
 
     storage = SessionStorage(location, layout=Layout(layout))
     rng = random.Random(seed)
     checkpoints = [random_checkpoint(rng, max_size) for _ in range(count)]
     _ready()
     sys.stdin.readline()
+    saver: SessionStorage | HeldSession = storage.hold() if held else storage
     results = []
     for data in checkpoints:
         try:
-            storage.save_checkpoint(data)
+            saver.save_checkpoint(data)
         except LockedStorageError as exc:
             results.append(f"locked {exc.errno} {exc.stale}")
         else:
@@ -185,7 +186,8 @@ def main(argv: list[str]) -> None:
     elif mode == "saves":
         count, seed, max_size = map(int, rest[:3])
         layout = rest[3] if len(rest) > 3 else "replace"
-        _save_many(location, count, seed, max_size, layout)
+        held = rest[4:] == ["held"]
+        _save_many(location, count, seed, max_size, layout, held)
     elif mode == "converts":
         _convert_many(location, int(rest[0]))
     else:

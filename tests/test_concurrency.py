@@ -96,6 +96,44 @@ def test_concurrent_writers_and_a_reader_see_only_whole_checkpoints(
     )
 
 
+@pytest.mark.parametrize("layout", list(Layout))
+def test_a_reader_racing_a_held_session_sees_only_whole_checkpoints(
+    backend: str, backend_env: dict[str, str], layout: Layout, tmp_path: Path
+) -> None:
+    """A held slotted session overwrites its slots in place without reading
+    them: a load racing it still returns whole checkpoints only."""
+    storage = SessionStorage.create(tmp_path / "repo", layout=layout)
+    count = 2 * SAVES
+    writer = subprocess.Popen(
+        [sys.executable, CHILD, "saves", storage.location, str(count), "7",
+         str(MAX_SIZE), layout.value, "held"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=backend_env,
+    )  # fmt: skip
+    assert writer.stdout is not None
+    assert writer.stdin is not None
+    assert writer.stdout.readline() == f"ready {backend}\n"
+    writer.stdin.write("go\n")
+    writer.stdin.flush()
+    loaded: Counter[str | None] = Counter()
+    states: Counter[LockState] = Counter()
+    while writer.poll() is None:
+        try:
+            loaded[checkpoint_id(storage.load_checkpoint())] += 1
+        except TornCheckpoint as torn:
+            raise AssertionError(f"a load saw a torn checkpoint: {torn}") from None
+        states[storage.lock_state()] += 1
+    out, _ = writer.communicate()
+    assert writer.returncode == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["ok"] * count
+    saved = [line.split()[1] for line in lines]
+    assert set(loaded) - {None} <= set(saved)
+    assert checkpoint_id(storage.load_checkpoint()) == saved[-1]
+    assert states[LockState.STALE] == 0, states
+    assert states[LockState.HELD] > 0, states
+    print(f"{backend}, {layout.value}, held: loads {loaded.total()}, {dict(states)}")
+
+
 CONVERSIONS: Final = 1000
 
 
