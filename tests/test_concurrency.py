@@ -4,8 +4,10 @@ Four writers make 200 saves each, all at once, in either layout, while this
 process loads (and probes the lock) in a loop: each save either succeeds or
 finds the lock held by a live writer; each load is a complete checkpoint; the
 probe never calls a live writer dead; the checkpoint left at the end is one a
-writer saved. A reader racing a process that converts the session between
-the layouts, back and forth, always loads the one checkpoint there is.
+writer saved. A reader racing one process saving through a held session
+sees only whole checkpoints too. A reader racing a process that converts the
+session between the layouts, back and forth, always loads the one checkpoint
+there is.
 """
 
 from __future__ import annotations
