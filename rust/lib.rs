@@ -19,7 +19,7 @@ mod test_dir;
 use std::ffi::{CStr, CString};
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, TryLockError};
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyMemoryError, PyOSError, PyValueError};
@@ -847,6 +847,9 @@ impl CheckpointWorker {
 #[pyclass(module = "sessionstore._native", frozen)]
 struct HeldWriter {
     held: Mutex<Option<held::Held>>,
+    /// Set once `held` is emptied: read without the lock, which a save holds
+    /// for as long as it runs.
+    closed: AtomicBool,
     paths: SavePaths,
     /// The codes errors quote: the save's, and the slotted rebuild's.
     codes: Py<PyBytes>,
@@ -855,11 +858,22 @@ struct HeldWriter {
 }
 
 impl HeldWriter {
-    fn closed_error(&self) -> PyErr {
-        PyValueError::new_err(format!(
-            "held session {} is closed",
-            String::from_utf8_lossy(&self.paths.location)
-        ))
+    fn closed_error(&self, py: Python<'_>) -> PyErr {
+        // Formatted by Python: a name that is not UTF-8 keeps its surrogate
+        // escapes, as in the fallback's message.
+        let message = fs_name(py, &self.paths.location).and_then(|location| {
+            PyString::new(py, "held session {} is closed").call_method1("format", (location,))
+        });
+        match message {
+            Ok(message) => PyValueError::new_err(message.unbind()),
+            Err(err) => err,
+        }
+    }
+
+    /// Take the held session out, if still there; `closed` is true from then on.
+    fn take(&self, held: &mut Option<held::Held>) -> Option<held::Held> {
+        self.closed.store(true, AtomicOrdering::Release);
+        held.take()
     }
 
     fn slotted_error(
@@ -916,6 +930,7 @@ impl HeldWriter {
             .map_err(|failure| slotted_error(py, failure, &paths.location, acquire, rebuild))?;
         Ok(Self {
             held: Mutex::new(Some(held)),
+            closed: AtomicBool::new(false),
             paths,
             codes: save.clone().unbind(),
             rebuild: rebuild.clone().unbind(),
@@ -934,7 +949,7 @@ impl HeldWriter {
             exported.release(py);
         }
         match outcome {
-            None => Err(self.closed_error()),
+            None => Err(self.closed_error(py)),
             Some(Ok(())) => Ok(()),
             Some(Err(checkpoint_worker::Error::Slotted(failure))) => {
                 Err(self.slotted_error(py, failure, &self.codes))
@@ -948,12 +963,8 @@ impl HeldWriter {
     /// Run the release codes, which release the lock; nothing once closed.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let outcome = py.detach(|| {
-            let held = self
-                .held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            held.map(|mut held| held.release())
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            self.take(&mut held).map(|mut held| held.release())
         });
         match outcome {
             Some(Err(failure)) => Err(self.slotted_error(py, failure, &self.release)),
@@ -966,20 +977,20 @@ impl HeldWriter {
     /// flight on another thread at the fork left the lock inside taken: then
     /// the descriptors stay open until the child exits or execs.
     fn forget(&self) {
-        if let Ok(mut held) = self.held.try_lock() {
-            if let Some(mut held) = held.take() {
-                held.forget();
-            }
+        let mut held = match self.held.try_lock() {
+            Ok(held) => held,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if let Some(mut held) = self.take(&mut held) {
+            held.forget();
         }
     }
 
-    /// Whether `close` ran.
+    /// Whether `close` (or `forget`) ran.
     #[getter]
     fn closed(&self) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
+        self.closed.load(AtomicOrdering::Acquire)
     }
 }
 

@@ -27,6 +27,7 @@ pub mod step {
     pub const WRITE_SLOT: u8 = 14;
     pub const SYNC_SLOT: u8 = 15;
     pub const CLOSE_SLOTS: u8 = 16;
+    pub const CHECK_LINKED: u8 = 17;
 }
 
 pub const NEXT_NAME: &CStr = c"session.next";
@@ -357,6 +358,15 @@ impl SlottedSave<'_> {
                     Ok(fd) => state.slots = fd,
                     Err(libc::ENOENT) => return Ok(Then::Rebuild),
                     Err(errno) => return Err(os(At::Slots)(errno)),
+                }
+            }
+            step::CHECK_LINKED => {
+                let stat = sys::fstat(state.slots).map_err(os(At::Slots))?;
+                if stat.st_nlink == 0 {
+                    return Err(Failure::Os {
+                        errno: libc::ENOENT,
+                        at: At::Location,
+                    });
                 }
             }
             step::READ_SLOTS if state.known && self.choose_known(data, state)? => {}

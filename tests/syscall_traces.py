@@ -200,6 +200,8 @@ def describe(
             )
         elif call.name == "unlinkat":
             lines.append(f"unlinkat({role(a[0])}, {name(a[1])}, {a[2]}){failed}")
+        elif call.name == "newfstatat" and _unquote(a[1]) == "":
+            lines.append(f"fstat({role(a[0])}){failed}")
         elif call.name == "newfstatat":
             lines.append(f"newfstatat({role(a[0])}, {name(a[1])}, {a[3]}){failed}")
         elif call.name == "pread64":

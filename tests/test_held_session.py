@@ -1,9 +1,10 @@
 """storage.hold(): a session held open and locked across saves, on both backends.
 
 The held plan's syscalls are traced (as in ``test_slotted_conformance``): a held
-slotted save that knows its slots is ``pwritev2`` and ``fdatasync`` and nothing
-else. The lock is held from ``hold()`` to ``close()`` and never longer; every
-save is the same atomic, durable save as ``save_checkpoint``'s, on the same files.
+slotted save that knows its slots is an ``fstat`` (the session was not removed),
+``pwritev2`` and ``fdatasync``, and nothing else. The lock is held from
+``hold()`` to ``close()`` and never longer; every save is the same atomic,
+durable save as ``save_checkpoint``'s, on the same files.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def traced_held_save(
 
 
 @pytest.mark.parametrize("durability", list(Durability))
-def test_a_held_slotted_save_that_knows_its_slots_is_one_write_and_one_flush(
+def test_a_held_slotted_save_that_knows_its_slots_is_a_write_and_a_flush(
     strace: str,
     backend: str,
     backend_env: dict[str, str],
@@ -98,13 +99,14 @@ def test_a_held_slotted_save_that_knows_its_slots_is_one_write_and_one_flush(
     # goes to slot 1, without opening or reading anything.
     at = FILE_HEADER_SIZE + plan_slot_size(size)
     by_step = {
+        SaveStep.CHECK_LINKED: [f"fstat({_SLOTS})"],
         SaveStep.WRITE_SLOT: [
             f"pwritev2({_SLOTS}, 2 parts, {RECORD_HEADER_SIZE + size} bytes at {at})"
         ],
         SaveStep.SYNC_SLOT: [f"fdatasync({_SLOTS})"],
     }
     assert lines == [line for step in plan.save.steps for line in by_step.get(step, [])]
-    assert len(lines) == (2 if durability is Durability.FULL else 1)
+    assert len(lines) == (3 if durability is Durability.FULL else 2)
 
 
 def test_the_first_held_save_opens_and_reads_the_slots(
@@ -118,6 +120,7 @@ def test_the_first_held_save_opens_and_reads_the_slots(
     record = RECORD_HEADER_SIZE + size
     assert lines == [
         *before_slots()[SaveStep.OPEN_SLOTS],
+        f"fstat({_SLOTS})",
         *slot_reads(plan_slot_size(size), 1, size),
         f"pwritev2({_SLOTS}, 2 parts, {record} bytes at {FILE_HEADER_SIZE})",
         f"fdatasync({_SLOTS})",
@@ -417,3 +420,114 @@ def test_held_saves_leave_the_bytes_one_shot_saves_leave(
             assert Path(held.paths.slots).read_bytes() == (
                 Path(one_shot.paths.slots).read_bytes()
             )
+
+
+def test_a_buffer_changed_during_held_saves_never_tears_a_record(
+    backend: str, tmp_path: Path
+) -> None:
+    """Another thread rewrites the bytearray while it is being saved: each save
+    writes the buffer as it was when the call began, so both generations stay
+    whole (a torn newest record would make the next save overwrite the only
+    whole one)."""
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    size = 1 << 20
+    buffer = bytearray(size)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        value = 0
+        while not stop.is_set():
+            value = (value + 1) % 256
+            buffer[:] = bytes([value]) * size
+
+    rewriter = threading.Thread(target=rewrite)
+    rewriter.start()
+    try:
+        with storage.hold() as held:
+            for _ in range(100):
+                held.save_checkpoint(buffer)
+    finally:
+        stop.set()
+        rewriter.join()
+    for data in (storage.load_checkpoint(), storage.load_previous()):
+        assert data is not None
+        assert len(data) == size
+        assert data == bytes([data[0]]) * size
+
+
+def test_a_save_after_the_session_was_removed_raises(
+    layout_storage: SessionStorage,
+) -> None:
+    with layout_storage.hold() as held:
+        held.save_checkpoint(b"before")
+        held.save_checkpoint(b"known")
+        layout_storage.remove()
+        with pytest.raises(FileNotFoundError) as gone:
+            held.save_checkpoint(b"into nothing")
+    # The slotted layout finds its open file unlinked; the replace layout
+    # cannot create session.next in a directory that is gone.
+    named = {
+        Layout.SLOTTED: layout_storage.location,
+        Layout.REPLACE: layout_storage.paths.next,
+    }
+    assert gone.value.filename == named[layout_storage.layout]
+    assert not os.path.exists(layout_storage.location)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_during_saves_leaves_the_lock_with_the_parent_alone(
+    layout_storage: SessionStorage,
+) -> None:
+    """A thread saves in a loop while the main thread forks: the fork waits for
+    the save in flight, so the child holds none of the session's files, and
+    the parent's close() releases the lock while the child still runs."""
+    held = layout_storage.hold()
+    stop = threading.Event()
+
+    def save_forever() -> None:
+        while not stop.is_set():
+            held.save_checkpoint(b"saved by a thread " * 100)
+
+    saver = threading.Thread(target=save_forever)
+    saver.start()
+    read_end, write_end = os.pipe()
+    go_end, wait_end = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read_end)
+            location = os.path.realpath(layout_storage.location)
+            open_files = [
+                os.path.realpath(f"/proc/self/fd/{fd}")
+                for fd in os.listdir("/proc/self/fd")
+            ]
+            mine = [path for path in open_files if path.startswith(location)]
+            os.write(write_end, json.dumps(mine).encode())
+            os.close(write_end)
+            os.read(go_end, 1)  # alive until the parent has checked the lock
+            os._exit(0)
+    finally:
+        stop.set()
+        saver.join()
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        inherited = json.loads(pipe.read())
+    held.close()
+    try:
+        assert inherited == []
+        assert layout_storage.lock_state() is LockState.UNLOCKED
+    finally:
+        os.write(wait_end, b"x")
+        os.waitpid(pid, 0)
+
+
+def test_a_closed_session_names_its_location_as_the_file_system_spells_it(
+    backend: str, tmp_path: Path
+) -> None:
+    base = tmp_path / os.fsdecode(b"caf\xe9")
+    storage = SessionStorage.create(base, layout=Layout.SLOTTED)
+    held = storage.hold()
+    held.close()
+    with pytest.raises(ValueError) as closed:
+        held.save_checkpoint(b"x")
+    assert str(closed.value) == f"held session {storage.location} is closed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -31,11 +32,20 @@ class HeldSession:
     ``LockedStorageError``, and ``prune`` spares the session. Closing (the end
     of a ``with`` block, collection, interpreter exit, or the process's death)
     releases it. ``remove()`` does not take the lock: removing a held session
-    is the caller's choice to make. A child forked while a session is held
-    does not hold it: its saves through the inherited object raise ValueError.
+    is the caller's choice to make, and a save after it raises
+    FileNotFoundError. A child forked while a session is held does not hold
+    it: a fork waits for a save in flight to end, the child closes its copies
+    of the files (the parent's lock stays), and its saves raise ValueError.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_pid", "_storage", "_writer")
+    __slots__ = (
+        "__weakref__",
+        "_finalizer",
+        "_pid",
+        "_saving",
+        "_storage",
+        "_writer",
+    )
 
     def __init__(self, storage: SessionStorage) -> None:
         plan = plan_hold(storage.durability, storage.layout)
@@ -50,6 +60,9 @@ class HeldSession:
         self._storage = storage
         self._writer: _backend.HeldWriter = writer
         self._pid = os.getpid()
+        # Held by each save and by close(); a fork takes it too, so no save is
+        # in flight while the process forks.
+        self._saving = threading.Lock()
         self._finalizer = weakref.finalize(self, writer.close)
         _live_sessions.add(self)
 
@@ -67,11 +80,18 @@ class HeldSession:
         """Replace the checkpoint with ``data``, as ``SessionStorage.save_checkpoint``.
 
         TypeError for data that is not bytes-like, before touching the disk;
-        ValueError once the session was released.
+        ValueError once the session was released. A bytearray or memoryview is
+        copied first: changed by another thread during the write, it would
+        leave a record that fails its checksum, and a held slotted session,
+        which does not read back what it wrote, would take it for its newest.
         """
         from ._storage import as_checkpoint
 
-        self._writer.save(as_checkpoint(data))
+        buffer = as_checkpoint(data)
+        if not isinstance(buffer, bytes):
+            buffer = bytes(buffer)
+        with self._saving:
+            self._writer.save(buffer)
 
     def load_checkpoint(self) -> bytes:
         """The last saved checkpoint (``SessionStorage.load_checkpoint``)."""
@@ -79,7 +99,8 @@ class HeldSession:
 
     def close(self) -> None:
         """Release the session: close its files, which releases the lock. Idempotent."""
-        self._finalizer()
+        with self._saving:
+            self._finalizer()
 
     def __enter__(self) -> HeldSession:
         return self
@@ -131,11 +152,33 @@ class _Forked:
 
 
 _live_sessions: weakref.WeakSet[HeldSession] = weakref.WeakSet()
+# The sessions whose saves a fork in progress holds off.
+_paused: list[HeldSession] = []
+
+
+def _pause_sessions_for_fork() -> None:
+    """No save is in flight while the process forks: the child can then close
+    its copies of every held session's files (a save in flight would hold the
+    writer's lock in the child for ever, and the files with it)."""
+    for session in list(_live_sessions):
+        session._saving.acquire()
+        _paused.append(session)
+
+
+def _resume_sessions_in_parent() -> None:
+    while _paused:
+        _paused.pop()._saving.release()
 
 
 def _orphan_sessions_in_child() -> None:
-    for session in list(_live_sessions):
+    while _paused:
+        session = _paused.pop()
         session._orphan()
+        session._saving.release()
 
 
-os.register_at_fork(after_in_child=_orphan_sessions_in_child)
+os.register_at_fork(
+    before=_pause_sessions_for_fork,
+    after_in_parent=_resume_sessions_in_parent,
+    after_in_child=_orphan_sessions_in_child,
+)

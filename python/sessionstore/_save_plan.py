@@ -56,6 +56,10 @@ class SaveStep(enum.IntEnum):
     """``fdatasync(slots)``: the one flush of a durable in-place save"""
     CLOSE_SLOTS = 16
     """``close(slots)``, checked; nothing when it is not open"""
+    CHECK_LINKED = 17
+    """``fstat(slots)``: a held session's slots file unlinked since it was
+    opened (the session was removed) fails the save with FileNotFoundError
+    naming the location, rather than flushing a file nobody can load"""
 
 
 @attrs.frozen
@@ -173,7 +177,8 @@ class HeldPlan:
     runs once at the end, and closing the directory releases the lock. With
     the lock held throughout, nobody else writes to the session, so a held
     slotted save reads the slots only on its first save and after a failure:
-    after the first, it is ``pwritev`` and ``fdatasync``, the one-flush floor.
+    after the first, it is an ``fstat`` (``CHECK_LINKED``: the session was not
+    removed meanwhile), ``pwritev`` and ``fdatasync``.
     """
 
     layout: Layout
@@ -225,6 +230,8 @@ def plan_hold(
         slotted = plan_slotted_save(durability)
         target = SLOTS_NAME
         middle = between(slotted.in_place.steps)
+        opened = middle.index(SaveStep.OPEN_SLOTS) + 1
+        middle = (*middle[:opened], SaveStep.CHECK_LINKED, *middle[opened:])
         rebuild = between(slotted.rebuild.steps)
     return HeldPlan(
         layout=layout,
