@@ -27,7 +27,7 @@ pub mod step {
     pub const WRITE_SLOT: u8 = 14;
     pub const SYNC_SLOT: u8 = 15;
     pub const CLOSE_SLOTS: u8 = 16;
-    pub const CHECK_LINKED: u8 = 17;
+    pub const CHECK_DIR_LINKED: u8 = 17;
 }
 
 pub const NEXT_NAME: &CStr = c"session.next";
@@ -360,8 +360,8 @@ impl SlottedSave<'_> {
                     Err(errno) => return Err(os(At::Slots)(errno)),
                 }
             }
-            step::CHECK_LINKED => {
-                let stat = sys::fstat(state.slots).map_err(os(At::Slots))?;
+            step::CHECK_DIR_LINKED => {
+                let stat = sys::fstat(state.dir).map_err(os(At::Location))?;
                 if stat.st_nlink == 0 {
                     return Err(Failure::Os {
                         errno: libc::ENOENT,

@@ -491,7 +491,7 @@ def slotted_steps(choose: SlotChooser = choose_slot) -> Mapping[Step, StepModel]
         SaveStep.WRITE_SLOT: _write_slot,
         SaveStep.SYNC_SLOT: lambda run: [Flush(run.handles["slots"])],
         SaveStep.CLOSE_SLOTS: _nothing_on_disk,
-        SaveStep.CHECK_LINKED: _nothing_on_disk,
+        SaveStep.CHECK_DIR_LINKED: _nothing_on_disk,
     }
 
 

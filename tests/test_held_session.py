@@ -1,8 +1,8 @@
 """storage.hold(): a session held open and locked across saves, on both backends.
 
 The held plan's syscalls are traced (as in ``test_slotted_conformance``): a held
-slotted save that knows its slots is an ``fstat`` (the session was not removed),
-``pwritev2`` and ``fdatasync``, and nothing else. The lock is held from
+slotted save that knows its slots is an ``fstat`` of the directory (the session
+was not removed), ``pwritev2`` and ``fdatasync``, and nothing else. The lock is held from
 ``hold()`` to ``close()`` and never longer; every save is the same atomic,
 durable save as ``save_checkpoint``'s, on the same files.
 """
@@ -99,7 +99,7 @@ def test_a_held_slotted_save_that_knows_its_slots_is_a_write_and_a_flush(
     # goes to slot 1, without opening or reading anything.
     at = FILE_HEADER_SIZE + plan_slot_size(size)
     by_step = {
-        SaveStep.CHECK_LINKED: [f"fstat({_SLOTS})"],
+        SaveStep.CHECK_DIR_LINKED: ["fstat(dir)"],
         SaveStep.WRITE_SLOT: [
             f"pwritev2({_SLOTS}, 2 parts, {RECORD_HEADER_SIZE + size} bytes at {at})"
         ],
@@ -120,7 +120,7 @@ def test_the_first_held_save_opens_and_reads_the_slots(
     record = RECORD_HEADER_SIZE + size
     assert lines == [
         *before_slots()[SaveStep.OPEN_SLOTS],
-        f"fstat({_SLOTS})",
+        "fstat(dir)",
         *slot_reads(plan_slot_size(size), 1, size),
         f"pwritev2({_SLOTS}, 2 parts, {record} bytes at {FILE_HEADER_SIZE})",
         f"fdatasync({_SLOTS})",
@@ -464,8 +464,8 @@ def test_a_save_after_the_session_was_removed_raises(
         layout_storage.remove()
         with pytest.raises(FileNotFoundError) as gone:
             held.save_checkpoint(b"into nothing")
-    # The slotted layout finds its open file unlinked; the replace layout
-    # cannot create session.next in a directory that is gone.
+    # The slotted layout finds its directory unlinked; the replace layout
+    # cannot create session.next in it.
     named = {
         Layout.SLOTTED: layout_storage.location,
         Layout.REPLACE: layout_storage.paths.next,

@@ -59,11 +59,11 @@ def test_a_held_slotted_save_is_the_one_shot_save_split_at_the_lock(
     one_shot = plan_slotted_save(durability)
     # Plus a check, after the slots file is open, that nobody removed it since.
     lifetime = held.acquire.steps + held.save.steps + held.release.steps
-    assert tuple(s for s in lifetime if s is not SaveStep.CHECK_LINKED) == (
+    assert tuple(s for s in lifetime if s is not SaveStep.CHECK_DIR_LINKED) == (
         one_shot.in_place.steps
     )
     opened = held.save.steps.index(SaveStep.OPEN_SLOTS)
-    assert held.save.steps[opened + 1] is SaveStep.CHECK_LINKED
+    assert held.save.steps[opened + 1] is SaveStep.CHECK_DIR_LINKED
     assert held.acquire.steps[-1] is SaveStep.CHECK_REPLACE
     assert (*held.rebuild.steps, SaveStep.CLOSE_DIR) == one_shot.rebuild.steps
     assert held.durable == one_shot.durable == (durability is Durability.FULL)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from . import _backend
 from ._options import Layout
 from ._save_plan import plan_hold
+from ._storage import as_checkpoint
 
 if TYPE_CHECKING:
     from ._storage import SessionStorage
@@ -85,8 +86,6 @@ class HeldSession:
         leave a record that fails its checksum, and a held slotted session,
         which does not read back what it wrote, would take it for its newest.
         """
-        from ._storage import as_checkpoint
-
         buffer = as_checkpoint(data)
         if not isinstance(buffer, bytes):
             buffer = bytes(buffer)

@@ -52,7 +52,7 @@ _WRITE_SLOT: Final = SaveStep.WRITE_SLOT.value
 _SYNC_SLOT: Final = SaveStep.SYNC_SLOT.value
 _CLOSE_SLOTS: Final = SaveStep.CLOSE_SLOTS.value
 _CLOSE_DIR: Final = SaveStep.CLOSE_DIR.value
-_CHECK_LINKED: Final = SaveStep.CHECK_LINKED.value
+_CHECK_DIR_LINKED: Final = SaveStep.CHECK_DIR_LINKED.value
 
 
 @attrs.frozen
@@ -265,10 +265,9 @@ def _run_steps(
                     state.slots_fd = _open_slots(state.dir_fd)
                 except FileNotFoundError:
                     break
-            elif code == _CHECK_LINKED:
-                path = slots_path
-                if os.fstat(state.slots_fd).st_nlink == 0:
-                    path = location
+            elif code == _CHECK_DIR_LINKED:
+                path = location
+                if os.fstat(state.dir_fd).st_nlink == 0:
                     raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
             elif code == _READ_SLOTS:
                 path = slots_path
