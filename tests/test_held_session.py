@@ -1,10 +1,10 @@
 """storage.hold(): a session held open and locked across saves, on both backends.
 
 The held plan's syscalls are traced (as in ``test_slotted_conformance``): a held
-slotted save that knows its slots is an ``fstat`` of the directory (the session
-was not removed), ``pwritev2`` and ``fdatasync``, and nothing else. The lock is held from
-``hold()`` to ``close()`` and never longer; every save is the same atomic,
-durable save as ``save_checkpoint``'s, on the same files.
+slotted save that knows its slots is an ``fstat`` of the directory (the
+session was not removed), ``pwritev2`` and ``fdatasync``, and nothing else. The
+lock is held from ``hold()`` to ``close()`` and never longer; every save is the
+same atomic, durable save as ``save_checkpoint``'s, on the same files.
 """
 
 from __future__ import annotations
