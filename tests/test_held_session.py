@@ -531,3 +531,57 @@ def test_a_closed_session_names_its_location_as_the_file_system_spells_it(
     with pytest.raises(ValueError) as closed:
         held.save_checkpoint(b"x")
     assert str(closed.value) == f"held session {storage.location} is closed"
+
+
+_SIGNAL_CHILD: Final = """
+import os, signal, sys
+from sessionstore import Layout, LockState, SessionStorage
+storage = SessionStorage(sys.argv[1], layout=Layout[sys.argv[2]])
+action = sys.argv[3]
+held = storage.hold()
+forks = []
+
+def handler(signum, frame):
+    if action == "close":
+        held.close()
+    else:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        forks.append(pid)
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+saves = 0
+try:
+    while not held.closed and (action == "close" or len(forks) < 20):
+        held.save_checkpoint(b"saved under signals " * 50)
+        saves += 1
+except ValueError:
+    pass  # closed by the handler between the check and the save
+signal.setitimer(signal.ITIMER_REAL, 0)
+for pid in forks:
+    os.waitpid(pid, 0)
+held.close()
+print(saves, len(forks), storage.lock_state().value)
+"""
+
+
+@pytest.mark.parametrize("action", ["close", "fork"])
+def test_a_signal_handler_may_close_or_fork_during_held_saves(
+    layout_storage: SessionStorage, backend_env: dict[str, str], action: str
+) -> None:
+    """A SIGALRM every millisecond while the main thread saves: a handler that
+    closes the session, or forks, neither hangs nor leaves the lock held."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_CHILD, layout_storage.location,
+         layout_storage.layout.name, action],
+        env=backend_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    saves, forks, lock = done.stdout.split()
+    assert lock == LockState.UNLOCKED.value
+    assert int(saves) > 0
+    if action == "fork":
+        assert int(forks) == 20
+    assert layout_storage.load_checkpoint() == b"saved under signals " * 50

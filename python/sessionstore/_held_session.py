@@ -6,7 +6,7 @@ import os
 import threading
 import weakref
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from . import _backend
 from ._options import Layout
@@ -50,22 +50,26 @@ class HeldSession:
 
     def __init__(self, storage: SessionStorage) -> None:
         plan = plan_hold(storage.durability, storage.layout)
-        writer = _backend.active.current.hold(
-            storage.location,
-            plan.acquire.codes,
-            plan.save.codes,
-            plan.rebuild.codes,
-            plan.release.codes,
-            storage.layout is Layout.SLOTTED,
-        )
-        self._storage = storage
-        self._writer: _backend.HeldWriter = writer
-        self._pid = os.getpid()
-        # Held by each save and by close(); a fork takes it too, so no save is
-        # in flight while the process forks.
-        self._saving = threading.Lock()
-        self._finalizer = weakref.finalize(self, writer.close)
-        _live_sessions.add(self)
+        # No fork between taking the lock and knowing about it.
+        with _fork_lock:
+            writer = _backend.active.current.hold(
+                storage.location,
+                plan.acquire.codes,
+                plan.save.codes,
+                plan.rebuild.codes,
+                plan.release.codes,
+                storage.layout is Layout.SLOTTED,
+            )
+            self._storage = storage
+            self._writer: _backend.HeldWriter = writer
+            self._pid = os.getpid()
+            # Held by each save and by close(); a fork takes it too, so no save
+            # is in flight while the process forks. Re-entrant: a signal
+            # handler may close or save while its thread is in a save.
+            self._saving = threading.RLock()
+            self._finalizer = weakref.finalize(self, _close_writer, writer)
+            _live_sessions.add(self)
+            _open_writers[id(writer)] = writer
 
     @property
     def storage(self) -> SessionStorage:
@@ -98,7 +102,7 @@ class HeldSession:
 
     def close(self) -> None:
         """Release the session: close its files, which releases the lock. Idempotent."""
-        with self._saving:
+        with _fork_lock, self._saving:
             self._finalizer()
 
     def __enter__(self) -> HeldSession:
@@ -117,10 +121,9 @@ class HeldSession:
         return f"<HeldSession {self._storage.location!r} {state}>"
 
     def _orphan(self) -> None:
-        """In a forked child: close the inherited files (the parent keeps its
-        lock) and refuse saves."""
+        """In a forked child: refuse saves (the child closed its copies of the
+        files already, which leaves the parent's lock alone)."""
         self._finalizer.detach()
-        self._writer.forget()
         self._writer = _Forked(self._storage.location, self._pid)
 
 
@@ -151,14 +154,37 @@ class _Forked:
 
 
 _live_sessions: weakref.WeakSet[HeldSession] = weakref.WeakSet()
-# The sessions whose saves a fork in progress holds off.
+# Taken by a fork from before to after, and by hold() and close(), so a child
+# never inherits a session the fork did not see or one half closed; taken
+# before any session's own lock. Re-entrant: a signal handler may hold, close
+# or fork in a thread that has it. The collector's finalizer takes it only if
+# it is free (it may run inside a save, whose session lock a fork may be
+# waiting for): a fork in the instant a collected session's writer closes
+# without it leaves the child with copies of its files until the child exits
+# or execs.
+_fork_lock: Final = threading.RLock()
+# The sessions whose saves the fork in progress holds off.
 _paused: list[HeldSession] = []
+# Every writer not closed yet, by id: also those of sessions being collected,
+# which have left _live_sessions before their finalizer closes the writer.
+_open_writers: dict[int, _backend.HeldWriter] = {}
+
+
+def _close_writer(writer: _backend.HeldWriter) -> None:
+    excluded = _fork_lock.acquire(blocking=False)
+    try:
+        writer.close()
+    finally:
+        _open_writers.pop(id(writer), None)
+        if excluded:
+            _fork_lock.release()
 
 
 def _pause_sessions_for_fork() -> None:
     """No save is in flight while the process forks: the child can then close
     its copies of every held session's files (a save in flight would hold the
     writer's lock in the child for ever, and the files with it)."""
+    _fork_lock.acquire()
     for session in list(_live_sessions):
         session._saving.acquire()
         _paused.append(session)
@@ -167,13 +193,17 @@ def _pause_sessions_for_fork() -> None:
 def _resume_sessions_in_parent() -> None:
     while _paused:
         _paused.pop()._saving.release()
+    _fork_lock.release()
 
 
 def _orphan_sessions_in_child() -> None:
+    while _open_writers:
+        _open_writers.popitem()[1].forget()
     while _paused:
         session = _paused.pop()
         session._orphan()
         session._saving.release()
+    _fork_lock.release()
 
 
 os.register_at_fork(

@@ -16,9 +16,18 @@ from ._python_slots_writer import SlotsState
 
 
 class HeldWriter:
-    """A session directory held open and locked; a lock inside serialises threads."""
+    """A session directory held open and locked; a lock inside serialises threads.
+
+    Python code can be interrupted between any two bytecodes by a signal
+    handler of the same thread: one that saves through this writer during a
+    save raises RuntimeError, one that closes it has the writer closed as soon
+    as the interrupted save ends (the native writer, whose saves no handler
+    can interrupt, needs neither).
+    """
 
     __slots__ = (
+        "_busy",
+        "_close_after",
         "_location",
         "_lock",
         "_rebuild",
@@ -48,7 +57,9 @@ class HeldWriter:
         self._rebuild = rebuild
         self._release = release
         self._slotted = slotted
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._busy = False
+        self._close_after = False
         self._state: SlotsState | None = state
 
     @property
@@ -61,32 +72,51 @@ class HeldWriter:
             state = self._state
             if state is None:
                 raise ValueError(f"held session {self._location} is closed")
-            if self._slotted:
-                _python_slots_writer.run_on(
-                    state, self._location, data, self._save, self._rebuild
+            if self._busy:
+                raise RuntimeError(
+                    f"held session {self._location}: a save from inside one of "
+                    "its own saves (a signal handler?)"
                 )
-            else:
-                _python_writer.save(
-                    self._location,
-                    data,
-                    self._save,
-                    NEXT_NAME,
-                    CHECKPOINT_NAME,
-                    dir_fd=state.dir_fd,
-                )
+            self._busy = True
+            try:
+                if self._slotted:
+                    _python_slots_writer.run_on(
+                        state, self._location, data, self._save, self._rebuild
+                    )
+                else:
+                    _python_writer.save(
+                        self._location,
+                        data,
+                        self._save,
+                        NEXT_NAME,
+                        CHECKPOINT_NAME,
+                        dir_fd=state.dir_fd,
+                    )
+            finally:
+                self._busy = False
+                if self._close_after:
+                    self._release_now()
 
     def close(self) -> None:
-        """Run the release steps, which release the lock; nothing once closed."""
+        """Run the release steps, which release the lock; nothing once closed.
+
+        Called by a signal handler during a save of this thread, it leaves the
+        closing to the end of that save.
+        """
         with self._lock:
-            state, self._state = self._state, None
-            if state is None:
+            if self._busy:
+                self._close_after = True
                 return
-            try:
-                _python_slots_writer.run_on(
-                    state, self._location, b"", self._release, b""
-                )
-            finally:
-                state.close()
+            self._release_now()
+
+    def _release_now(self) -> None:
+        state, self._state = self._state, None
+        if state is None:
+            return
+        try:
+            _python_slots_writer.run_on(state, self._location, b"", self._release, b"")
+        finally:
+            state.close()
 
     def forget(self) -> None:
         """In a forked child: close the inherited descriptors, which leaves the
