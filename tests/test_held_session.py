@@ -583,5 +583,5 @@ def test_a_signal_handler_may_close_or_fork_during_held_saves(
     assert lock == LockState.UNLOCKED.value
     assert int(saves) > 0
     if action == "fork":
-        assert int(forks) == 20
+        assert int(forks) >= 20
     assert layout_storage.load_checkpoint() == b"saved under signals " * 50
