@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
+import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -393,3 +396,36 @@ def test_prune_spares_a_session_saved_after_the_scan(
     repo = SessionStorageRepository(tmp_path)
     assert repo.prune(older_than=datetime.timedelta(days=7)) == []
     assert storage.load_checkpoint() == b"saved between the scan and the removal"
+
+
+def test_a_removal_that_fails_stops_no_other_and_is_raised(
+    backend: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    repo = SessionStorageRepository(str(tmp_path))
+    sessions = [SessionStorage.create(tmp_path) for _ in range(4)]
+    for age, storage in enumerate(sessions):
+        storage.save_checkpoint(b"old")
+        stamp = time.time() - 30 * 86400 - age
+        os.utime(storage.location, (stamp, stamp))
+    refused = {sessions[1].location, sessions[2].location}
+    remove = SessionStorage.remove
+
+    def remove_unless_refused(storage: SessionStorage) -> None:
+        if storage.location in refused:
+            raise PermissionError(errno.EPERM, "refused", storage.location)
+        remove(storage)
+
+    monkeypatch.setattr(SessionStorage, "remove", remove_unless_refused)
+    with (
+        caplog.at_level(logging.ERROR, logger="sessionstore"),
+        pytest.raises(PermissionError) as failed,
+    ):
+        repo.prune(keep=0)
+    # Youngest first: the first failure raised, the second logged.
+    assert failed.value.filename == sessions[1].location
+    assert sessions[2].location in caplog.text
+    left = sorted(storage.location for storage in repo.get_storage_list())
+    assert left == sorted(refused)

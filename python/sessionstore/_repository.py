@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import logging
 import os
 from collections.abc import Iterator
 from typing import Final
@@ -21,6 +22,8 @@ from ._python_listing import ScannedSession, scan_session
 from ._python_writer import read_lock_table, try_lock
 from ._session_info import SessionInfo, modified_at
 from ._storage import SessionStorage, remove_tree
+
+log = logging.getLogger("sessionstore")
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -236,12 +239,31 @@ class SessionStorageRepository:
         deletes the hidden tombstones that removals interrupted by a crash
         left behind; they are no sessions, so they are not in the answer. A dry
         run touches nothing.
+
+        One removal that fails stops none of the others: every one is tried,
+        then the first failure is raised (naming its path) and the others are
+        logged as errors to the ``sessionstore`` logger.
         """
         policy = PrunePolicy(keep=keep, older_than=older_than)
         infos, tombstones = self._scan()
         doomed = plan_prune(infos, datetime.datetime.now(datetime.timezone.utc), policy)
         if dry_run:
             return doomed
+        failures: list[OSError] = []
         for name in tombstones:
-            remove_tree(os.path.join(self.location, name))
-        return [info for info in doomed if _remove_unless_held(info)]
+            try:
+                remove_tree(os.path.join(self.location, name))
+            except OSError as exc:
+                failures.append(exc)
+        removed = []
+        for info in doomed:
+            try:
+                if _remove_unless_held(info):
+                    removed.append(info)
+            except OSError as exc:
+                failures.append(exc)
+        if failures:
+            for other in failures[1:]:
+                log.error("prune could not remove %s: %s", other.filename, other)
+            raise failures[0]
+        return removed
