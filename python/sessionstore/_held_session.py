@@ -21,9 +21,10 @@ class HeldSession:
     """A session whose directory stays open and locked from ``storage.hold()`` to
     ``close()``, so each save skips opening, locking and closing it.
 
-    A save of a session held in the slotted layout is, after the first, one
-    ``pwritev`` and one ``fdatasync``: nobody else writes while the lock is
-    held, so the writer knows which slot to overwrite without reading. Saves
+    A save of a session held in the slotted layout is, after the first, an
+    ``fstat`` of the directory (removed meanwhile?), one ``pwritev`` and one
+    ``fdatasync``: nobody else writes while the lock is held, so the writer
+    knows which slot to overwrite without reading. Saves
     are as atomic and durable as ``SessionStorage.save_checkpoint``'s, on the
     same files; a failed save raises and leaves the session held, with its last
     good checkpoint in place.
