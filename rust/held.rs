@@ -4,9 +4,9 @@
 //! would; each save then runs the held plan's middle steps on the descriptors
 //! kept open, and `release` closes them, which releases the lock. While the lock
 //! is held nobody else writes to the session, so after its first save a held
-//! slotted session knows its slots and writes a record with one `pwritev` and
-//! one `fdatasync`. Plain Rust, without Python: the extension runs it with the
-//! GIL released.
+//! slotted session knows its slots: a save is an `fstat` of the directory (was
+//! the session removed?), one `pwritev` and one `fdatasync`. Plain Rust,
+//! without Python: the extension runs it with the GIL released.
 
 use std::ffi::CString;
 
