@@ -288,22 +288,13 @@ mod tests {
         .run(Checkpoint::of(data))
     }
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
     #[test]
     fn durable_save_replaces_the_checkpoint() {
         let dir = TempDir::new("save", "durable");
         save(&dir.0, DURABLE, b"first").unwrap();
         save(&dir.0, DURABLE, b"second").unwrap();
         assert_eq!(fs::read(dir.0.join("session")).unwrap(), b"second");
-        assert_eq!(entries(&dir.0), ["session"]);
+        assert_eq!(dir.entries(), ["session"]);
         let mode = fs::metadata(dir.0.join("session"))
             .unwrap()
             .permissions()
@@ -347,7 +338,7 @@ mod tests {
         let err = save(&dir.0, DURABLE, b"new").unwrap_err();
         sys::close(holder).unwrap();
         assert_eq!(err.failure, Failure::Held);
-        assert!(entries(&dir.0).is_empty());
+        assert!(dir.entries().is_empty());
     }
 
     #[test]
@@ -377,7 +368,7 @@ mod tests {
             } if errno == libc::EISDIR || errno == libc::ENOTEMPTY
         ));
         assert_eq!(err.cleanup, None);
-        assert_eq!(entries(&dir.0), ["session"]);
+        assert_eq!(dir.entries(), ["session"]);
     }
 
     #[test]
@@ -385,7 +376,7 @@ mod tests {
         let dir = TempDir::new("save", "unknown");
         let err = save(&dir.0, &[1, 2, 3, 4, 42], b"x").unwrap_err();
         assert_eq!(err.failure, Failure::UnknownStep(42));
-        assert!(entries(&dir.0).is_empty());
+        assert!(dir.entries().is_empty());
     }
 
     #[test]
@@ -400,6 +391,6 @@ mod tests {
                 at: At::Next
             }
         );
-        assert!(entries(&dir.0).is_empty());
+        assert!(dir.entries().is_empty());
     }
 }

@@ -544,15 +544,6 @@ mod tests {
         Ok(found)
     }
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
     #[test]
     fn saves_alternate_slots_in_place_and_keep_two_generations() {
         let dir = TempDir::new("slotted", "alternate");
@@ -562,7 +553,7 @@ mod tests {
         save(&dir.0, b"three").unwrap();
         assert_eq!(fs::metadata(dir.slots()).unwrap().ino(), inode);
         assert_eq!(load(&dir.slots(), 2).unwrap(), [&b"three"[..], b"two"]);
-        assert_eq!(entries(&dir.0), ["session.slots"]);
+        assert_eq!(dir.entries(), ["session.slots"]);
     }
 
     #[test]
@@ -576,7 +567,7 @@ mod tests {
         assert_ne!(after.ino(), before.ino());
         assert_eq!(after.len(), FILE_HEADER_SIZE + 2 * 131_072);
         assert_eq!(load(&dir.slots(), 2).unwrap(), [&big[..], b"small"]);
-        assert_eq!(entries(&dir.0), ["session.slots"]);
+        assert_eq!(dir.entries(), ["session.slots"]);
     }
 
     #[test]

@@ -25,6 +25,16 @@ impl TempDir {
         CString::new(self.0.as_os_str().as_bytes()).unwrap()
     }
 
+    /// The names of the entries inside it, sorted.
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// `session.slots` inside it.
     pub fn slots(&self) -> PathBuf {
         self.0.join("session.slots")
