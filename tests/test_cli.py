@@ -9,12 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import filesystems
 from sessionstore import SessionStorage, SessionStorageRepository
 from sessionstore._cli import format_size, main, parse_duration, parse_size
 from sessionstore._naming import NEXT_NAME
@@ -473,3 +475,38 @@ def test_a_name_that_is_not_text_is_listed_escaped(
     )
     assert done.returncode == 0, done.stderr
     assert "caf\\udce9" in done.stdout
+
+
+@pytest.fixture
+def tmpfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tmpfs, which stores times far outside what a datetime holds."""
+    for mount in filesystems.mount_or_skip(filesystems.TMPFS, tmp_path_factory):
+        yield mount.root
+
+
+@pytest.mark.root
+def test_sessions_dated_beyond_year_9999_or_before_year_1_list_and_prune(
+    backend: str, tmpfs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    year_12000_ns = 315_537_897_600 * 10**9
+    future = make(tmpfs)
+    os.utime(future.location, ns=(year_12000_ns, year_12000_ns))
+    past = make(tmpfs)
+    os.utime(past.location, ns=(-year_12000_ns, -year_12000_ns))
+    now = make(tmpfs)
+
+    status, out, err = run(capsys, "list", "--json", "--repo", tmpfs)
+    assert (status, err) == (0, "")
+    listed = json.loads(out)
+    assert [s["id"] for s in listed] == [future.id, now.id, past.id]
+    assert listed[0]["modified"] == "9999-12-31T23:59:59.999999+00:00"
+    assert listed[2]["modified"] == "0001-01-01T00:00:00+00:00"
+
+    status, out, err = run(
+        capsys, "prune", "--keep", "0", "--older-than", "1d", "--repo", tmpfs
+    )
+    assert (status, err) == (0, "")
+    assert out.splitlines()[-1] == f"removed 1 session from {tmpfs}"
+    assert sorted(os.listdir(tmpfs)) == sorted(
+        os.path.basename(s.location) for s in (future, now)
+    )

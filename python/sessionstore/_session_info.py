@@ -10,15 +10,24 @@ import attrs
 from ._lock_state import LockState
 
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# The span a datetime can hold. Filesystems store times far outside it (tmpfs,
+# btrfs and xfs take year 12000); one such session must not break a listing.
+_EARLIEST: Final = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+_LATEST: Final = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+_EARLIEST_US: Final = (_EARLIEST - _EPOCH) // datetime.timedelta(microseconds=1)
+_LATEST_US: Final = (_LATEST - _EPOCH) // datetime.timedelta(microseconds=1)
 
 
 def modified_at(mtime_ns: int) -> datetime.datetime:
     """A directory's ``st_mtime_ns`` as an aware UTC datetime.
 
     Computed with integer arithmetic, so equal mtimes give equal datetimes and
-    nothing is lost to float rounding (datetime keeps microseconds).
+    nothing is lost to float rounding (datetime keeps microseconds). A time
+    before year 1 or after year 9999 is clamped to the first or last moment a
+    datetime holds: such a session sorts as the oldest or the youngest.
     """
-    return _EPOCH + datetime.timedelta(microseconds=mtime_ns // 1000)
+    microseconds = min(max(mtime_ns // 1000, _EARLIEST_US), _LATEST_US)
+    return _EPOCH + datetime.timedelta(microseconds=microseconds)
 
 
 @attrs.frozen
