@@ -288,6 +288,58 @@ def test_bench_prints_a_table_and_leaves_nothing_behind(
     assert os.listdir(tmp_path) == []
 
 
+def test_bench_json_prints_one_object_per_row_and_nothing_else(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(
+        capsys,
+        "bench",
+        "--dir",
+        tmp_path,
+        "--sizes",
+        "1K,4K",
+        "--budget",
+        "0.05",
+        "--json",
+    )
+    assert (status, err) == (0, "")
+    rows = json.loads(out)
+    assert [(r["size"], r["durability"]) for r in rows] == [
+        (1024, "full"),
+        (1024, "none"),
+        (4096, "full"),
+        (4096, "none"),
+    ]
+    for row in rows:
+        assert set(row) == {
+            "size",
+            "durability",
+            "saves",
+            "median_seconds",
+            "p90_seconds",
+        }
+        assert row["saves"] > 0
+        assert 0 < row["median_seconds"] <= row["p90_seconds"]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sizes", ["2G", "1K,99999999999G", "1073741825"])
+def test_a_bench_size_over_1g_is_a_usage_error(
+    sizes: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(capsys, "bench", "--dir", tmp_path, "--sizes", sizes)
+    assert "bench measures up to 1G" in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", [("list",), ("prune", "--keep", "1"), ("bench",)])
+def test_an_empty_repository_path_is_a_usage_error(
+    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(capsys, *command, "--repo", "")
+    assert "bad path '': give the repository's path" in err
+
+
 def test_bench_defaults_to_a_temporary_session_in_the_repository(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -510,3 +562,12 @@ def test_sessions_dated_beyond_year_9999_or_before_year_1_list_and_prune(
     assert sorted(os.listdir(tmpfs)) == sorted(
         os.path.basename(s.location) for s in (future, now)
     )
+
+
+def test_prune_of_a_missing_repository_says_where_it_looked_and_exits_0(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere"
+    status, out, err = run(capsys, "prune", "--keep", "1", "--repo", missing)
+    assert (status, out, err) == (0, f"removed 0 sessions from {missing}\n", "")
+    assert not missing.exists()

@@ -47,6 +47,9 @@ _DURATION: Final = re.compile(r"(?:\d+[smhdw])+")
 _DURATION_PART: Final = re.compile(r"(\d+)([smhdw])")
 
 _SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+# bench holds two checkpoints of each size in memory; beyond this it would
+# fail with MemoryError rather than measure anything.
+MAX_BENCH_SIZE: Final = 1 << 30
 _SIZE: Final = re.compile(r"(\d+)([KMG]?)(?:i?B)?", re.IGNORECASE)
 
 
@@ -209,6 +212,17 @@ def resolve(repo: SessionStorageRepository, ident: str) -> str:
     )
 
 
+def bench_as_json(row: BenchRow) -> dict[str, Any]:
+    """One row of ``bench --json``: the size in bytes, the latencies in seconds."""
+    return {
+        "size": row.size,
+        "durability": row.durability.value,
+        "saves": row.saves,
+        "median_seconds": row.median,
+        "p90_seconds": row.p90,
+    }
+
+
 def _write(text: str) -> None:
     sys.stdout.write(text + "\n")
 
@@ -315,13 +329,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     backend = _backend.active.current.name
 
     def started(location: str) -> None:
+        if args.json:
+            return
         _write(f"save latency, {backend} backend, in {location} (removed afterwards)")
         sys.stdout.flush()
 
     rows = run_save_benchmark(
         base, sizes=args.sizes, budget=args.budget, started=started
     )
-    _write(bench_table(rows))
+    if args.json:
+        _write(json.dumps([bench_as_json(row) for row in rows], indent=2))
+    else:
+        _write(bench_table(rows))
     return EXIT_OK
 
 
@@ -367,7 +386,17 @@ def _budget(text: str) -> float:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    return tuple(parse_size(part) for part in text.split(","))
+    sizes = tuple(parse_size(part) for part in text.split(","))
+    for part, size in zip(text.split(","), sizes, strict=True):
+        if size > MAX_BENCH_SIZE:
+            raise ValueError(f"bad size {part!r}: bench measures up to 1G")
+    return sizes
+
+
+def _repo(text: str) -> str:
+    if not text:
+        raise ValueError("bad path '': give the repository's path")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--repo",
         metavar="PATH",
+        type=_argument_type(_repo),
         help="the session repository (default: "
         "$PLAINBOX_SESSION_REPOSITORY, else "
         "${XDG_CACHE_HOME:-~/.cache}/plainbox/sessions)",
@@ -461,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUDGET,
         help=f"how long to measure (default: {DEFAULT_BUDGET:g})",
     )
+    p.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
 
 
