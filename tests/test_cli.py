@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -571,3 +572,30 @@ def test_prune_of_a_missing_repository_says_where_it_looked_and_exits_0(
     status, out, err = run(capsys, "prune", "--keep", "1", "--repo", missing)
     assert (status, out, err) == (0, f"removed 0 sessions from {missing}\n", "")
     assert not missing.exists()
+
+
+def test_a_prune_that_fails_says_what_it_removed_then_the_error(
+    backend: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sessions = [make(tmp_path, age_days=days) for days in (10, 11, 12)]
+    refused = sessions[1]
+    remove = SessionStorage.remove
+
+    def remove_unless_refused(storage: SessionStorage) -> None:
+        if storage.location == refused.location:
+            raise PermissionError(
+                errno.EPERM, "Operation not permitted", storage.location
+            )
+        remove(storage)
+
+    monkeypatch.setattr(SessionStorage, "remove", remove_unless_refused)
+    status, out, err = run(capsys, "prune", "--keep", "0", "--repo", tmp_path)
+    assert status == 1
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["removed", sessions[0].id],
+        ["removed", sessions[2].id],
+    ]
+    assert err == (f"sessionstore prune: Operation not permitted: {refused.location}\n")

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -429,3 +430,31 @@ def test_a_removal_that_fails_stops_no_other_and_is_raised(
     assert sessions[2].location in caplog.text
     left = sorted(storage.location for storage in repo.get_storage_list())
     assert left == sorted(refused)
+
+
+@pytest.mark.root
+def test_a_removal_the_filesystem_refuses_names_the_whole_path(
+    backend: str, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a file immutable (chattr +i) needs root")
+    repo = SessionStorageRepository(str(tmp_path))
+    kept, stuck, gone = (make(tmp_path, b"old", age_days=days) for days in (1, 9, 10))
+    pinned = Path(stuck.location, "pinned")
+    pinned.write_bytes(b"")
+    set_age(stuck, 9)
+    chattr = subprocess.run(
+        ["chattr", "+i", str(pinned)], capture_output=True, text=True, check=False
+    )
+    if chattr.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {chattr.stderr.strip()}")
+    try:
+        with pytest.raises(PermissionError) as failed:
+            repo.prune(older_than=datetime.timedelta(days=5))
+        # The session was renamed to its tombstone before its files went.
+        (tombstone,) = [n for n in os.listdir(tmp_path) if n.startswith(".")]
+        assert failed.value.filename == str(tmp_path / tombstone / "pinned")
+        assert repo.get_storage_list() == [kept]
+        assert not os.path.exists(gone.location)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(tmp_path)], check=True)

@@ -24,7 +24,8 @@ from ._bench import DEFAULT_BUDGET, DEFAULT_SIZES, BenchRow, run_save_benchmark
 from ._errors import CorruptCheckpointError
 from ._lock_state import LockState
 from ._naming import SESSION_SUFFIX
-from ._repository import SessionStorageRepository, describe
+from ._prune import PrunePolicy
+from ._repository import SessionStorageRepository, describe, prune_sessions
 from ._session_info import SessionInfo
 from ._storage import SessionStorage
 
@@ -282,16 +283,21 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     repo = _repository(args)
-    infos = repo.prune(keep=args.keep, older_than=args.older_than, dry_run=args.dry_run)
+    policy = PrunePolicy(keep=args.keep, older_than=args.older_than)
     verb = "would remove" if args.dry_run else "removed"
-    for info in infos:
+    # A line per session as it goes: when a removal fails, the error comes
+    # after the lines of those that went.
+    count = 0
+    for info in prune_sessions(repo, policy, dry_run=args.dry_run):
         _write(
             f"{verb} {info.id}  "
             f"({_modified(info)} UTC, {_size(info)}, {info.lock.value})"
         )
-    noun = "session" if len(infos) == 1 else "sessions"
+        sys.stdout.flush()
+        count += 1
+    noun = "session" if count == 1 else "sessions"
     suffix = " (dry run: nothing was removed)" if args.dry_run else ""
-    _write(f"{verb} {len(infos)} {noun} from {repo.location}{suffix}")
+    _write(f"{verb} {count} {noun} from {repo.location}{suffix}")
     return EXIT_OK
 
 

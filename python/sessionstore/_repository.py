@@ -245,25 +245,36 @@ class SessionStorageRepository:
         logged as errors to the ``sessionstore`` logger.
         """
         policy = PrunePolicy(keep=keep, older_than=older_than)
-        infos, tombstones = self._scan()
-        doomed = plan_prune(infos, datetime.datetime.now(datetime.timezone.utc), policy)
-        if dry_run:
-            return doomed
-        failures: list[OSError] = []
-        for name in tombstones:
-            try:
-                remove_tree(os.path.join(self.location, name))
-            except OSError as exc:
-                failures.append(exc)
-        removed = []
-        for info in doomed:
-            try:
-                if _remove_unless_held(info):
-                    removed.append(info)
-            except OSError as exc:
-                failures.append(exc)
-        if failures:
-            for other in failures[1:]:
-                log.error("prune could not remove %s: %s", other.filename, other)
-            raise failures[0]
-        return removed
+        return list(prune_sessions(self, policy, dry_run=dry_run))
+
+
+def prune_sessions(
+    repo: SessionStorageRepository, policy: PrunePolicy, *, dry_run: bool = False
+) -> Iterator[SessionInfo]:
+    """``repo.prune()`` one session at a time: each as it goes (or, on a dry run,
+    as the plan names it), so a caller can report progress, and what went
+    before a failure. After the last one, the first failure is raised and the
+    others are logged."""
+    infos, tombstones = repo._scan()
+    doomed = plan_prune(infos, datetime.datetime.now(datetime.timezone.utc), policy)
+    if dry_run:
+        yield from doomed
+        return
+    failures: list[OSError] = []
+    for name in tombstones:
+        try:
+            remove_tree(os.path.join(repo.location, name))
+        except OSError as exc:
+            failures.append(exc)
+    for info in doomed:
+        try:
+            removed = _remove_unless_held(info)
+        except OSError as exc:
+            failures.append(exc)
+            continue
+        if removed:
+            yield info
+    if failures:
+        for other in failures[1:]:
+            log.error("prune could not remove %s: %s", other.filename, other)
+        raise failures[0]

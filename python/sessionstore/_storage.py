@@ -353,17 +353,25 @@ class SessionStorage:
         remove_tree(tombstone)
 
 
-def _ignore_missing(exc: BaseException) -> None:
+def _ignore_missing(exc: BaseException, path: str) -> None:
     # Something else deleting the same tree is not an error: it is gone either way.
-    if not isinstance(exc, FileNotFoundError):
-        raise exc
+    if isinstance(exc, FileNotFoundError):
+        return
+    if isinstance(exc, OSError):
+        # rmtree works through directory descriptors, so its errors name only
+        # the entry ("junk"); the caller needs the whole path.
+        exc.filename = path
+    raise exc
 
 
 def remove_tree(path: str) -> None:
-    """Delete a directory tree without following any symlink inside it."""
+    """Delete a directory tree without following any symlink inside it.
+
+    An error names the whole path of the entry that could not be removed.
+    """
     if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - not on Linux
         raise OSError(errno.ENOTSUP, "no symlink-safe tree removal here", path)
     if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=lambda _f, _p, exc: _ignore_missing(exc))
+        shutil.rmtree(path, onexc=lambda _f, at, exc: _ignore_missing(exc, at))
     else:
-        shutil.rmtree(path, onerror=lambda _f, _p, info: _ignore_missing(info[1]))
+        shutil.rmtree(path, onerror=lambda _f, at, info: _ignore_missing(info[1], at))
