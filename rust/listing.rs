@@ -155,9 +155,14 @@ fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
 ///
 /// The one place of this backend that knows which file holds a checkpoint (the
 /// fallback's is `_python_listing._checkpoint_size`): the replace layout's
-/// `session`. A slotted session (`session.slots` only) is not recognised yet.
+/// `session`, when it is a regular file (a directory or a symlink there holds
+/// nothing a load returns). A slotted session (`session.slots` only) has no
+/// size here: the repository's scan reads its newest record.
 fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
-    let checkpoint_size = look(fd, &join(name, CHECKPOINT))?.map(|st| st.st_size as u64);
+    let checkpoint = look(fd, &join(name, CHECKPOINT))?;
+    let checkpoint_size = checkpoint
+        .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+        .map(|st| st.st_size as u64);
     let next =
         look(fd, &join(name, NEXT))?.map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec)));
     if checkpoint_size.is_none() && next.is_none() && look(fd, name)?.is_none() {

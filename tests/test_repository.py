@@ -23,7 +23,7 @@ from sessionstore import (
     _backend,
     _python_listing,
 )
-from sessionstore._naming import NEXT_NAME, plan_tombstone_name
+from sessionstore._naming import NEXT_NAME, SLOTS_NAME, plan_tombstone_name
 from sessionstore._repository import _remove_unless_held, describe
 
 UTC = datetime.timezone.utc
@@ -85,6 +85,24 @@ def test_a_session_without_checkpoint_has_no_size(backend: str, tmp_path: Path) 
     make(tmp_path, b"")
     sizes = {i.checkpoint_size for i in SessionStorageRepository(tmp_path).scan()}
     assert sizes == {None, 0}
+
+
+def test_a_checkpoint_no_load_returns_has_no_size(backend: str, tmp_path: Path) -> None:
+    """A ``session`` that is a directory or a symlink, or a slots file with no
+    whole record: ``load_checkpoint()`` raises for each, so no size is shown."""
+    directory, link, damaged = (make(tmp_path, None) for _ in range(3))
+    os.mkdir(os.path.join(directory.location, "session"))
+    Path(tmp_path, "outside").write_bytes(b"x" * 100)
+    os.symlink(tmp_path / "outside", os.path.join(link.location, "session"))
+    Path(damaged.location, SLOTS_NAME).write_bytes(b"\xff" * 8192)
+    for storage in (directory, link, damaged):
+        with pytest.raises((OSError, ValueError)):
+            storage.load_checkpoint()
+    scanned = SessionStorageRepository(tmp_path).scan()
+    assert {i.location: i.checkpoint_size for i in scanned} == {
+        s.location: None for s in (directory, link, damaged)
+    }
+    assert describe(link.location).checkpoint_size is None
 
 
 def test_scan_lists_what_get_storage_list_lists_in_the_same_order(

@@ -84,10 +84,14 @@ def _checkpoint_size(location: str, dir_fd: int, name: str) -> int | None:
     The one place of this backend that knows which file holds a checkpoint
     (the native one: ``detail`` in rust/listing.rs): ``session``, which a stat
     sizes. A slotted session reads as None here; the repository's scan then
-    sizes it from its newest valid record, which takes a read.
+    sizes it from its newest valid record, which takes a read. A ``session``
+    that is not a regular file (a directory, a symlink) holds nothing a load
+    returns, so it has no size either.
     """
     checkpoint = _look(location, dir_fd, os.path.join(name, CHECKPOINT_NAME))
-    return None if checkpoint is None else checkpoint.st_size
+    if checkpoint is None or not stat.S_ISREG(checkpoint.st_mode):
+        return None
+    return checkpoint.st_size
 
 
 def _scanned(

@@ -38,8 +38,10 @@ class SessionInfo:
     datetime: its directory's mtime (which a save in the replace layout changes
     by renaming the new checkpoint into place) or, when later, the mtime of its
     ``session.slots`` (which an in-place slotted save changes).
-    ``checkpoint_size`` is the size in bytes of the saved checkpoint, ``None``
-    when none was ever saved; ``lock`` is the lock state at scan time.
+    ``checkpoint_size`` is the size in bytes of the checkpoint a load returns,
+    ``None`` when none was ever saved or none can be loaded (a ``session`` that
+    is not a regular file, a slots file without one whole record); ``lock`` is
+    the lock state at scan time.
     """
 
     id: str
