@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import attrs
 import pytest
 
 from sessionstore import (
@@ -15,12 +18,15 @@ from sessionstore import (
     LockedStorageError,
     LockState,
     SessionStorage,
+    _backend,
 )
 from sessionstore._slots_format import (
     RECORD_HEADER_SIZE,
     decode_file_header,
     decode_record_header,
 )
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=list(Durability))
@@ -292,3 +298,44 @@ def test_an_in_place_save_makes_the_session_young_for_scan_and_prune(
     assert age < datetime.timedelta(minutes=5)
     assert repo.prune(older_than=datetime.timedelta(days=7)) == []
     assert slotted.load_checkpoint() == b"third, in place"
+
+
+def test_a_load_racing_conversions_never_returns_empty_for_a_saved_session(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversion lands after each look a load takes, once: between its
+    read of ``session``, its read of ``session.slots`` and its check that
+    neither exists, so that each look on its own finds nothing."""
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    storage.save_checkpoint(b"precious")
+    converter = SessionStorage(storage.location)
+    current = _backend.active.current
+
+    def then_convert(look: Callable[..., T], layout: Layout) -> Callable[..., T]:
+        fired = False
+
+        def wrapped(*args: object) -> T:
+            nonlocal fired
+            try:
+                return look(*args)
+            finally:
+                if not fired:
+                    fired = True
+                    converter.convert_layout(layout)
+
+        return wrapped
+
+    monkeypatch.setattr(
+        _backend.active,
+        "current",
+        attrs.evolve(
+            current,
+            load=then_convert(current.load, Layout.REPLACE),
+            load_slots=then_convert(current.load_slots, Layout.SLOTTED),
+        ),
+    )
+    monkeypatch.setattr(
+        os.path, "lexists", then_convert(os.path.lexists, Layout.REPLACE)
+    )
+    monkeypatch.setattr(os, "listdir", then_convert(os.listdir, Layout.REPLACE))
+    assert storage.load_checkpoint() == b"precious"

@@ -17,6 +17,8 @@ from . import _backend
 from ._layout_conversion import convert_layout
 from ._lock_state import LockState
 from ._naming import (
+    CHECKPOINT_NAME,
+    SLOTS_NAME,
     StoragePaths,
     plan_session_name,
     plan_tombstone_name,
@@ -236,11 +238,7 @@ class SessionStorage:
             try:
                 newest = current.load_slots(paths.slots, False)
             except FileNotFoundError:
-                if not os.path.isdir(self.location):
-                    raise FileNotFoundError(
-                        errno.ENOENT, "session directory is missing", self.location
-                    ) from None
-                if os.path.lexists(paths.checkpoint) or os.path.lexists(paths.slots):
+                if _holds_a_checkpoint_file(self.location):
                     continue
                 return b""
             return b"" if newest is None else newest
@@ -351,6 +349,25 @@ class SessionStorage:
         if self.durability is Durability.FULL:
             _fsync_dir(parent)
         remove_tree(tombstone)
+
+
+def _holds_a_checkpoint_file(location: str) -> bool:
+    """Whether the session directory has ``session`` or ``session.slots`` now.
+
+    One listing, not a look per name: a conversion always renames the new
+    file in before it unlinks the old one, so a saved session has one of the
+    two at every moment, but looks taken one after the other can each fall
+    between two conversions. A directory this small is read in one
+    ``getdents64``, which the kernel serialises with renames and unlinks in
+    it. FileNotFoundError naming the location when the directory is missing.
+    """
+    try:
+        names = os.listdir(location)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT, "session directory is missing", location
+        ) from None
+    return CHECKPOINT_NAME in names or SLOTS_NAME in names
 
 
 def _ignore_missing(exc: BaseException, path: str) -> None:
