@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import attrs
 import pytest
@@ -27,6 +29,7 @@ from sessionstore._slots_format import (
 )
 
 T = TypeVar("T")
+_NOBODY: Final = 65534
 
 
 @pytest.fixture(params=list(Durability))
@@ -339,3 +342,59 @@ def test_a_load_racing_conversions_never_returns_empty_for_a_saved_session(
     )
     monkeypatch.setattr(os, "listdir", then_convert(os.listdir, Layout.REPLACE))
     assert storage.load_checkpoint() == b"precious"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
+@pytest.mark.parametrize("layout", list(Layout))
+def test_a_conversion_it_may_not_look_into_names_the_whole_path(
+    backend: str, layout: Layout
+) -> None:
+    """A session directory its owner may read but not search (mode 0400): the
+    directory opens and locks, the first look inside fails with EACCES."""
+    base = tempfile.mkdtemp(dir="/var/tmp", prefix="sessionstore-test-")
+    try:
+        os.chmod(base, 0o755)
+        storage = SessionStorage.create(base)
+        storage.save_checkpoint(b"kept")
+        os.chown(storage.location, _NOBODY, _NOBODY)
+        os.chmod(storage.location, 0o400)
+        expected = os.path.join(storage.location, "session.next")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            status = 3
+            try:
+                os.setuid(_NOBODY)
+                storage.convert_layout(layout)
+                status = 1
+            except PermissionError as exc:
+                status = 0 if exc.filename == expected else 2
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, {
+            1: "the conversion did not fail",
+            2: f"the error did not name {expected}",
+        }.get(os.waitstatus_to_exitcode(status))
+        os.chmod(storage.location, 0o700)
+        assert storage.load_checkpoint() == b"kept"
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_load_previous_refuses_what_load_checkpoint_refuses(
+    storage: SessionStorage, kind: str, tmp_path: Path
+) -> None:
+    checkpoint = Path(storage.paths.checkpoint)
+    if kind == "symlink":
+        (tmp_path / "elsewhere").write_bytes(b"not this session's")
+        checkpoint.symlink_to(tmp_path / "elsewhere")
+    else:
+        checkpoint.mkdir()
+    with pytest.raises(OSError) as loading:
+        storage.load_checkpoint()
+    with pytest.raises(OSError) as previous:
+        storage.load_previous()
+    assert type(previous.value) is type(loading.value)
+    assert previous.value.errno == loading.value.errno
+    assert previous.value.filename == loading.value.filename == str(checkpoint)

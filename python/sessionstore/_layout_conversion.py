@@ -50,16 +50,21 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
             raise OSError(exc.errno, exc.strerror, location) from exc
         if not locked:
             raise _errors.held(next_path)
-        if exists_at(NEXT_NAME, dir_fd):
+        if _exists(location, NEXT_NAME, dir_fd):
             raise _errors.leftover(next_path)
-        has_replace = exists_at(CHECKPOINT_NAME, dir_fd)
-        has_slots = exists_at(SLOTS_NAME, dir_fd)
+        has_replace = _exists(location, CHECKPOINT_NAME, dir_fd)
+        has_slots = _exists(location, SLOTS_NAME, dir_fd)
         if layout is Layout.SLOTTED and has_replace:
             data = _python_writer.load(os.path.join(location, CHECKPOINT_NAME))
             image = build_slots_file(data, 1, None)
             steps = _locked_steps(durability, SLOTS_NAME)
             _python_writer.save(
-                location, image, steps, NEXT_NAME, SLOTS_NAME, dir_fd=os.dup(dir_fd)
+                location,
+                image,
+                steps,
+                NEXT_NAME,
+                SLOTS_NAME,
+                dir_fd=_dup(location, dir_fd),
             )
             _remove(location, CHECKPOINT_NAME, dir_fd, durability)
         elif layout is Layout.REPLACE and has_slots:
@@ -72,18 +77,37 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
                     steps,
                     NEXT_NAME,
                     CHECKPOINT_NAME,
-                    dir_fd=os.dup(dir_fd),
+                    dir_fd=_dup(location, dir_fd),
                 )
             _remove(location, SLOTS_NAME, dir_fd, durability)
     finally:
         os.close(dir_fd)
 
 
+def _exists(location: str, name: str, dir_fd: int) -> bool:
+    """Whether ``name`` is in the open session directory; errors name its path."""
+    try:
+        return exists_at(name, dir_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.path.join(location, name)) from exc
+
+
+def _dup(location: str, dir_fd: int) -> int:
+    """A second descriptor of the session directory, for the writer to own."""
+    try:
+        return os.dup(dir_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, location) from exc
+
+
 def _remove(location: str, name: str, dir_fd: int, durability: Durability) -> None:
     """Unlink the old layout's file and, when durable, flush the directory."""
     try:
         os.unlink(name, dir_fd=dir_fd)
-        if durability is Durability.FULL:
-            os.fsync(dir_fd)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, os.path.join(location, name)) from exc
+    if durability is Durability.FULL:
+        try:
+            os.fsync(dir_fd)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, location) from exc

@@ -83,9 +83,12 @@ def check_options(durability: object, layout: object) -> None:
 
 
 def _fsync_dir(path: str) -> None:
+    """Flush a directory's entries; an error names the directory."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from exc
     finally:
         os.close(fd)
 
@@ -253,13 +256,23 @@ class SessionStorage:
 
         The slotted layout keeps the previous generation in its other slot, for
         a harness whose newest checkpoint turns out to be unusable. None when
-        there is none: the replace layout, or fewer than two saves.
+        there is none: the replace layout, or fewer than two saves. A
+        ``session`` that is not a regular file (a symlink, a directory) raises
+        what ``load_checkpoint()`` raises for it.
         """
         paths = self.paths
-        if os.path.lexists(paths.checkpoint):
+        current = _backend.active.current
+        try:
+            checkpoint = os.lstat(paths.checkpoint)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISREG(checkpoint.st_mode):
+                # Not a file a load returns: the error load_checkpoint() raises.
+                current.load(paths.checkpoint)
             return None
         try:
-            return _backend.active.current.load_slots(paths.slots, True)
+            return current.load_slots(paths.slots, True)
         except FileNotFoundError:
             if not os.path.isdir(self.location):
                 raise FileNotFoundError(
