@@ -207,7 +207,7 @@ pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError
     let mut sessions = Vec::with_capacity(candidates.len());
     for (name, st) in candidates.into_iter().zip(looked) {
         if let Some(st) = st?.filter(|st| is_dir(Some(*st))) {
-            let (mtime_ns, dev, ino) = (mtime_ns(&st), st.st_dev, st.st_ino);
+            let (mtime_ns, dev, ino) = (mtime_ns(&st), sys::dev_number(st.st_dev), st.st_ino);
             sessions.push(Found {
                 name,
                 mtime_ns,

@@ -71,9 +71,10 @@ fn parse_int(text: &str, radix: u32) -> Option<u64> {
 /// moments, which can miss a holder. Trying cannot miss one.
 fn held(dir: libc::c_int, next_exists: bool) -> Result<bool, Errno> {
     let st = sys::fstat(dir)?;
+    // Device numbers are unsigned on Linux and `int` on the BSDs; never negative.
     let key = FileKey {
-        major: u64::from(libc::major(st.st_dev)),
-        minor: u64::from(libc::minor(st.st_dev)),
+        major: libc::major(st.st_dev) as u64,
+        minor: libc::minor(st.st_dev) as u64,
         inode: st.st_ino,
     };
     if let Ok(table) = std::fs::read(PROC_LOCKS) {

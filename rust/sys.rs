@@ -239,6 +239,13 @@ pub fn unlinkat(dir: libc::c_int, name: &CStr) -> Result<(), Errno> {
     }
 }
 
+/// A device number as the unsigned integer the kernel's lock table and
+/// Python's `os.stat` give (`dev_t` is `u64` on Linux, `i32` on macOS).
+#[allow(clippy::unnecessary_cast)]
+pub fn dev_number(dev: libc::dev_t) -> u64 {
+    dev as u64
+}
+
 /// `fstat(fd)`.
 pub fn fstat(fd: libc::c_int) -> Result<libc::stat, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
