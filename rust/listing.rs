@@ -133,10 +133,14 @@ fn may_be_dir(d_type: u8) -> bool {
     d_type == libc::DT_DIR || d_type == libc::DT_UNKNOWN
 }
 
+/// `dir/name`, as Python's `os.path.join` spells it: no second slash after a
+/// `dir` that ends with one (`repo/`, `/`).
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut joined = Vec::with_capacity(dir.len() + 1 + name.len());
     joined.extend_from_slice(dir);
-    joined.push(b'/');
+    if !dir.is_empty() && !dir.ends_with(b"/") {
+        joined.push(b'/');
+    }
     joined.extend_from_slice(name);
     joined
 }
@@ -199,8 +203,14 @@ pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError
         }
         if is_session_name(&name) {
             candidates.push(name);
-        } else if details && is_tombstone_name(&name) && is_dir(look(fd, &name)?) {
-            tombstones.push(name);
+        } else if details && is_tombstone_name(&name) {
+            // As the fallback's DirEntry.is_dir(): d_type decides; only an
+            // unknown one takes a stat.
+            let dir =
+                d_type == libc::DT_DIR || (d_type == libc::DT_UNKNOWN && is_dir(look(fd, &name)?));
+            if dir {
+                tombstones.push(name);
+            }
         }
     }
     let looked = in_parallel(&candidates, |name| look(fd, name));
@@ -452,7 +462,13 @@ mod tests {
         std::fs::write(path.join("file.session"), b"").unwrap();
         std::fs::create_dir(path.join(".hidden.session")).unwrap();
         std::fs::create_dir(path.join(".b.session.removing-ab")).unwrap();
+        std::fs::write(path.join(".c.session.removing-cd"), b"").unwrap();
         std::os::unix::fs::symlink(path.join("old.session"), path.join("link.session")).unwrap();
+        std::os::unix::fs::symlink(
+            path.join(".b.session.removing-ab"),
+            path.join(".d.session.removing-ef"),
+        )
+        .unwrap();
         let listing = list(&c, true).unwrap().unwrap();
         let plain = list(&c, false).unwrap().unwrap();
         std::fs::remove_dir_all(&path).unwrap();
@@ -467,6 +483,14 @@ mod tests {
             .map(|(_, detail)| detail.as_ref().unwrap().checkpoint_size)
             .collect();
         assert_eq!(sizes, vec![Some(5), None, None]);
+    }
+
+    #[test]
+    fn paths_are_joined_as_python_joins_them() {
+        assert_eq!(join(b"repo", b"a.session"), b"repo/a.session");
+        assert_eq!(join(b"repo/", b"a.session"), b"repo/a.session");
+        assert_eq!(join(b"/", b"a.session"), b"/a.session");
+        assert_eq!(join(b"", b"a.session"), b"a.session");
     }
 
     #[test]

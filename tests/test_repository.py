@@ -500,3 +500,45 @@ def test_a_removal_the_filesystem_refuses_names_the_whole_path(
         assert not os.path.exists(gone.location)
     finally:
         subprocess.run(["chattr", "-R", "-i", str(tmp_path)], check=True)
+
+
+def _scan_error_as_nobody(location: str) -> str:
+    """The path the PermissionError of a scan by uid 65534 names, from a child."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            codecs.lookup("ascii")
+            os.setuid(65534)
+            SessionStorageRepository(location).scan()
+            report = "no error"
+        except PermissionError as exc:
+            report = f"named {exc.filename}"
+        except BaseException as exc:
+            report = f"failed otherwise: {exc!r}"
+        os.write(write_end, report.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        report = reader.read().decode()
+    os.waitpid(pid, 0)
+    return report
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
+def test_an_error_inside_a_session_names_the_path_as_python_joins_it(
+    backend: str,
+) -> None:
+    """Given with a trailing slash, the repository's path is joined without a
+    second one, by both backends alike (os.path.join)."""
+    base = Path(tempfile.mkdtemp(prefix="sessionstore-other-user-"))
+    try:
+        base.chmod(0o755)
+        repo = base / "repo"
+        session = make(repo, b"private")  # made 0700, root's
+        repo.chmod(0o755)
+        for location in (str(repo), str(repo) + "/"):
+            expected = os.path.join(location, os.path.basename(session.location))
+            assert _scan_error_as_nobody(location) == f"named {expected}/session"
+    finally:
+        shutil.rmtree(base)
