@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
@@ -398,3 +399,34 @@ def test_load_previous_refuses_what_load_checkpoint_refuses(
     assert type(previous.value) is type(loading.value)
     assert previous.value.errno == loading.value.errno
     assert previous.value.filename == loading.value.filename == str(checkpoint)
+
+
+def test_a_buffer_changed_during_a_save_still_leaves_a_loadable_record(
+    backend: str, tmp_path: Path
+) -> None:
+    """Another thread flips bytes of the bytearray being saved. Each save that
+    returns must leave its own record as the newest whole one: a load that
+    fell back to the checkpoint saved before would mean a torn record."""
+    storage = SessionStorage.create(tmp_path, layout=Layout.SLOTTED)
+    buffer = bytearray(4 << 20)
+    storage.save_checkpoint(bytes(buffer))
+    stop = threading.Event()
+
+    def flip() -> None:
+        at = 0
+        while not stop.is_set():
+            buffer[at % len(buffer)] ^= 1
+            at += 4099
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        for round_ in range(10):
+            before = f"saved before round {round_}".encode()
+            storage.save_checkpoint(before)
+            storage.save_checkpoint(buffer)
+            loaded = storage.load_checkpoint()
+            assert len(loaded) == len(buffer), f"round {round_}: fell back"
+    finally:
+        stop.set()
+        flipper.join()

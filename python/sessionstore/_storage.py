@@ -207,6 +207,12 @@ class SessionStorage:
         ``LockedStorageError`` when the storage is locked, TypeError for data that
         is not bytes-like (before touching the disk), and the OSError of the
         failing step, naming its path, for anything else.
+
+        In the slotted layout a bytearray or memoryview is copied first: the
+        record's checksum is computed before it is written, so a buffer changed
+        by another thread in between would leave a newest record that fails its
+        check, and the save would return while a load gives the previous one.
+        The replace layout keeps no checksum and writes the buffer as it is.
         """
         buffer = as_checkpoint(data)
         if self.layout is Layout.REPLACE:
@@ -215,6 +221,8 @@ class SessionStorage:
                 self.location, buffer, plan.codes, plan.next_name, plan.target_name
             )
         else:
+            if not isinstance(buffer, bytes):
+                buffer = bytes(buffer)
             slotted = plan_slotted_save(self.durability)
             _backend.active.current.save_slotted(
                 self.location, buffer, slotted.in_place.codes, slotted.rebuild.codes
