@@ -4,6 +4,12 @@
 //! `save`, `load` or `lock` with the GIL released, and turns failures into the
 //! exceptions `sessionstore._python_writer` raises for the same failure.
 
+// Sizes, offsets and inode numbers are 64-bit in every file format and syscall
+// here; a 32-bit C library's `stat`, `off_t` and `readdir` are not, and would
+// fail on large files or inodes. Said plainly rather than by type errors.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("sessionstore's native core supports 64-bit platforms only");
+
 pub mod checkpoint_worker;
 pub mod held;
 pub mod listing;
@@ -318,10 +324,12 @@ fn load_checkpoint<'py>(
         .map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
     let size = opened.size;
     // An uninitialised bytes object of the file's size: the reads fill it in place.
-    let bytes = unsafe {
-        let ptr =
-            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as pyo3::ffi::Py_ssize_t);
-        Bound::from_owned_ptr_or_err(py, ptr)
+    let bytes = match pyo3::ffi::Py_ssize_t::try_from(size) {
+        Ok(length) => unsafe {
+            let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), length);
+            Bound::from_owned_ptr_or_err(py, ptr)
+        },
+        Err(_) => Err(PyMemoryError::new_err(())),
     };
     let bytes = match bytes {
         Ok(bytes) => bytes.cast_into::<PyBytes>()?,
@@ -362,6 +370,18 @@ fn library_error<'py>(
         .and_then(|class| class.call1(args));
     match made {
         Ok(exc) => PyErr::from_value(exc),
+        Err(err) => err,
+    }
+}
+
+/// ValueError with `template` (one `{}`) filled with `location`, formatted by
+/// Python: a name that is not UTF-8 keeps its surrogate escapes, as in the
+/// fallback's messages.
+fn closed_error(py: Python<'_>, template: &str, location: &[u8]) -> PyErr {
+    let message = fs_name(py, location)
+        .and_then(|location| PyString::new(py, template).call_method1("format", (location,)));
+    match message {
+        Ok(message) => PyValueError::new_err(message.unbind()),
         Err(err) => err,
     }
 }
@@ -766,10 +786,11 @@ impl CheckpointWorker {
             owner: Some(data.clone().unbind()),
         };
         self.worker.submit(held).map_err(|refused| match refused {
-            checkpoint_worker::Refused::Closed => PyValueError::new_err(format!(
+            checkpoint_worker::Refused::Closed => closed_error(
+                py,
                 "checkpoint writer of {} is closed",
-                String::from_utf8_lossy(&self.paths.location)
-            )),
+                &self.paths.location,
+            ),
             checkpoint_worker::Refused::Failed(error) => self.error(py, error),
         })
     }
@@ -859,15 +880,7 @@ struct HeldWriter {
 
 impl HeldWriter {
     fn closed_error(&self, py: Python<'_>) -> PyErr {
-        // Formatted by Python: a name that is not UTF-8 keeps its surrogate
-        // escapes, as in the fallback's message.
-        let message = fs_name(py, &self.paths.location).and_then(|location| {
-            PyString::new(py, "held session {} is closed").call_method1("format", (location,))
-        });
-        match message {
-            Ok(message) => PyValueError::new_err(message.unbind()),
-            Err(err) => err,
-        }
+        closed_error(py, "held session {} is closed", &self.paths.location)
     }
 
     /// Take the held session out, if still there; `closed` is true from then on.

@@ -17,11 +17,10 @@ pub struct Opened {
 /// Open `path` for reading and learn its size; nothing is left open on failure.
 pub fn open(path: &CStr) -> Result<Opened, Errno> {
     let fd = sys::open(path, sys::READ_FLAGS)?;
-    match sys::fstat(fd) {
-        Ok(st) => Ok(Opened {
-            fd,
-            size: usize::try_from(st.st_size).unwrap_or(0),
-        }),
+    // A size beyond the address space (a 32-bit build) is too large to load.
+    let size = sys::fstat(fd).and_then(|st| usize::try_from(st.st_size).map_err(|_| libc::EFBIG));
+    match size {
+        Ok(size) => Ok(Opened { fd, size }),
         Err(errno) => {
             let _ = sys::close(fd);
             Err(errno)

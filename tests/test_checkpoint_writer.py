@@ -815,3 +815,14 @@ def test_ctrl_c_interrupts_a_wait_for_a_blocked_save(
         child.kill()
         out, err = child.communicate()
     assert (out, err) == ("interrupted\nb'new'\n", "")
+
+
+def test_a_closed_writer_names_its_location_as_the_file_system_spells_it(
+    backend: str, tmp_path: Path
+) -> None:
+    storage = SessionStorage.create(tmp_path / os.fsdecode(b"caf\xe9"))
+    writer = storage.writer()
+    writer.close()
+    with pytest.raises(ValueError) as closed:
+        writer.submit(b"too late")
+    assert str(closed.value) == f"checkpoint writer of {storage.location} is closed"
