@@ -1030,6 +1030,7 @@ mod tests {
     fn join_matches_posixpath() {
         assert_eq!(join(b"a", b"b"), b"a/b");
         assert_eq!(join(b"a/", b"b"), b"a/b");
+        assert_eq!(join(b"/", b"b"), b"/b");
         assert_eq!(join(b"a//", b"b"), b"a//b");
         assert_eq!(join(b"", b"b"), b"b");
         assert_eq!(join(b"a", b"/b"), b"/b");

@@ -133,18 +133,6 @@ fn may_be_dir(d_type: u8) -> bool {
     d_type == libc::DT_DIR || d_type == libc::DT_UNKNOWN
 }
 
-/// `dir/name`, as Python's `os.path.join` spells it: no second slash after a
-/// `dir` that ends with one (`repo/`, `/`).
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut joined = Vec::with_capacity(dir.len() + 1 + name.len());
-    joined.extend_from_slice(dir);
-    if !dir.is_empty() && !dir.ends_with(b"/") {
-        joined.push(b'/');
-    }
-    joined.extend_from_slice(name);
-    joined
-}
-
 /// `fstatat` of `path` relative to the repository; ENOTDIR (an entry replaced by a
 /// file) reads as "not there", like ENOENT.
 fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
@@ -163,12 +151,12 @@ fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
 /// nothing a load returns). A slotted session (`session.slots` only) has no
 /// size here: the repository's scan reads its newest record.
 fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
-    let checkpoint = look(fd, &join(name, CHECKPOINT))?;
+    let checkpoint = look(fd, &crate::join(name, CHECKPOINT))?;
     let checkpoint_size = checkpoint
         .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
         .map(|st| st.st_size as u64);
-    let next =
-        look(fd, &join(name, NEXT))?.map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec)));
+    let next = look(fd, &crate::join(name, NEXT))?
+        .map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec)));
     if checkpoint_size.is_none() && next.is_none() && look(fd, name)?.is_none() {
         return Ok(None);
     }
@@ -314,7 +302,9 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
 fn list_error(py: Python<'_>, error: ListError, location: &[u8]) -> PyErr {
     match error {
         ListError::Repository(errno) => crate::errno_error(py, errno, location),
-        ListError::Entry(errno, path) => crate::errno_error(py, errno, &join(location, &path)),
+        ListError::Entry(errno, path) => {
+            crate::errno_error(py, errno, &crate::join(location, &path))
+        }
     }
 }
 
@@ -483,14 +473,6 @@ mod tests {
             .map(|(_, detail)| detail.as_ref().unwrap().checkpoint_size)
             .collect();
         assert_eq!(sizes, vec![Some(5), None, None]);
-    }
-
-    #[test]
-    fn paths_are_joined_as_python_joins_them() {
-        assert_eq!(join(b"repo", b"a.session"), b"repo/a.session");
-        assert_eq!(join(b"repo/", b"a.session"), b"repo/a.session");
-        assert_eq!(join(b"/", b"a.session"), b"/a.session");
-        assert_eq!(join(b"", b"a.session"), b"a.session");
     }
 
     #[test]
