@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import datetime
 import errno
 import fcntl
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import forked
 from sessionstore import (
     LockState,
     SessionInfo,
@@ -156,26 +156,17 @@ def test_a_repository_that_is_a_file_raises(backend: str, tmp_path: Path) -> Non
         SessionStorageRepository(tmp_path / "file").scan()
 
 
-def _scan_as_nobody(repo: Path) -> str:
-    """What a scan of ``repo`` by uid 65534 did, in a forked child."""
-    outcomes = ("scanned", "refused naming the repository", "refused naming another")
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through its exit status
-        status = 3
+def _scan_as_nobody(location: str | Path) -> str:
+    """What a scan of ``location`` by uid 65534 did."""
+
+    def scan() -> str:
         try:
-            # The codec the lock table is read with, looked up while the
-            # interpreter's own files (under /root here) can still be read.
-            codecs.lookup("ascii")
-            os.setuid(65534)
-            SessionStorageRepository(repo).scan()
-            status = 0
+            SessionStorageRepository(location).scan()
         except PermissionError as exc:
-            status = 1 if exc.filename == str(repo) else 2
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return outcomes[code] if code < len(outcomes) else f"failed otherwise ({code})"
+            return f"refused naming {exc.filename}"
+        return "scanned"
+
+    return forked.as_nobody(scan)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
@@ -192,7 +183,7 @@ def test_a_repository_it_may_not_read_raises(backend: str) -> None:
         Path(session.location).chmod(0o755)
         assert _scan_as_nobody(repo) == "scanned"
         repo.chmod(0o700)
-        assert _scan_as_nobody(repo) == "refused naming the repository"
+        assert _scan_as_nobody(repo) == f"refused naming {repo}"
     finally:
         shutil.rmtree(base)
 
@@ -502,29 +493,6 @@ def test_a_removal_the_filesystem_refuses_names_the_whole_path(
         subprocess.run(["chattr", "-R", "-i", str(tmp_path)], check=True)
 
 
-def _scan_error_as_nobody(location: str) -> str:
-    """The path the PermissionError of a scan by uid 65534 names, from a child."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            codecs.lookup("ascii")
-            os.setuid(65534)
-            SessionStorageRepository(location).scan()
-            report = "no error"
-        except PermissionError as exc:
-            report = f"named {exc.filename}"
-        except BaseException as exc:
-            report = f"failed otherwise: {exc!r}"
-        os.write(write_end, report.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        report = reader.read().decode()
-    os.waitpid(pid, 0)
-    return report
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
 def test_an_error_inside_a_session_names_the_path_as_python_joins_it(
     backend: str,
@@ -539,6 +507,6 @@ def test_an_error_inside_a_session_names_the_path_as_python_joins_it(
         repo.chmod(0o755)
         for location in (str(repo), str(repo) + "/"):
             expected = os.path.join(location, os.path.basename(session.location))
-            assert _scan_error_as_nobody(location) == f"named {expected}/session"
+            assert _scan_as_nobody(location) == f"refused naming {expected}/session"
     finally:
         shutil.rmtree(base)

@@ -9,11 +9,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TypeVar
 
 import attrs
 import pytest
 
+import forked
 from sessionstore import (
     CorruptCheckpointError,
     Durability,
@@ -30,7 +31,6 @@ from sessionstore._slots_format import (
 )
 
 T = TypeVar("T")
-_NOBODY: Final = 65534
 
 
 @pytest.fixture(params=list(Durability))
@@ -357,25 +357,18 @@ def test_a_conversion_it_may_not_look_into_names_the_whole_path(
         os.chmod(base, 0o755)
         storage = SessionStorage.create(base)
         storage.save_checkpoint(b"kept")
-        os.chown(storage.location, _NOBODY, _NOBODY)
+        os.chown(storage.location, forked.NOBODY, forked.NOBODY)
         os.chmod(storage.location, 0o400)
         expected = os.path.join(storage.location, "session.next")
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit status
-            status = 3
+
+        def convert() -> str:
             try:
-                os.setuid(_NOBODY)
                 storage.convert_layout(layout)
-                status = 1
             except PermissionError as exc:
-                status = 0 if exc.filename == expected else 2
-            finally:
-                os._exit(status)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, {
-            1: "the conversion did not fail",
-            2: f"the error did not name {expected}",
-        }.get(os.waitstatus_to_exitcode(status))
+                return f"refused naming {exc.filename}"
+            return "converted"
+
+        assert forked.as_nobody(convert) == f"refused naming {expected}"
         os.chmod(storage.location, 0o700)
         assert storage.load_checkpoint() == b"kept"
     finally:
