@@ -273,6 +273,21 @@ fn borrow_checkpoint(data: &Bound<'_, PyAny>) -> PyResult<(Checkpoint, Option<Py
     Ok((checkpoint, Some(exported)))
 }
 
+/// Run `work` on the bytes of `data` with the GIL released; the borrow of
+/// `borrow_checkpoint` ends as soon as it returns.
+fn detached_with<T, F>(py: Python<'_>, data: &Bound<'_, PyAny>, work: F) -> PyResult<T>
+where
+    T: Send,
+    F: Send + FnOnce(Checkpoint) -> T,
+{
+    let (checkpoint, buffer) = borrow_checkpoint(data)?;
+    let outcome = py.detach(move || work(checkpoint));
+    if let Some(exported) = buffer {
+        exported.release(py);
+    }
+    Ok(outcome)
+}
+
 /// Execute a save plan (`codes`) in `location`, with the GIL released throughout.
 #[pyfunction]
 #[pyo3(name = "save")]
@@ -289,18 +304,13 @@ fn save_checkpoint<'py>(
         FsPath::new(next_name)?,
         FsPath::new(target)?,
     );
-    let (checkpoint, buffer) = borrow_checkpoint(data)?;
     let plan = Save {
         location: location.as_c_str(),
         next_name: next_name.as_c_str(),
         target: target.as_c_str(),
         codes: codes.as_bytes(),
     };
-    let outcome = py.detach(move || plan.run(checkpoint));
-    if let Some(exported) = buffer {
-        exported.release(py);
-    }
-    outcome.map_err(|error| {
+    detached_with(py, data, move |checkpoint| plan.run(checkpoint))?.map_err(|error| {
         let paths = SavePaths {
             location: location.as_bytes().to_vec(),
             next_name: next_name.as_bytes().to_vec(),
@@ -484,17 +494,13 @@ fn save_slotted<'py>(
     rebuild: &Bound<'py, PyBytes>,
 ) -> PyResult<()> {
     let location = FsPath::new(location)?;
-    let (checkpoint, buffer) = borrow_checkpoint(data)?;
     let plan = SlottedSave {
         location: location.as_c_str(),
         in_place: in_place.as_bytes(),
         rebuild: rebuild.as_bytes(),
     };
-    let outcome = py.detach(move || plan.run(checkpoint));
-    if let Some(exported) = buffer {
-        exported.release(py);
-    }
-    outcome.map_err(|failure| slotted_error(py, failure, location.as_bytes(), in_place, rebuild))
+    detached_with(py, data, move |checkpoint| plan.run(checkpoint))?
+        .map_err(|failure| slotted_error(py, failure, location.as_bytes(), in_place, rebuild))
 }
 
 /// The newest valid record of the slots file at `path` (with `previous`, the
@@ -953,14 +959,10 @@ impl HeldWriter {
 
     /// Save `data` on the held descriptors.
     fn save(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (checkpoint, buffer) = borrow_checkpoint(data)?;
-        let outcome = py.detach(move || {
+        let outcome = detached_with(py, data, |checkpoint| {
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             held.as_mut().map(|held| held.save(checkpoint))
-        });
-        if let Some(exported) = buffer {
-            exported.release(py);
-        }
+        })?;
         match outcome {
             None => Err(self.closed_error(py)),
             Some(Ok(())) => Ok(()),

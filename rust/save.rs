@@ -120,6 +120,37 @@ pub struct SaveError {
     pub cleanup: Option<Cleanup>,
 }
 
+/// Why a step on the session directory failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirFailure {
+    Os(Errno),
+    /// `flock` found a live writer holding the lock.
+    Held,
+}
+
+/// Run `code` when it is one of the directory steps every plan shares
+/// (`OPEN_DIR`, `LOCK_DIR`, `CLOSE_DIR`) on `dir`, the session directory's
+/// descriptor (-1 when not open); None for any other step.
+pub fn dir_step(
+    code: u8,
+    location: &CStr,
+    dir: &mut libc::c_int,
+) -> Option<Result<(), DirFailure>> {
+    let outcome = match code {
+        step::OPEN_DIR => sys::open(location, sys::SESSION_DIR_FLAGS)
+            .map(|fd| *dir = fd)
+            .map_err(DirFailure::Os),
+        step::LOCK_DIR => match sys::try_lock(*dir) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DirFailure::Held),
+            Err(errno) => Err(DirFailure::Os(errno)),
+        },
+        step::CLOSE_DIR => sys::close(std::mem::replace(dir, -1)).map_err(DirFailure::Os),
+        _ => return None,
+    };
+    Some(outcome)
+}
+
 /// One save: the names it acts on and the plan it executes.
 pub struct Save<'a> {
     pub location: &'a CStr,
@@ -174,16 +205,13 @@ impl Save<'_> {
 
     fn step(&self, code: u8, data: Checkpoint, state: &mut State) -> Result<(), Failure> {
         let os = |at| move |errno| Failure::Os { errno, at };
+        if let Some(outcome) = dir_step(code, self.location, &mut state.dir) {
+            return outcome.map_err(|failure| match failure {
+                DirFailure::Os(errno) => os(At::Location)(errno),
+                DirFailure::Held => Failure::Held,
+            });
+        }
         match code {
-            step::OPEN_DIR => {
-                state.dir =
-                    sys::open(self.location, sys::SESSION_DIR_FLAGS).map_err(os(At::Location))?;
-            }
-            step::LOCK_DIR => {
-                if !sys::try_lock(state.dir).map_err(os(At::Location))? {
-                    return Err(Failure::Held);
-                }
-            }
             step::CREATE_NEXT => {
                 state.next = sys::openat(state.dir, self.next_name, NEXT_FLAGS, NEXT_MODE)
                     .map_err(|errno| {
@@ -209,10 +237,6 @@ impl Save<'_> {
                 state.created = false;
             }
             step::FSYNC_DIR => sys::fsync(state.dir).map_err(os(At::Location))?,
-            step::CLOSE_DIR => {
-                let fd = std::mem::replace(&mut state.dir, -1);
-                sys::close(fd).map_err(os(At::Location))?;
-            }
             other => return Err(Failure::UnknownStep(other)),
         }
         Ok(())

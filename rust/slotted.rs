@@ -9,7 +9,7 @@
 
 use std::ffi::CStr;
 
-use crate::save::{Checkpoint, Save, SaveError};
+use crate::save::{dir_step, Checkpoint, DirFailure, Save, SaveError};
 use crate::slots_format::{
     build_slots_file, choose_slot, decode_file_header, decode_record_header, encode_record_header,
     newest_first, FileHeader, FormatError, Headers, Placement, RecordHeader, SlotChoice,
@@ -322,16 +322,15 @@ impl SlottedSave<'_> {
 
     fn step(&self, code: u8, data: Checkpoint, state: &mut State) -> Result<Then, Failure> {
         let os = |at| move |errno| Failure::Os { errno, at };
+        if let Some(outcome) = dir_step(code, self.location, &mut state.dir) {
+            return outcome
+                .map(|()| Then::GoOn)
+                .map_err(|failure| match failure {
+                    DirFailure::Os(errno) => os(At::Location)(errno),
+                    DirFailure::Held => Failure::Held,
+                });
+        }
         match code {
-            step::OPEN_DIR => {
-                state.dir =
-                    sys::open(self.location, sys::SESSION_DIR_FLAGS).map_err(os(At::Location))?;
-            }
-            step::LOCK_DIR => {
-                if !sys::try_lock(state.dir).map_err(os(At::Location))? {
-                    return Err(Failure::Held);
-                }
-            }
             step::CHECK_NEXT => {
                 if sys::stat_at(state.dir, NEXT_NAME)
                     .map_err(os(At::Next))?
@@ -422,10 +421,6 @@ impl SlottedSave<'_> {
             step::CLOSE_SLOTS => {
                 let fd = std::mem::replace(&mut state.slots, -1);
                 sys::close(fd).map_err(os(At::Slots))?;
-            }
-            step::CLOSE_DIR => {
-                let fd = std::mem::replace(&mut state.dir, -1);
-                sys::close(fd).map_err(os(At::Location))?;
             }
             other => return Err(Failure::UnknownStep(other)),
         }
