@@ -158,6 +158,16 @@ def remount(mount: Mount, *, read_only: bool) -> None:
     _run("mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(mount.root))
 
 
+@contextlib.contextmanager
+def read_only(mount: Mount) -> Iterator[None]:
+    """``mount`` read-only inside the block, read-write again after it."""
+    remount(mount, read_only=True)
+    try:
+        yield
+    finally:
+        remount(mount, read_only=False)
+
+
 def btrfs_subvolume(mount: Mount, name: str) -> Path:
     """A new btrfs subvolume in ``mount``: its inodes show another device number."""
     path = mount.root / name
@@ -168,15 +178,17 @@ def btrfs_subvolume(mount: Mount, name: str) -> Path:
     return path
 
 
-# Allocation sizes fill() tries, largest first: the last one is a page, so
+# Allocation sizes filled() tries, largest first: the last one is a page, so
 # what a full filesystem has left is less than one.
 _FILL_CHUNKS: Final = tuple(MiB * 64 >> shift for shift in range(0, 16, 2))
 
 
-def fill(mount: Mount, leave: int) -> Path:
-    """A file that takes all the free space of ``mount`` but about ``leave`` bytes.
+@contextlib.contextmanager
+def filled(mount: Mount, leave: int) -> Iterator[None]:
+    """All the free space of ``mount`` but about ``leave`` bytes taken, inside
+    the block, by a file removed after it.
 
-    The caller removes it. ``leave`` bytes are set aside in a file first; the
+    ``leave`` bytes are set aside in a file first; the
     filler then allocates chunks, each a quarter of the one before, down to a
     page, until the filesystem refuses each; then the set-aside file goes. What
     is free after that is ``leave`` bytes, give or take a few pages, whatever
@@ -206,7 +218,10 @@ def fill(mount: Mount, leave: int) -> Path:
         reserve.unlink()
         # A copy-on-write filesystem frees the blocks at its next commit.
         os.sync()
-    return filler
+    try:
+        yield
+    finally:
+        filler.unlink()
 
 
 def _allocate(path: Path, size: int) -> None:

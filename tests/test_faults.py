@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,16 @@ def layout(request: pytest.FixtureRequest) -> Layout:
     return value
 
 
+def raises_naming(
+    code: int, path: str, call: Callable[..., object], *args: object
+) -> None:
+    """``call(*args)`` raises the OSError of ``code``, naming ``path``."""
+    with pytest.raises(OSError) as raised:
+        call(*args)
+    assert raised.value.errno == code, raised.value
+    assert raised.value.filename == path
+
+
 def assert_nothing_lost(storage: SessionStorage, old: bytes = OLD) -> None:
     assert storage.load_checkpoint() == old
     assert storage.lock_state() is LockState.UNLOCKED
@@ -64,17 +74,13 @@ def test_a_full_filesystem_fails_the_save_and_loses_nothing(
         mount.root / f"full-{backend}-{layout.value}", layout=layout
     )
     storage.save_checkpoint(OLD)
-    filler = filesystems.fill(mount, leave=_LEAVE)
-    try:
-        with pytest.raises(OSError) as full:
-            storage.save_checkpoint(TOO_BIG)
-        assert full.value.errno == errno.ENOSPC, full.value
-        assert full.value.filename == storage.paths.next
+    with filesystems.filled(mount, leave=_LEAVE):
+        raises_naming(
+            errno.ENOSPC, storage.paths.next, storage.save_checkpoint, TOO_BIG
+        )
         assert_nothing_lost(storage)
         storage.save_checkpoint(SMALL)
         assert storage.load_checkpoint() == SMALL
-    finally:
-        filler.unlink()
 
 
 @pytest.mark.root
@@ -85,21 +91,17 @@ def test_a_slotted_save_that_fits_its_slot_works_on_a_full_filesystem(
         mount.root / f"full-in-place-{backend}", layout=Layout.SLOTTED
     )
     storage.save_checkpoint(OLD)
-    filler = filesystems.fill(mount, leave=0)
-    try:
+    with filesystems.filled(mount, leave=0):
         if mount.kind in filesystems.COPY_ON_WRITE:
             # Every overwrite takes new blocks there: a full disk refuses it.
-            with pytest.raises(OSError) as full:
-                storage.save_checkpoint(SMALL)
-            assert full.value.errno == errno.ENOSPC, full.value
-            assert full.value.filename == storage.paths.slots
+            raises_naming(
+                errno.ENOSPC, storage.paths.slots, storage.save_checkpoint, SMALL
+            )
             assert_nothing_lost(storage)
             return
         for n in range(3):
             storage.save_checkpoint(SMALL * n)
             assert storage.load_checkpoint() == SMALL * n
-    finally:
-        filler.unlink()
     assert storage.load_previous() == SMALL
 
 
@@ -111,15 +113,11 @@ def test_a_conversion_on_a_full_filesystem_fails_and_loses_nothing(
         mount.root / f"convert-full-{backend}-{layout.value}", layout=layout
     )
     storage.save_checkpoint(COPIED)
-    filler = filesystems.fill(mount, leave=_LEAVE)
-    try:
-        with pytest.raises(OSError) as full:
-            storage.convert_layout(OTHER[layout])
-        assert full.value.errno == errno.ENOSPC, full.value
-        assert full.value.filename == storage.paths.next
+    with filesystems.filled(mount, leave=_LEAVE):
+        raises_naming(
+            errno.ENOSPC, storage.paths.next, storage.convert_layout, OTHER[layout]
+        )
         assert_nothing_lost(storage, COPIED)
-    finally:
-        filler.unlink()
     converted = storage.convert_layout(OTHER[layout])
     assert_nothing_lost(converted, COPIED)
 
@@ -132,26 +130,19 @@ def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
         mount.root / f"ro-{backend}-{layout.value}", layout=layout
     )
     storage.save_checkpoint(OLD)
-    filesystems.remount(mount, read_only=True)
-    try:
-        with pytest.raises(OSError) as read_only:
-            storage.save_checkpoint(SMALL)
-        assert read_only.value.errno == errno.EROFS, read_only.value
+    with filesystems.read_only(mount):
         # An in-place save opens the slots file for writing: that is refused.
         opened = {
             Layout.REPLACE: storage.paths.next,
             Layout.SLOTTED: storage.paths.slots,
         }
-        assert read_only.value.filename == opened[layout]
+        raises_naming(errno.EROFS, opened[layout], storage.save_checkpoint, SMALL)
         assert_nothing_lost(storage)
-        with pytest.raises(OSError) as converting:
-            storage.convert_layout(OTHER[layout])
-        assert converting.value.errno == errno.EROFS, converting.value
-        assert converting.value.filename == storage.paths.next
+        raises_naming(
+            errno.EROFS, storage.paths.next, storage.convert_layout, OTHER[layout]
+        )
         assert_nothing_lost(storage)
         assert storage.break_stale_lock() is False
-    finally:
-        filesystems.remount(mount, read_only=False)
     storage.save_checkpoint(SMALL)
     assert storage.load_checkpoint() == SMALL
 
@@ -165,16 +156,10 @@ def test_a_stale_lock_on_a_read_only_filesystem_is_seen_but_not_broken(
     )
     storage.save_checkpoint(OLD)
     Path(storage.paths.next).write_bytes(b"left by a dead writer")
-    filesystems.remount(mount, read_only=True)
-    try:
+    with filesystems.read_only(mount):
         assert storage.lock_state() is LockState.STALE
-        with pytest.raises(OSError) as read_only:
-            storage.break_stale_lock()
-        assert read_only.value.errno == errno.EROFS
-        assert read_only.value.filename == storage.paths.next
+        raises_naming(errno.EROFS, storage.paths.next, storage.break_stale_lock)
         assert storage.load_checkpoint() == OLD
-    finally:
-        filesystems.remount(mount, read_only=False)
     assert storage.break_stale_lock() is True
     storage.save_checkpoint(SMALL)
     assert storage.load_checkpoint() == SMALL
@@ -224,19 +209,15 @@ def test_a_held_session_on_a_full_filesystem_fails_the_save_and_saves_on(
     )
     storage.save_checkpoint(OLD)
     with storage.hold() as held:
-        filler = filesystems.fill(mount, leave=_LEAVE)
-        try:
-            with pytest.raises(OSError) as full:
-                # Too big for the slot too: the slotted layout rebuilds.
-                held.save_checkpoint(TOO_BIG)
-            assert full.value.errno == errno.ENOSPC, full.value
-            assert full.value.filename == storage.paths.next
+        with filesystems.filled(mount, leave=_LEAVE):
+            # Too big for the slot too: the slotted layout rebuilds.
+            raises_naming(
+                errno.ENOSPC, storage.paths.next, held.save_checkpoint, TOO_BIG
+            )
             assert storage.load_checkpoint() == OLD
             assert storage.lock_state() is LockState.HELD
             names = [p.name for p in Path(storage.location).iterdir()]
             assert names == [FILE_OF[layout]]
-        finally:
-            filler.unlink()
         held.save_checkpoint(SMALL)
         assert storage.load_checkpoint() == SMALL
     assert_nothing_lost(storage, SMALL)
@@ -250,16 +231,10 @@ def test_a_held_replace_session_on_a_read_only_filesystem_fails_and_saves_on(
     storage.save_checkpoint(OLD)
     with storage.hold() as held:
         # The held directory is open for reading only: the remount goes through.
-        filesystems.remount(mount, read_only=True)
-        try:
-            with pytest.raises(OSError) as read_only:
-                held.save_checkpoint(SMALL)
-            assert read_only.value.errno == errno.EROFS, read_only.value
-            assert read_only.value.filename == storage.paths.next
+        with filesystems.read_only(mount):
+            raises_naming(errno.EROFS, storage.paths.next, held.save_checkpoint, SMALL)
             assert storage.load_checkpoint() == OLD
             assert storage.lock_state() is LockState.HELD
-        finally:
-            filesystems.remount(mount, read_only=False)
         held.save_checkpoint(SMALL)
     assert_nothing_lost(storage, SMALL)
 
@@ -280,9 +255,6 @@ def test_a_held_slotted_session_keeps_its_filesystem_from_going_read_only(
         with pytest.raises(filesystems.CommandFailed, match="busy"):
             filesystems.remount(mount, read_only=True)
         held.save_checkpoint(OLD)
-    filesystems.remount(mount, read_only=True)
-    try:
+    with filesystems.read_only(mount):
         assert storage.load_checkpoint() == OLD
         assert storage.load_previous() == SMALL
-    finally:
-        filesystems.remount(mount, read_only=False)
