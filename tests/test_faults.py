@@ -49,6 +49,15 @@ def layout(request: pytest.FixtureRequest) -> Layout:
     return value
 
 
+def saved_session(
+    root: Path, name: str, layout: Layout = Layout.REPLACE, data: bytes = OLD
+) -> SessionStorage:
+    """A session of ``layout`` in the repository ``root/name``, holding ``data``."""
+    storage = SessionStorage.create(root / name, layout=layout)
+    storage.save_checkpoint(data)
+    return storage
+
+
 def raises_naming(
     code: int, path: str, call: Callable[..., object], *args: object
 ) -> None:
@@ -70,10 +79,7 @@ def assert_nothing_lost(storage: SessionStorage, old: bytes = OLD) -> None:
 def test_a_full_filesystem_fails_the_save_and_loses_nothing(
     backend: str, mount: filesystems.Mount, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(
-        mount.root / f"full-{backend}-{layout.value}", layout=layout
-    )
-    storage.save_checkpoint(OLD)
+    storage = saved_session(mount.root, f"full-{backend}-{layout.value}", layout)
     with filesystems.filled(mount, leave=_LEAVE):
         raises_naming(
             errno.ENOSPC, storage.paths.next, storage.save_checkpoint, TOO_BIG
@@ -87,10 +93,7 @@ def test_a_full_filesystem_fails_the_save_and_loses_nothing(
 def test_a_slotted_save_that_fits_its_slot_works_on_a_full_filesystem(
     backend: str, mount: filesystems.Mount
 ) -> None:
-    storage = SessionStorage.create(
-        mount.root / f"full-in-place-{backend}", layout=Layout.SLOTTED
-    )
-    storage.save_checkpoint(OLD)
+    storage = saved_session(mount.root, f"full-in-place-{backend}", Layout.SLOTTED)
     with filesystems.filled(mount, leave=0):
         if mount.kind in filesystems.COPY_ON_WRITE:
             # Every overwrite takes new blocks there: a full disk refuses it.
@@ -109,10 +112,9 @@ def test_a_slotted_save_that_fits_its_slot_works_on_a_full_filesystem(
 def test_a_conversion_on_a_full_filesystem_fails_and_loses_nothing(
     backend: str, mount: filesystems.Mount, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(
-        mount.root / f"convert-full-{backend}-{layout.value}", layout=layout
+    storage = saved_session(
+        mount.root, f"convert-full-{backend}-{layout.value}", layout, data=COPIED
     )
-    storage.save_checkpoint(COPIED)
     with filesystems.filled(mount, leave=_LEAVE):
         raises_naming(
             errno.ENOSPC, storage.paths.next, storage.convert_layout, OTHER[layout]
@@ -126,10 +128,7 @@ def test_a_conversion_on_a_full_filesystem_fails_and_loses_nothing(
 def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
     backend: str, mount: filesystems.Mount, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(
-        mount.root / f"ro-{backend}-{layout.value}", layout=layout
-    )
-    storage.save_checkpoint(OLD)
+    storage = saved_session(mount.root, f"ro-{backend}-{layout.value}", layout)
     with filesystems.read_only(mount):
         # An in-place save opens the slots file for writing: that is refused.
         opened = {
@@ -151,10 +150,7 @@ def test_a_read_only_filesystem_fails_the_save_and_loses_nothing(
 def test_a_stale_lock_on_a_read_only_filesystem_is_seen_but_not_broken(
     backend: str, mount: filesystems.Mount, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(
-        mount.root / f"ro-stale-{backend}-{layout.value}", layout=layout
-    )
-    storage.save_checkpoint(OLD)
+    storage = saved_session(mount.root, f"ro-stale-{backend}-{layout.value}", layout)
     Path(storage.paths.next).write_bytes(b"left by a dead writer")
     with filesystems.read_only(mount):
         assert storage.lock_state() is LockState.STALE
@@ -186,10 +182,9 @@ def any_mount(
 def test_a_session_removed_under_a_live_storage_is_file_not_found_naming_it(
     backend: str, any_mount: filesystems.Mount, call: str, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(
-        any_mount.root / f"gone-{backend}-{call}-{layout.value}", layout=layout
+    storage = saved_session(
+        any_mount.root, f"gone-{backend}-{call}-{layout.value}", layout
     )
-    storage.save_checkpoint(OLD)
     shutil.rmtree(storage.location)
     arguments: dict[str, tuple[object, ...]] = {
         "save_checkpoint": (SMALL,),
@@ -204,10 +199,7 @@ def test_a_session_removed_under_a_live_storage_is_file_not_found_naming_it(
 def test_a_held_session_on_a_full_filesystem_fails_the_save_and_saves_on(
     backend: str, mount: filesystems.Mount, layout: Layout
 ) -> None:
-    storage = SessionStorage.create(
-        mount.root / f"held-full-{backend}-{layout.value}", layout=layout
-    )
-    storage.save_checkpoint(OLD)
+    storage = saved_session(mount.root, f"held-full-{backend}-{layout.value}", layout)
     with storage.hold() as held:
         with filesystems.filled(mount, leave=_LEAVE):
             # Too big for the slot too: the slotted layout rebuilds.
@@ -227,8 +219,7 @@ def test_a_held_session_on_a_full_filesystem_fails_the_save_and_saves_on(
 def test_a_held_replace_session_on_a_read_only_filesystem_fails_and_saves_on(
     backend: str, mount: filesystems.Mount
 ) -> None:
-    storage = SessionStorage.create(mount.root / f"held-ro-{backend}")
-    storage.save_checkpoint(OLD)
+    storage = saved_session(mount.root, f"held-ro-{backend}")
     with storage.hold() as held:
         # The held directory is open for reading only: the remount goes through.
         with filesystems.read_only(mount):
@@ -246,10 +237,7 @@ def test_a_held_slotted_session_keeps_its_filesystem_from_going_read_only(
     """Its slots file stays open for writing, as the kernel then sees it, until
     the session is released: a read-only remount is refused as busy meanwhile,
     and the saves go on."""
-    storage = SessionStorage.create(
-        mount.root / f"held-busy-{backend}", layout=Layout.SLOTTED
-    )
-    storage.save_checkpoint(OLD)
+    storage = saved_session(mount.root, f"held-busy-{backend}", Layout.SLOTTED)
     with storage.hold() as held:
         held.save_checkpoint(SMALL)
         with pytest.raises(filesystems.CommandFailed, match="busy"):
