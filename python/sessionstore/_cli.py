@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
@@ -26,7 +27,7 @@ from ._lock_state import LockState
 from ._naming import SESSION_SUFFIX
 from ._prune import PrunePolicy
 from ._repository import SessionStorageRepository, describe, prune_sessions
-from ._session_info import SessionInfo
+from ._session_info import CheckpointStatus, SessionInfo
 from ._storage import SessionStorage
 
 PROG: Final = "sessionstore"
@@ -52,6 +53,42 @@ _SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 # fail with MemoryError rather than measure anything.
 MAX_BENCH_SIZE: Final = 1 << 30
 _SIZE: Final = re.compile(r"(\d+)([KMG]?)(?:i?B)?", re.IGNORECASE)
+
+
+# Characters that would act on a terminal rather than show: controls (escape
+# sequences, newlines), format characters (bidirectional overrides), line and
+# paragraph separators, and the lone surrogates of undecodable bytes.
+_UNPRINTABLE: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_SHORT_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"  # the undecodable byte itself
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: one line, nothing it would obey.
+
+    Every control, format or separator character (and a backslash, so the
+    escapes read back unambiguously) becomes a backslash escape: ``\\n``,
+    ``\\x1b``, ``\\u202e``; an undecodable byte shows as ``\\xNN``. A name
+    cannot clear the screen, retitle the window or forge a line of output.
+    Every name and path the command prints goes through here.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        _SHORT_ESCAPES.get(c)
+        or (_escape(c) if unicodedata.category(c) in _UNPRINTABLE else c)
+        for c in text
+    )
 
 
 class UserError(Exception):
@@ -119,6 +156,9 @@ def info_as_json(info: SessionInfo) -> dict[str, Any]:
         "modified": info.modified.astimezone(datetime.timezone.utc).isoformat(),
         "checkpoint_size": info.checkpoint_size,
         "lock": info.lock.value,
+        "checkpoint": info.checkpoint.value,
+        "problem": info.problem,
+        "unrecognised": list(info.unrecognised),
     }
 
 
@@ -143,13 +183,38 @@ def _modified(info: SessionInfo) -> str:
 
 
 def _size(info: SessionInfo) -> str:
-    return "-" if info.checkpoint_size is None else format_size(info.checkpoint_size)
+    if info.checkpoint_size is not None:
+        return format_size(info.checkpoint_size)
+    if info.checkpoint is CheckpointStatus.NEVER_SAVED:
+        return "-"
+    return info.checkpoint.name
+
+
+# How many of a directory's unrecognised entries a note names.
+_NAMED_ENTRIES: Final = 3
+
+
+def _note(info: SessionInfo) -> str:
+    """What is odd about a session, in words (empty when nothing is)."""
+    notes = []
+    if info.problem is not None:
+        notes.append(info.problem)
+    if info.unrecognised:
+        named = ", ".join(info.unrecognised[:_NAMED_ENTRIES])
+        more = len(info.unrecognised) - _NAMED_ENTRIES
+        named += f" and {more} more" if more > 0 else ""
+        notes.append(f"not recognised as a session (holds {named}): prune spares it")
+    return printable("; ".join(notes))
 
 
 def sessions_table(infos: Sequence[SessionInfo]) -> str:
-    """The table ``list`` prints."""
-    rows = [(i.id, _modified(i), _size(i), i.lock.value) for i in infos]
-    header = ("ID", "MODIFIED (UTC)", "SIZE", "LOCK")
+    """The table ``list`` prints; a NOTE column when a session is odd."""
+    rows = [
+        (printable(i.id), _modified(i), _size(i), i.lock.value, _note(i)) for i in infos
+    ]
+    header = ("ID", "MODIFIED (UTC)", "SIZE", "LOCK", "NOTE")
+    if not any(row[4] for row in rows):
+        return format_columns([header[:4], *(row[:4] for row in rows)], frozenset({2}))
     return format_columns([header, *rows], right=frozenset({2}))
 
 
@@ -238,7 +303,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     total = sum(i.checkpoint_size or 0 for i in infos)
     noun = "session" if len(infos) == 1 else "sessions"
     _write(
-        f"{len(infos)} {noun}, {format_size(total)} of checkpoints, in {repo.location}"
+        f"{len(infos)} {noun}, {format_size(total)} of checkpoints, "
+        f"in {printable(repo.location)}"
     )
     return EXIT_OK
 
@@ -252,17 +318,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _write(json.dumps(info_as_json(info), indent=2))
         return EXIT_OK
-    size = (
-        "none saved"
-        if info.checkpoint_size is None
-        else f"{info.checkpoint_size} bytes ({format_size(info.checkpoint_size)})"
-    )
+    if info.checkpoint_size is not None:
+        size = f"{info.checkpoint_size} bytes ({format_size(info.checkpoint_size)})"
+    elif info.checkpoint is CheckpointStatus.NEVER_SAVED:
+        size = "none saved"
+    else:
+        size = info.checkpoint.value
+    note = _note(info)
     rows = [
-        ("id", info.id),
-        ("location", info.location),
+        ("id", printable(info.id)),
+        ("location", printable(info.location)),
         ("modified", info.modified.isoformat()),
         ("checkpoint", size),
         ("lock", info.lock.value),
+        *([("note", note)] if note else []),
     ]
     _write(format_columns(rows))
     return EXIT_OK
@@ -289,15 +358,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # after the lines of those that went.
     count = 0
     for info in prune_sessions(repo, policy, dry_run=args.dry_run):
-        _write(
-            f"{verb} {info.id}  "
-            f"({_modified(info)} UTC, {_size(info)}, {info.lock.value})"
-        )
+        if info.leftover:
+            what = os.path.basename(info.location)
+            _write(f"{verb} {printable(what)}  (leftover of an interrupted removal)")
+        else:
+            _write(
+                f"{verb} {printable(info.id)}  "
+                f"({_modified(info)} UTC, {_size(info)}, {info.lock.value})"
+            )
         sys.stdout.flush()
         count += 1
     noun = "session" if count == 1 else "sessions"
     suffix = " (dry run: nothing was removed)" if args.dry_run else ""
-    _write(f"{verb} {count} {noun} from {repo.location}{suffix}")
+    _write(f"{verb} {count} {noun} from {printable(repo.location)}{suffix}")
     return EXIT_OK
 
 
@@ -309,19 +382,22 @@ def cmd_break_lock(args: argparse.Namespace) -> int:
         try:
             storage.break_lock()
         except FileNotFoundError:
-            _write(f"{storage.id} is not locked: nothing to break")
+            _write(f"{printable(storage.id)} is not locked: nothing to break")
             return EXIT_OK
-        _write(f"removed the lock file of {storage.id} (forced; it was {before.value})")
+        _write(
+            f"removed the lock file of {printable(storage.id)} "
+            f"(forced; it was {before.value})"
+        )
         return EXIT_OK
     if storage.break_stale_lock():
-        _write(f"removed the stale lock of {storage.id}")
+        _write(f"removed the stale lock of {printable(storage.id)}")
         return EXIT_OK
     if storage.lock_state() is LockState.HELD:
         raise UserError(
-            f"{storage.id} is held by a live writer: not broken "
+            f"{printable(storage.id)} is held by a live writer: not broken "
             "(--force removes session.next anyway)"
         )
-    _write(f"{storage.id} is not locked: nothing to break")
+    _write(f"{printable(storage.id)} is not locked: nothing to break")
     return EXIT_OK
 
 
@@ -337,7 +413,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def started(location: str) -> None:
         if args.json:
             return
-        _write(f"save latency, {backend} backend, in {location} (removed afterwards)")
+        _write(
+            f"save latency, {backend} backend, in {printable(location)} "
+            "(removed afterwards)"
+        )
         sys.stdout.flush()
 
     rows = run_save_benchmark(
@@ -525,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except UserError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"{prog}: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and keep Python's
@@ -535,10 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_FAILED
     except OSError as exc:
-        print(f"{prog}: {_oneline(exc)}", file=sys.stderr)
+        print(f"{prog}: {printable(_oneline(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except CorruptCheckpointError as exc:
-        print(f"{prog}: damaged checkpoint: {exc}", file=sys.stderr)
+        print(f"{prog}: damaged checkpoint: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
