@@ -110,14 +110,14 @@ def _lock_of(
 
 
 def _info(
-    location: str, scanned: ScannedSession, table: LockTable | None
+    prefix: str, scanned: ScannedSession, table: LockTable | None
 ) -> tuple[int, SessionInfo] | None:
     """One scanned session as ``SessionInfo``, with its age in ns; None when it
     vanished while it was inspected."""
     name, dir_mtime_ns, dev, ino, next_ino, next_ctime_ns, error, entries, found = (
         scanned
     )
-    session = os.path.join(location, name)
+    session = prefix + name
     before = None
     if next_ino is not None and next_ctime_ns is not None:
         before = NextFile(next_ino, next_ctime_ns)
@@ -137,7 +137,8 @@ def _info(
     mtime_ns = dir_mtime_ns
     if found is not None and found[4] is not None:
         mtime_ns = found[4]
-    leftover = tombstone_origin(name)
+    # A session's name never starts with a dot; a tombstone's always does.
+    leftover = tombstone_origin(name) if name.startswith(".") else None
     info = SessionInfo(
         id=session_id(name if leftover is None else leftover),
         location=session,
@@ -169,8 +170,9 @@ def _inspect(
     ``problem`` saying why), never an error of the whole scan.
     """
     found = []
+    prefix = os.path.join(location, "")
     for entry in scanned:
-        inspected = _info(location, entry, table)
+        inspected = _info(prefix, entry, table)
         if inspected is not None:
             mtime_ns, info = inspected
             found.append((sort_key(mtime_ns, entry[0]), info))

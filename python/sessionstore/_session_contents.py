@@ -44,16 +44,16 @@ class SessionContents:
     def unrecognised(self, entries: Iterable[tuple[str, int]]) -> tuple[str, ...]:
         """The names among ``entries`` (name, ``EntryKind``) this rule does not know,
         sorted."""
-        return tuple(
-            sorted(
-                name
-                for name, kind in entries
-                if not (
-                    (kind == EntryKind.FILE and name in self.files)
-                    or (kind == EntryKind.DIRECTORY and name in self.directories)
-                )
+        unknown = [
+            name
+            for name, kind in entries
+            if not (
+                name in self.files
+                if kind == EntryKind.FILE
+                else kind == EntryKind.DIRECTORY and name in self.directories
             )
-        )
+        ]
+        return tuple(sorted(unknown)) if unknown else ()
 
     def __or__(self, other: SessionContents) -> SessionContents:
         return SessionContents(
