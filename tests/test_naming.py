@@ -164,10 +164,14 @@ def test_a_long_prefix_still_leaves_room_for_the_tombstone(
     assert len(plan_tombstone_name(name, "ffffffff").encode()) <= 255
 
 
-# Names a file system may hold: no separator, no NUL, at most 255 bytes.
+# Names a file system may hold: no separator, no NUL, at most 255 bytes; many
+# of them long enough that a tombstone could not keep them whole.
 entry_names = (
-    st.text(st.characters(codec="utf-8", blacklist_characters="/\0"))
-    .map(lambda text: text + ".session")
+    st.tuples(
+        st.integers(0, 247),
+        st.text(st.characters(codec="utf-8", blacklist_characters="/\0"), max_size=20),
+    )
+    .map(lambda parts: "p" * parts[0] + parts[1] + ".session")
     .filter(lambda name: len(os.fsencode(name)) <= 255 and is_session_name(name))
 )
 
