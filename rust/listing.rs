@@ -82,7 +82,7 @@ pub struct Found {
 pub struct Checkpoint {
     pub name: &'static [u8],
     /// `st_mode` of its `lstat` (or of the open file), 0 when that failed
-    pub mode: u32,
+    pub mode: libc::mode_t,
     /// 0, or the error of looking at or reading it
     pub errno: Errno,
     /// the size of what a load returns as far as the headers tell
@@ -169,7 +169,7 @@ fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
     }
 }
 
-fn is_regular(mode: u32) -> bool {
+fn is_regular(mode: libc::mode_t) -> bool {
     mode & libc::S_IFMT == libc::S_IFREG
 }
 
@@ -193,7 +193,7 @@ fn entry_kind(fd: libc::c_int, name: &[u8], d_type: u8) -> u8 {
 
 /// `(st_mode, errno, size)` of `session.slots` from its headers alone: two small
 /// reads whatever the checkpoint's size (`_python_listing._slots_size`).
-fn slots_size(session: libc::c_int) -> (u32, Errno, Option<u64>) {
+fn slots_size(session: libc::c_int) -> (libc::mode_t, Errno, Option<u64>) {
     let fd = match sys::openat(session, c"session.slots", PEEK_FLAGS, 0) {
         Ok(fd) => fd,
         Err(errno) => return (0, errno, None),
@@ -706,6 +706,31 @@ mod tests {
         let items: Vec<usize> = (0..PARALLEL_FROM * 3).collect();
         let doubled = in_parallel(&items, |i| i * 2);
         assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_is_sized_only_when_its_data_lies_within_the_file() {
+        use crate::slots_format::{decode_record_header, encode_record_header, FileHeader};
+        let header = FileHeader { slot_size: 8192 };
+        let record = |sequence, length: usize| {
+            decode_record_header(&encode_record_header(sequence, &vec![0; length]), 8192)
+        };
+        let headers = [record(1, 100), record(2, 5000)];
+        let newest_end = header.slot_offset(1) + 32 + 5000;
+        assert_eq!(
+            newest_plausible_length(&header, &headers, newest_end),
+            Some(5000)
+        );
+        // The newest claims past the end: the older one is what lies within.
+        assert_eq!(
+            newest_plausible_length(&header, &headers, newest_end - 1),
+            Some(100)
+        );
+        assert_eq!(newest_plausible_length(&header, &headers, 4096 + 32), None);
+        assert_eq!(
+            newest_plausible_length(&header, &[None, None], u64::MAX),
+            None
+        );
     }
 
     #[test]
