@@ -31,6 +31,7 @@ from sessionstore import (
 )
 from sessionstore._cli import printable
 from sessionstore._naming import NEXT_NAME, SLOTS_NAME, plan_tombstone_name
+from sessionstore._repository import describe
 from sessionstore._slots_format import (
     FILE_HEADER_SIZE,
     FORMAT_VERSION,
@@ -284,6 +285,16 @@ def test_a_damaged_slotted_checkpoint_never_shows_as_never_saved(
         assert "damaged" in text
     listed = cli(backend_env, "list", "--repo", tmp_path).stdout
     assert "DAMAGED" in listed
+
+
+def test_show_verifies_the_file_a_load_reads(backend: str, tmp_path: Path) -> None:
+    """Between two steps of a conversion a session holds both files; a load
+    reads ``session`` then, so a torn ``session.slots`` beside it is no damage."""
+    storage = make(tmp_path, b"whole")
+    Path(storage.location, SLOTS_NAME).write_bytes(b"\0" * 8192)
+    info = describe(storage.location)
+    assert (info.checkpoint, info.checkpoint_size) == (CheckpointStatus.SAVED, 5)
+    assert storage.load_checkpoint() == b"whole"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")

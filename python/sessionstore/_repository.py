@@ -181,16 +181,18 @@ def _inspect(
     return [info for _, info in found]
 
 
-def _verified(info: SessionInfo) -> SessionInfo:
+def _verified(info: SessionInfo, held_in: str | None) -> SessionInfo:
     """``info`` with a slotted checkpoint's newest record checked as a load does.
 
     A listing reads only the headers; ``show`` reads the record too and
     reports a checkpoint no load returns as damaged. Read through a descriptor
     that cannot block (O_NONBLOCK, a regular file checked by fstat) and a
-    bounded buffer, so a FIFO or a header claiming gigabytes costs nothing and
-    the claimed length is never held in memory.
+    bounded buffer: a FIFO is refused, and a record is never held whole in
+    memory nor read past the file's real size. A session whose checkpoint is
+    ``session`` (which a load prefers, even beside a slots file) needs nothing
+    more than its size.
     """
-    if info.checkpoint is not CheckpointStatus.SAVED:
+    if info.checkpoint is not CheckpointStatus.SAVED or held_in != SLOTS_NAME:
         return info
     path = os.path.join(info.location, SLOTS_NAME)
     try:
@@ -226,7 +228,8 @@ def describe(location: str) -> SessionInfo:
     if scanned is not None:
         infos = _inspect(os.path.dirname(location), [scanned], read_lock_table())
         if infos:
-            return _verified(infos[0])
+            checkpoint = scanned[8]
+            return _verified(infos[0], None if checkpoint is None else checkpoint[0])
     raise FileNotFoundError(errno.ENOENT, "no session directory", location)
 
 
