@@ -22,6 +22,7 @@ from typing import Any, Final, NoReturn
 from . import _backend
 from ._bench import DEFAULT_BUDGET, DEFAULT_SIZES, BenchRow, run_save_benchmark
 from ._errors import CorruptCheckpointError
+from ._lock_holder import LockHolder
 from ._lock_state import LockState
 from ._naming import SESSION_SUFFIX
 from ._prune import PrunePolicy
@@ -104,7 +105,7 @@ def format_size(size: int) -> str:
 def format_seconds(seconds: float) -> str:
     """A latency for people, in the unit that keeps it between 1 and 1000."""
     if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} us"
+        return f"{seconds * 1e6:.0f} µs"
     if seconds < 1:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds:.2f} s"
@@ -119,7 +120,24 @@ def info_as_json(info: SessionInfo) -> dict[str, Any]:
         "modified": info.modified.astimezone(datetime.timezone.utc).isoformat(),
         "checkpoint_size": info.checkpoint_size,
         "lock": info.lock.value,
+        "holder": None if info.holder is None else holder_as_json(info.holder),
     }
+
+
+def holder_as_json(holder: LockHolder) -> dict[str, Any]:
+    """A lock's holder as ``--json`` prints it."""
+    return {
+        "pid": holder.pid,
+        "command": list(holder.command),
+        "started": holder.started.isoformat(),
+    }
+
+
+def describe_lock(info: SessionInfo) -> str:
+    """``unlocked``, ``stale``, ``held`` or ``held by pid 4242 (...) since ...``."""
+    if info.holder is None:
+        return info.lock.value
+    return f"{info.lock.value} by {info.holder.describe()}"
 
 
 def format_columns(
@@ -148,7 +166,7 @@ def _size(info: SessionInfo) -> str:
 
 def sessions_table(infos: Sequence[SessionInfo]) -> str:
     """The table ``list`` prints."""
-    rows = [(i.id, _modified(i), _size(i), i.lock.value) for i in infos]
+    rows = [(i.id, _modified(i), _size(i), describe_lock(i)) for i in infos]
     header = ("ID", "MODIFIED (UTC)", "SIZE", "LOCK")
     return format_columns([header, *rows], right=frozenset({2}))
 
@@ -169,28 +187,34 @@ def bench_table(rows: Sequence[BenchRow]) -> str:
     return format_columns([header, *cells], right=frozenset({0, 2, 3, 4}))
 
 
+NOT_A_DIRECTORY: Final = "session repository is not a directory"
+
+
 def _repository(args: argparse.Namespace) -> SessionStorageRepository:
-    return SessionStorageRepository(args.repo)
+    """The repository ``--repo`` names; one that is not a directory is refused."""
+    repo = SessionStorageRepository(args.repo)
+    if os.path.exists(repo.location) and not os.path.isdir(repo.location):
+        raise UserError(f"{NOT_A_DIRECTORY}: {repo.location}")
+    return repo
 
 
 def _existing_repository(args: argparse.Namespace) -> SessionStorageRepository:
     repo = _repository(args)
-    try:
-        st = os.stat(repo.location)
-    except FileNotFoundError:
-        raise UserError(f"no session repository at {repo.location}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UserError(f"not a session repository (not a directory): {repo.location}")
+    if not os.path.isdir(repo.location):
+        raise UserError(f"no session repository at {repo.location}")
     return repo
 
 
 def resolve(repo: SessionStorageRepository, ident: str) -> str:
     """The location of the session ``ident`` names in ``repo``.
 
-    ``ident`` is an id (``pbox-...``), a directory name (``pbox-....session``)
-    or the unique start of an id, as ``list`` shows them. Never a path: the
-    command only ever touches sessions inside the repository.
+    ``ident`` is an id (``pbox-...``), a directory name (``pbox-....session``),
+    the unique start of an id, as ``list`` shows them, or the session's path,
+    as ``list --json`` prints it. A path to anywhere but a session directly
+    inside the repository is refused: the command only ever touches those.
     """
+    if "/" in ident.rstrip("/"):
+        ident = _name_in(repo, ident)
     if not ident or "/" in ident or ident.startswith(".") or "\0" in ident:
         raise UserError(f"not a session id: {ident!r}")
     name = ident if ident.endswith(SESSION_SUFFIX) else ident + SESSION_SUFFIX
@@ -211,6 +235,21 @@ def resolve(repo: SessionStorageRepository, ident: str) -> str:
         f"{ident!r} is the start of {len(matches)} session ids in {repo.location}; "
         "give more of the id"
     )
+
+
+def _name_in(repo: SessionStorageRepository, path: str) -> str:
+    """The name of the session at ``path`` when it sits directly in ``repo``."""
+    parent, name = os.path.split(path.rstrip("/"))
+    try:
+        inside = os.path.samefile(parent or os.curdir, repo.location)
+    except OSError:
+        inside = False
+    if not inside or not name.endswith(SESSION_SUFFIX):
+        raise UserError(
+            f"not a session id: {path!r} (a path must be of a session "
+            f"directly in {repo.location})"
+        )
+    return name
 
 
 def bench_as_json(row: BenchRow) -> dict[str, Any]:
@@ -262,7 +301,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("location", info.location),
         ("modified", info.modified.isoformat()),
         ("checkpoint", size),
-        ("lock", info.lock.value),
+        ("lock", describe_lock(info)),
     ]
     _write(format_columns(rows))
     return EXIT_OK
@@ -301,27 +340,43 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _holder_of(storage: SessionStorage) -> str:
+    holder = storage.holder()
+    return "a live writer" if holder is None else holder.describe()
+
+
 def cmd_break_lock(args: argparse.Namespace) -> int:
     repo = _existing_repository(args)
     storage = SessionStorage(resolve(repo, args.id))
-    if args.force:
-        before = storage.lock_state()
-        try:
-            storage.break_lock()
-        except FileNotFoundError:
-            _write(f"{storage.id} is not locked: nothing to break")
-            return EXIT_OK
-        _write(f"removed the lock file of {storage.id} (forced; it was {before.value})")
-        return EXIT_OK
-    if storage.break_stale_lock():
+    if not args.force and storage.break_stale_lock():
         _write(f"removed the stale lock of {storage.id}")
         return EXIT_OK
-    if storage.lock_state() is LockState.HELD:
+    state = storage.lock_state()
+    if state is LockState.UNLOCKED:
+        _write(f"{storage.id} is not locked: nothing to break")
+        return EXIT_OK
+    was = state.value if state is LockState.STALE else f"held by {_holder_of(storage)}"
+    has_next = os.path.lexists(storage.paths.next)
+    if state is LockState.HELD and not has_next:
+        # A holder between saves (``hold()``) has the directory locked and no
+        # session.next: there is no file whose removal would free anything.
         raise UserError(
-            f"{storage.id} is held by a live writer: not broken "
-            "(--force removes session.next anyway)"
+            f"{storage.id} is {was}, between saves: there is no session.next "
+            "to remove; the lock goes when the holder closes the session or exits"
         )
-    _write(f"{storage.id} is not locked: nothing to break")
+    if state is LockState.STALE and not args.force:
+        raise UserError(f"{storage.id}: its lock changed while breaking it; run again")
+    if not args.force:
+        raise UserError(
+            f"{storage.id} is {was}, inside a save: not broken "
+            "(--force removes its session.next anyway)"
+        )
+    try:
+        storage.break_lock()
+    except FileNotFoundError:
+        _write(f"{storage.id} is not locked: nothing to break")
+        return EXIT_OK
+    _write(f"removed the lock file of {storage.id} (forced; it was {was})")
     return EXIT_OK
 
 
@@ -396,7 +451,8 @@ def _sizes(text: str) -> tuple[int, ...]:
     for part, size in zip(text.split(","), sizes, strict=True):
         if size > MAX_BENCH_SIZE:
             raise ValueError(f"bad size {part!r}: bench measures up to 1G")
-    return sizes
+    # One row per size, however often (or however spelled: 1K, 1024) it is given.
+    return tuple(dict.fromkeys(sizes))
 
 
 def _repo(text: str) -> str:
@@ -411,15 +467,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="See, inspect, prune and benchmark a repository of test sessions.",
     )
+    repo_help = (
+        "the session repository (default: $PLAINBOX_SESSION_REPOSITORY, else "
+        "${XDG_CACHE_HOME:-~/.cache}/plainbox/sessions)"
+    )
+    parser.add_argument(
+        "--repo", metavar="PATH", type=_argument_type(_repo), help=repo_help
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _Parser(add_help=False)
+    # SUPPRESS: a subcommand without --repo keeps the one given before it.
     common.add_argument(
         "--repo",
         metavar="PATH",
         type=_argument_type(_repo),
-        help="the session repository (default: "
-        "$PLAINBOX_SESSION_REPOSITORY, else "
-        "${XDG_CACHE_HOME:-~/.cache}/plainbox/sessions)",
+        default=argparse.SUPPRESS,
+        help=repo_help,
     )
 
     def command(
