@@ -48,11 +48,11 @@ _DURATION_UNITS: Final = {
 _DURATION: Final = re.compile(r"(?:\d+[smhdw])+")
 _DURATION_PART: Final = re.compile(r"(\d+)([smhdw])")
 
-_SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # bench holds two checkpoints of each size in memory; beyond this it would
 # fail with MemoryError rather than measure anything.
 MAX_BENCH_SIZE: Final = 1 << 30
-_SIZE: Final = re.compile(r"(\d+)([KMG]?)(?:i?B)?", re.IGNORECASE)
+_SIZE: Final = re.compile(r"(\d+)([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
 
 class UserError(Exception):
@@ -83,7 +83,9 @@ def parse_size(text: str) -> int:
     """A byte count: ``4096``, ``4K``, ``64KiB``, ``1M``, ``1G``; at least one byte."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise ValueError(f"bad size {text!r}: use bytes or K, M, G, e.g. 4096, 64K, 1M")
+        raise ValueError(
+            f"bad size {text!r}: use bytes or K, M, G, T, e.g. 4096, 64K, 1M"
+        )
     size = int(match[1]) * _SIZE_UNITS[match[2].upper()]
     if size < 1:
         raise ValueError(f"bad size {text!r}: a checkpoint has at least one byte")
@@ -322,7 +324,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     repo = _repository(args)
-    policy = PrunePolicy(keep=args.keep, older_than=args.older_than)
+    policy = PrunePolicy(
+        keep=args.keep, older_than=args.older_than, max_total_size=args.max_size
+    )
     verb = "would remove" if args.dry_run else "removed"
     # A line per session as it goes: when a removal fails, the error comes
     # after the lines of those that went.
@@ -455,6 +459,10 @@ def _sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+def _max_size(text: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text)
+
+
 def _repo(text: str) -> str:
     if not text:
         raise ValueError("bad path '': give the repository's path")
@@ -510,8 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prune",
         cmd_prune,
         "Remove old sessions, never one a live writer holds.",
-        "With both limits, a session goes only when it is outside the N youngest "
-        "and older than AGE. Also deletes leftovers of removals a crash interrupted.",
+        "With several limits, a session goes only when each allows it: outside "
+        "the N youngest, older than AGE, and among the oldest that must go to "
+        "bring the total to SIZE. "
+        "Also deletes leftovers of removals a crash interrupted.",
     )
     p.add_argument(
         "--keep", metavar="N", type=_argument_type(_keep), help="spare the N youngest"
@@ -521,6 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AGE",
         type=_argument_type(parse_duration),
         help="spare those modified within AGE: 30s, 15m, 12h, 7d, 2w, or a sum: 1d12h",
+    )
+    p.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        type=_argument_type(_max_size),
+        help="remove the oldest sessions, as few as bring the checkpoints' "
+        "total down to SIZE: 500M, 2G, 1T",
     )
     p.add_argument("--dry-run", action="store_true", help="only say what would go")
 
@@ -582,8 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "prune" and args.keep is None and args.older_than is None:
-        args.parser.error("prune needs --keep, --older-than or both")
+    if args.command == "prune" and (args.keep, args.older_than, args.max_size) == (
+        None,
+        None,
+        None,
+    ):
+        args.parser.error("prune needs --keep, --older-than, --max-size or several")
     prog = f"{PROG} {args.command}"
     try:
         status: int = args.run(args)

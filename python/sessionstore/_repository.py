@@ -238,16 +238,20 @@ class SessionStorageRepository:
         *,
         keep: int | None = None,
         older_than: datetime.timedelta | None = None,
+        max_total_size: int | None = None,
         dry_run: bool = False,
     ) -> list[SessionInfo]:
         """Remove old sessions; the ones removed (or, on a dry run, to be removed).
 
         ``keep=N`` spares the N youngest sessions, ``older_than`` spares those
         modified more recently than that; with both, a session goes only when
-        both allow it (see ``PrunePolicy``). Neither is a ValueError: no prune
-        wipes a repository by accident. A session held by a live writer is
-        never removed, not even one a writer starts saving into while the
-        prune runs, and does not count towards ``keep``.
+        both allow it; ``max_total_size`` (bytes) allows removing the oldest
+        sessions, as few as bring the checkpoints' total size down to it, and
+        combines with the others the same way (see ``PrunePolicy``). None of
+        the three is a ValueError: no prune wipes a repository by accident.
+        A session held by a live writer is never removed, not even one a
+        writer starts saving into while the prune runs, and does not count
+        towards ``keep``.
 
         Removal is the crash-safe ``SessionStorage.remove()``. A prune also
         deletes the hidden tombstones that removals interrupted by a crash
@@ -258,7 +262,9 @@ class SessionStorageRepository:
         then the first failure is raised (naming its path) and the others are
         logged as errors to the ``sessionstore`` logger.
         """
-        policy = PrunePolicy(keep=keep, older_than=older_than)
+        policy = PrunePolicy(
+            keep=keep, older_than=older_than, max_total_size=max_total_size
+        )
         return list(prune_sessions(self, policy, dry_run=dry_run))
 
 
