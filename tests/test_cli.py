@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 import filesystems
 from sessionstore import SessionStorage, SessionStorageRepository
-from sessionstore._cli import format_size, main, parse_duration, parse_size
+from sessionstore._cli import main, parse_duration, parse_size
 from sessionstore._naming import NEXT_NAME
+from sessionstore._units import format_size
 
 DAY_NS = 86_400 * 10**9
 
@@ -397,6 +398,7 @@ def test_an_os_error_is_one_line_and_exit_1(
         ("prune",),
         ("break-lock",),
         ("bench",),
+        ("doctor",),
     ],
 )
 def test_every_command_has_help(

@@ -181,6 +181,6 @@ def test_bench_measures_each_size_once_and_prints_microseconds(
 
 
 def test_latencies_below_a_millisecond_print_in_microseconds() -> None:
-    from sessionstore._cli import format_seconds
+    from sessionstore._units import format_seconds
 
     assert format_seconds(250e-6) == "250 µs"

@@ -21,6 +21,15 @@ from typing import Any, Final, NoReturn
 
 from . import _backend
 from ._bench import DEFAULT_BUDGET, DEFAULT_SIZES, BenchRow, run_save_benchmark
+from ._doctor import (
+    TMPFILES_DIRS,
+    DoctorFacts,
+    Finding,
+    Severity,
+    decide,
+    needs_attention,
+)
+from ._doctor_facts import gather, now
 from ._errors import CorruptCheckpointError
 from ._lock_holder import LockHolder
 from ._lock_state import LockState
@@ -29,6 +38,7 @@ from ._prune import PrunePolicy
 from ._repository import SessionStorageRepository, describe, prune_sessions
 from ._session_info import SessionInfo
 from ._storage import SessionStorage
+from ._units import format_seconds, format_size
 
 PROG: Final = "sessionstore"
 
@@ -90,27 +100,6 @@ def parse_size(text: str) -> int:
     if size < 1:
         raise ValueError(f"bad size {text!r}: a checkpoint has at least one byte")
     return size
-
-
-def format_size(size: int) -> str:
-    """A byte count for people: ``512 B``, ``1.5 KiB``, ``3.0 MiB``."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"
-
-
-def format_seconds(seconds: float) -> str:
-    """A latency for people, in the unit that keeps it between 1 and 1000."""
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
 
 
 def info_as_json(info: SessionInfo) -> dict[str, Any]:
@@ -409,6 +398,116 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def doctor_as_json(facts: DoctorFacts, findings: Sequence[Finding]) -> dict[str, Any]:
+    """What ``doctor --json`` prints (the shape docs/operations.md documents)."""
+    mount, device, latency, sessions, rule = (
+        facts.mount,
+        facts.device,
+        facts.latency,
+        facts.sessions,
+        facts.tmpfiles,
+    )
+    return {
+        "repository": facts.repository,
+        "exists": facts.exists,
+        "needs_attention": needs_attention(findings),
+        "findings": [
+            {
+                "code": f.code,
+                "severity": f.severity.value,
+                "summary": f.summary,
+                "action": f.action,
+            }
+            for f in findings
+        ],
+        "facts": {
+            "checked_path": facts.checked_path,
+            "filesystem": None
+            if mount is None
+            else {
+                "type": mount.fs_type,
+                "mount_point": mount.mount_point,
+                "source": mount.source,
+                "options": sorted(mount.options),
+                "read_only": mount.read_only,
+            },
+            "device": None
+            if device is None
+            else {
+                "name": device.device,
+                "write_cache": device.write_cache,
+                "fua": device.fua,
+            },
+            "free_bytes": facts.free_bytes,
+            "save_latency": None
+            if latency is None
+            else {
+                "saves": latency.saves,
+                "size": latency.size,
+                "median_seconds": latency.median,
+                "p99_seconds": latency.p99,
+                "flush_median_seconds": latency.flush_median,
+            },
+            "sessions": None
+            if sessions is None
+            else {
+                "count": sessions.count,
+                "largest_checkpoint": sessions.largest_checkpoint,
+                "stale": list(sessions.stale),
+                "tombstones": list(sessions.tombstones),
+                "damaged": list(sessions.damaged),
+                "unreadable": list(sessions.unreadable),
+            },
+            "tmpfiles": None
+            if rule is None
+            else {
+                "type": rule.rule.type,
+                "path": rule.rule.path,
+                "age_seconds": rule.age.total_seconds(),
+                "sessions_spared": rule.spares_sessions,
+                "origin": rule.rule.origin,
+            },
+        },
+    }
+
+
+def doctor_report(facts: DoctorFacts, findings: Sequence[Finding]) -> str:
+    """What ``doctor`` prints: one line per finding, what to do under it."""
+    state = "" if facts.exists else " (does not exist yet)"
+    lines = [f"repository: {facts.repository}{state}"]
+    for f in findings:
+        label = (
+            f.severity.value.upper()
+            if f.severity is Severity.ATTENTION
+            else (f.severity.value)
+        )
+        lines.append(f"{label:<10} {f.code}: {f.summary}")
+        if f.action is not None:
+            lines.append(f"{'':<10} what to do: {f.action}")
+    count = sum(f.severity is Severity.ATTENTION for f in findings)
+    lines.append(
+        "nothing needs attention"
+        if count == 0
+        else f"{count} finding{'s' if count > 1 else ''} need attention"
+    )
+    return "\n".join(lines)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    location = SessionStorageRepository(args.repo).location
+    facts = gather(
+        location,
+        measure=not args.no_latency,
+        tmpfiles_dirs=args.tmpfiles_dir or TMPFILES_DIRS,
+    )
+    findings = decide(facts, now())
+    if args.json:
+        _write(json.dumps(doctor_as_json(facts, findings), indent=2))
+    else:
+        _write(doctor_report(facts, findings))
+    return EXIT_FAILED if needs_attention(findings) else EXIT_OK
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error in one line."""
 
@@ -578,6 +677,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to measure (default: {DEFAULT_BUDGET:g})",
     )
     p.add_argument("--json", action="store_true", help="print a JSON array")
+
+    p = command(
+        "doctor",
+        cmd_doctor,
+        "Check whether this repository can keep its promises.",
+        "Looks at the filesystem and its mount options, the disk's write cache, "
+        "the latency of a short burst of durable saves (in a temporary session, "
+        "removed afterwards), free space, the sessions, and the tmpfiles.d rule "
+        "that ages the directory. Exits 1 when something needs attention.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the burst of test saves (nothing is written)",
+    )
+    p.add_argument(
+        "--tmpfiles-dir",
+        metavar="DIR",
+        action="append",
+        help="read tmpfiles.d rules from DIR instead of the system's "
+        "(repeatable, highest precedence first)",
+    )
     return parser
 
 
