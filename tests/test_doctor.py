@@ -68,6 +68,7 @@ def test_a_tmpfs_repository_is_volatile(
     assert status == 1
     assert codes(report) == {"volatile-filesystem"}
     assert report["facts"]["filesystem"]["type"] == "tmpfs"
+    assert report["facts"]["statfs_type"] == "0x1021994"  # TMPFS_MAGIC
     assert report["facts"]["device"] is None
     latency = report["facts"]["save_latency"]
     assert latency["saves"] >= 5
@@ -112,6 +113,7 @@ def test_an_xfs_repository_on_a_loop_device_is_healthy(
     assert (status, codes(report)) == (0, set())
     facts = report["facts"]
     assert facts["filesystem"]["type"] == "xfs"
+    assert facts["statfs_type"] == "0x58465342"  # XFS_SUPER_MAGIC
     assert facts["filesystem"]["source"] == xfs.device
     assert xfs.device is not None
     assert facts["device"]["name"] == os.path.basename(xfs.device)

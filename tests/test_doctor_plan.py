@@ -347,3 +347,14 @@ def test_a_missing_repository_is_a_note_and_the_checks_still_run() -> None:
     ]
     assert not needs_attention(findings)
     assert "checked /srv" in findings[0].summary
+
+
+def test_statfs_names_the_filesystem_where_mountinfo_cannot() -> None:
+    tmpfs_magic = 0x01021994
+    alone = attrs.evolve(HEALTHY, mount=None, fs_magic=tmpfs_magic)
+    assert "volatile-filesystem" in {f.code for f in decide(alone, NOW)}
+    unknown = attrs.evolve(HEALTHY, mount=None, fs_magic=0x1234)
+    assert next(f.code for f in decide(unknown, NOW)) == "filesystem-unknown"
+    # statfs of the directory itself wins over the type of the mount above it.
+    over = attrs.evolve(HEALTHY, fs_magic=tmpfs_magic)
+    assert "volatile-filesystem" in {f.code for f in decide(over, NOW)}

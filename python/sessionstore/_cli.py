@@ -422,6 +422,7 @@ def doctor_as_json(facts: DoctorFacts, findings: Sequence[Finding]) -> dict[str,
         ],
         "facts": {
             "checked_path": facts.checked_path,
+            "statfs_type": None if facts.fs_magic is None else f"0x{facts.fs_magic:x}",
             "filesystem": None
             if mount is None
             else {
@@ -488,7 +489,7 @@ def doctor_report(facts: DoctorFacts, findings: Sequence[Finding]) -> str:
     lines.append(
         "nothing needs attention"
         if count == 0
-        else f"{count} finding{'s' if count > 1 else ''} need attention"
+        else f"{count} finding{'s need' if count > 1 else ' needs'} attention"
     )
     return "\n".join(lines)
 

@@ -30,6 +30,25 @@ UNTESTED: Final = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "overlay", "9p", "ceph", "virtiofs"}
 )
 
+# statfs(2) f_type values (linux/magic.h) of the filesystems judged here.
+FS_MAGIC: Final = {
+    0x01021994: "tmpfs",
+    0x858458F6: "ramfs",
+    0x6969: "nfs",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb3",
+    0x65735546: "fuse",
+    0x794C7630: "overlay",
+    0x01021997: "9p",
+    0x00C36400: "ceph",
+    0x6E667364: "virtiofs",
+    0xEF53: "ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x2FC12FC1: "zfs",
+    0xF2F52010: "f2fs",
+}
+
 # systemd-tmpfiles' configuration directories, highest precedence first: a file
 # in an earlier one replaces a file of the same name in a later one.
 TMPFILES_DIRS: Final = (
@@ -410,6 +429,8 @@ class DoctorFacts:
     sessions: SessionFacts | None
     scan_error: str | None
     tmpfiles: TmpfilesVerdict | None
+    fs_magic: int | None = None
+    """``statfs`` f_type of the checked directory, when it could be read"""
 
 
 def _is_untested(fs_type: str) -> bool:
@@ -421,19 +442,32 @@ def _listing(ids: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def filesystem_findings(mount: Mount | None) -> list[Finding]:
-    """What the filesystem and its mount options mean for the promises."""
-    if mount is None:
+def filesystem_findings(mount: Mount | None, magic: int | None) -> list[Finding]:
+    """What the filesystem and its mount options mean for the promises.
+
+    The kind of filesystem is what ``statfs`` says of the repository's own
+    directory where it names a known one (``FS_MAGIC``), else the type
+    mountinfo gives its mount; the mount's options are mountinfo's.
+    """
+    kind = FS_MAGIC.get(magic) if magic is not None else None
+    if mount is None and kind is None:
         return [
             Finding(
                 "filesystem-unknown",
                 Severity.NOTE,
-                "the filesystem could not be found in /proc/self/mountinfo",
+                "the filesystem is neither in /proc/self/mountinfo nor known by "
+                "its statfs type",
             )
         ]
     found = []
-    where = f"{mount.fs_type} at {mount.mount_point}"
-    if mount.fs_type in VOLATILE:
+    if mount is None:
+        assert kind is not None
+        where = kind
+        kind_of_mount = kind
+    else:
+        where = f"{mount.fs_type} at {mount.mount_point}"
+        kind_of_mount = kind or mount.fs_type
+    if kind_of_mount in VOLATILE:
         found.append(
             Finding(
                 "volatile-filesystem",
@@ -444,7 +478,7 @@ def filesystem_findings(mount: Mount | None) -> list[Finding]:
                 "(--repo, or PLAINBOX_SESSION_REPOSITORY)",
             )
         )
-    elif _is_untested(mount.fs_type):
+    elif _is_untested(kind_of_mount):
         found.append(
             Finding(
                 "untested-filesystem",
@@ -455,7 +489,10 @@ def filesystem_findings(mount: Mount | None) -> list[Finding]:
             )
         )
     else:
-        found.append(Finding("filesystem", Severity.OK, f"{where}, {mount.source}"))
+        source = "" if mount is None else f", {mount.source}"
+        found.append(Finding("filesystem", Severity.OK, f"{where}{source}"))
+    if mount is None:
+        return found
     if mount.read_only:
         found.append(
             Finding(
@@ -518,7 +555,7 @@ def decide(facts: DoctorFacts, now: datetime.datetime) -> list[Finding]:
                 "remove it or choose another repository",
             )
         )
-    found += filesystem_findings(facts.mount)
+    found += filesystem_findings(facts.mount, facts.fs_magic)
     if facts.device is not None:
         cache = facts.device
         fua = {True: ", FUA", False: ", no FUA", None: ""}[cache.fua]

@@ -8,6 +8,7 @@ directories made for it, when the repository did not exist).
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
 import statistics
@@ -190,6 +191,24 @@ def _error_text(exc: OSError) -> str:
     return f"{text}: {exc.filename}" if exc.filename else text
 
 
+def statfs_type(path: str) -> int | None:
+    """``statfs(2)``'s f_type of ``path``: the kernel's own name of its filesystem.
+
+    Read through libc (Python's os has statvfs only, which lacks it); None
+    where that is not possible.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        statfs = libc.statfs
+    except (OSError, AttributeError):
+        return None
+    # struct statfs starts with f_type, a C long on Linux; 512 bytes hold the rest.
+    buffer = ctypes.create_string_buffer(512)
+    if statfs(os.fsencode(path), buffer) != 0:
+        return None
+    return ctypes.c_ulong.from_buffer(buffer).value & 0xFFFFFFFF
+
+
 def _statfs_free(path: str) -> int | None:
     try:
         st = os.statvfs(path)
@@ -242,6 +261,7 @@ def gather(
         sessions=sessions,
         scan_error=scan_error,
         tmpfiles=verdict,
+        fs_magic=statfs_type(checked),
     )
 
 
