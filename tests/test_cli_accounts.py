@@ -60,6 +60,10 @@ def test_a_session_held_between_saves_gets_one_account(
     who = f"held by pid {holder.pid} ("
     _, out, _ = run(capsys, "list", "--repo", tmp_path)
     assert who in out.splitlines()[1]
+    _, out, _ = run(capsys, "show", storage.id, "--repo", tmp_path)
+    assert f"lock        held by pid {holder.pid} (" in out
+    _, out, _ = run(capsys, "show", "--json", storage.id, "--repo", tmp_path)
+    assert json.loads(out)["holder"]["pid"] == holder.pid
     for force in ((), ("--force",)):
         status, out, err = run(
             capsys, "break-lock", *force, storage.id, "--repo", tmp_path
