@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from holders import held_elsewhere
 from sessionstore import SessionStorage
 from sessionstore._cli import main
 from sessionstore._naming import NEXT_NAME
@@ -28,27 +28,8 @@ def held_between_saves(
 ) -> Iterator[tuple[SessionStorage, subprocess.Popen[str]]]:
     """A session another process holds through ``hold()``, between two saves."""
     storage = SessionStorage.create(tmp_path)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, sessionstore\n"
-            "with sessionstore.SessionStorage(sys.argv[1]).hold() as held:\n"
-            "    held.save_checkpoint(b'one')\n"
-            "    print('holding', flush=True)\n"
-            "    sys.stdin.read()\n",
-            storage.location,
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "holding\n"
+    with held_elsewhere(storage.location) as holder:
         yield storage, holder
-    finally:
-        holder.communicate("", timeout=60)
 
 
 def test_a_session_held_between_saves_gets_one_account(

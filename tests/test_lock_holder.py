@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from holders import held_elsewhere
 from sessionstore import (
     LockedStorageError,
     LockState,
@@ -38,14 +39,6 @@ from sessionstore._lock_state import FileKey, parse_lock_owners
 UTC = datetime.timezone.utc
 # The marker every holder started here carries on its command line.
 MARKER = "sessionstore-test-holder"
-
-HOLD = """
-import sys, sessionstore
-with sessionstore.SessionStorage(sys.argv[1]).hold() as held:
-    held.save_checkpoint(b"one")
-    print("holding", flush=True)
-    sys.stdin.read()
-"""
 
 # Takes the directory's flock, passes the descriptor to a child that lives on,
 # and exits: the lock table keeps naming the exited process's pid.
@@ -92,18 +85,8 @@ def holder(
     """A session another process holds through ``hold()``; when it started."""
     storage = SessionStorage.create(tmp_path)
     before = datetime.datetime.now(UTC).replace(microsecond=0)
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, storage.location, MARKER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == "holding\n"
+    with held_elsewhere(storage.location, MARKER) as process:
         yield storage, process, before
-    finally:
-        process.communicate("", timeout=60)
 
 
 def _kill(pid: int) -> None:

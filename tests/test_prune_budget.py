@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from holders import held_elsewhere
 from sessionstore import SessionStorage, SessionStorageRepository
 from sessionstore._cli import main
-
-HOLD = """
-import sys, sessionstore
-with sessionstore.SessionStorage(sys.argv[1]).hold() as held:
-    print("holding", flush=True)
-    sys.stdin.read()
-"""
 
 
 def aged(repo: Path, size: int, age_hours: int) -> SessionStorage:
@@ -54,21 +46,10 @@ def test_a_budget_never_removes_a_held_session_but_counts_it(
 ) -> None:
     held = aged(tmp_path, 3000, 5)
     young = aged(tmp_path, 1000, 1)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, held.location],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "holding\n"
-        repo = SessionStorageRepository(tmp_path)
-        removed = repo.prune(max_total_size=3500)
-    finally:
-        holder.communicate("", timeout=60)
+    with held_elsewhere(held.location):
+        removed = SessionStorageRepository(tmp_path).prune(max_total_size=3500)
     assert [i.location for i in removed] == [young.location]
-    assert [s.location for s in repo] == [held.location]
+    assert [s.location for s in SessionStorageRepository(tmp_path)] == [held.location]
 
 
 def test_prune_max_size_on_the_command_line(

@@ -30,7 +30,7 @@ from ._doctor import (
     needs_attention,
 )
 from ._doctor_facts import gather, now
-from ._errors import CorruptCheckpointError
+from ._errors import CorruptCheckpointError, oneline
 from ._lock_holder import LockHolder
 from ._lock_state import LockState
 from ._naming import SESSION_SUFFIX
@@ -704,15 +704,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _oneline(exc: OSError) -> str:
-    text = exc.strerror or str(exc)
-    if exc.filename is not None:
-        text += f": {exc.filename}"
-    if exc.filename2 is not None:
-        text += f" -> {exc.filename2}"
-    return text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit status."""
     # Session names are bytes on disk; one that is not valid text is shown
@@ -742,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_FAILED
     except OSError as exc:
-        print(f"{prog}: {_oneline(exc)}", file=sys.stderr)
+        print(f"{prog}: {oneline(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except CorruptCheckpointError as exc:
         print(f"{prog}: damaged checkpoint: {exc}", file=sys.stderr)

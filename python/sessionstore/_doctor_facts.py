@@ -30,7 +30,7 @@ from ._doctor import (
     parse_mountinfo,
     tmpfiles_verdict,
 )
-from ._errors import CorruptCheckpointError
+from ._errors import CorruptCheckpointError, oneline
 from ._lock_state import LockState
 from ._repository import SessionStorageRepository
 from ._storage import SessionStorage
@@ -186,11 +186,6 @@ def session_facts(repo: SessionStorageRepository) -> SessionFacts:
     )
 
 
-def _error_text(exc: OSError) -> str:
-    text = exc.strerror or str(exc)
-    return f"{text}: {exc.filename}" if exc.filename else text
-
-
 def statfs_type(path: str) -> int | None:
     """``statfs(2)``'s f_type of ``path``: the kernel's own name of its filesystem.
 
@@ -237,13 +232,13 @@ def gather(
         try:
             latency = measure_latency(repository)
         except OSError as exc:
-            latency_error = _error_text(exc)
+            latency_error = oneline(exc)
     sessions = scan_error = None
     if is_directory:
         try:
             sessions = session_facts(SessionStorageRepository(repository))
         except OSError as exc:
-            scan_error = _error_text(exc)
+            scan_error = oneline(exc)
     verdict: TmpfilesVerdict | None = tmpfiles_verdict(
         effective_tmpfiles(read_tmpfiles(tmpfiles_dirs), tmpfiles_dirs),
         os.path.realpath(repository) if exists else repository,

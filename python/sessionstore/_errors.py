@@ -87,3 +87,13 @@ def held(filename: str) -> LockedStorageError:
 def leftover(filename: str) -> LockedStorageError:
     """The error for a ``session.next`` left by a writer that died."""
     return LockedStorageError(_errno.EEXIST, filename, stale=True)
+
+
+def oneline(exc: OSError) -> str:
+    """An OSError in one line for people: ``reason: path`` (``-> path2``)."""
+    text = exc.strerror or str(exc)
+    if exc.filename is not None:
+        text += f": {exc.filename}"
+    if exc.filename2 is not None:
+        text += f" -> {exc.filename2}"
+    return text

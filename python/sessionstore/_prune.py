@@ -15,14 +15,16 @@ from ._lock_state import LockState
 from ._session_info import SessionInfo
 
 
-def _check_keep(_: object, __: object, value: int | None) -> None:
+def _check_count(
+    _: object, attribute: attrs.Attribute[int | None], value: object
+) -> None:
     if value is None:
         return
     # bool is an int to Python, but keep=True is a mistake, not "keep one".
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"keep must be an int or None, got {value!r}")
+        raise TypeError(f"{attribute.name} must be an int or None, got {value!r}")
     if value < 0:
-        raise ValueError(f"keep must not be negative, got {value}")
+        raise ValueError(f"{attribute.name} must not be negative, got {value}")
 
 
 def _check_older_than(_: object, __: object, value: datetime.timedelta | None) -> None:
@@ -32,15 +34,6 @@ def _check_older_than(_: object, __: object, value: datetime.timedelta | None) -
         raise TypeError(f"older_than must be a timedelta or None, got {value!r}")
     if value < datetime.timedelta(0):
         raise ValueError(f"older_than must not be negative, got {value}")
-
-
-def _check_max_total_size(_: object, __: object, value: int | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_total_size must be an int or None, got {value!r}")
-    if value < 0:
-        raise ValueError(f"max_total_size must not be negative, got {value}")
 
 
 @attrs.frozen
@@ -58,13 +51,11 @@ class PrunePolicy:
     repository by accident is refused with ValueError.
     """
 
-    keep: int | None = attrs.field(default=None, validator=_check_keep)
+    keep: int | None = attrs.field(default=None, validator=_check_count)
     older_than: datetime.timedelta | None = attrs.field(
         default=None, validator=_check_older_than
     )
-    max_total_size: int | None = attrs.field(
-        default=None, validator=_check_max_total_size
-    )
+    max_total_size: int | None = attrs.field(default=None, validator=_check_count)
 
     def __attrs_post_init__(self) -> None:
         if (
