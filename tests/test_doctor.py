@@ -149,17 +149,20 @@ def test_stale_locks_tombstones_and_damaged_sessions_are_named(
     slots = Path(damaged.location, SLOTS_NAME)
     slots.write_bytes(b"\xff" * slots.stat().st_size)
     never_saved = SessionStorage.create(tmp_path)
+    # A checkpoint no read returns: ``session`` is a directory.
+    unreadable = SessionStorage.create(tmp_path)
+    Path(unreadable.session_file).mkdir()
     tombstone = tmp_path / plan_tombstone_name("pbox-x.session", "abcd")
     (tombstone / "junk").mkdir(parents=True)
     status, report = doctor(capsys, tmp_path, "--no-latency")
     assert status == 1
-    assert {"stale-locks", "tombstones", "damaged"} <= codes(report)
+    assert {"stale-locks", "tombstones", "damaged", "unreadable"} <= codes(report)
     sessions = report["facts"]["sessions"]
     assert sessions["stale"] == [stale.id]
     assert sessions["damaged"] == [damaged.id]
     assert sessions["tombstones"] == [tombstone.name]
-    assert sessions["unreadable"] == []
-    assert sessions["count"] == 4
+    assert sessions["unreadable"] == [unreadable.id]
+    assert sessions["count"] == 5
     assert healthy.id not in json.dumps(report["findings"])
     assert never_saved.id not in json.dumps(report["findings"])
     assert report["facts"]["save_latency"] is None
@@ -169,7 +172,7 @@ def test_stale_locks_tombstones_and_damaged_sessions_are_named(
     assert "ATTENTION  stale-locks: 1 session(s) with a stale lock" in text
     assert "what to do: sessionstore break-lock ID (each)" in text
     count = len(codes(report))
-    assert count >= 3
+    assert count >= 4
     assert text.endswith(f"{count} findings need attention\n")
 
 

@@ -7,6 +7,7 @@ import datetime
 import errno
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,41 @@ def test_this_process_can_be_the_holder(backend: str, tmp_path: Path) -> None:
     assert found is not None
     assert found.pid == os.getpid()
     assert storage.holder() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a new pid namespace needs root")
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed")
+def test_a_holder_outside_this_pid_namespace_is_not_named(
+    holder: tuple[SessionStorage, subprocess.Popen[str], datetime.datetime],
+    backend_env: dict[str, str],
+) -> None:
+    """The kernel leaves a lock whose owner this namespace cannot see out of
+    /proc/locks: from inside a new pid namespace, no holder is named."""
+    storage, _, _ = holder
+    look = (
+        "import sys, sessionstore\n"
+        "print(sessionstore.SessionStorage(sys.argv[1]).holder())\n"
+    )
+    inside = subprocess.run(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            look,
+            storage.location,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=backend_env,
+    )
+    if inside.returncode != 0 and "unshare failed" in inside.stderr:
+        pytest.skip(f"cannot make a pid namespace here: {inside.stderr.strip()}")
+    assert (inside.returncode, inside.stdout) == (0, "None\n"), inside.stderr
+    assert storage.holder() is not None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="clone3 with set_tid needs root")
