@@ -195,13 +195,19 @@ def load(path: str) -> bytes:
         os.close(fd)
 
 
-def read_lock_table() -> LockTable | None:
-    """The kernel's lock table as it is now; None where there is none to read."""
+def read_proc_locks() -> str | None:
+    """The text of the kernel's lock table as it is now; None where there is none."""
     try:
         with open(PROC_LOCKS, encoding="ascii", errors="replace") as table:
-            return LockTable(parse_proc_locks(table.read()))
+            return table.read()
     except OSError:
         return None
+
+
+def read_lock_table() -> LockTable | None:
+    """The kernel's lock table as it is now; None where there is none to read."""
+    text = read_proc_locks()
+    return None if text is None else LockTable(parse_proc_locks(text))
 
 
 def _held(dir_fd: int, *, next_exists: bool) -> bool:

@@ -14,7 +14,8 @@ import attrs
 from . import _backend
 from ._default_location import default_location
 from ._errors import CorruptCheckpointError
-from ._lock_state import FileKey, NextFile, classify_lock
+from ._lock_holder import find_holder
+from ._lock_state import FileKey, LockState, NextFile, classify_lock
 from ._naming import NEXT_NAME, SLOTS_NAME, session_id
 from ._ordering import sort_key
 from ._prune import PrunePolicy, plan_prune
@@ -136,6 +137,19 @@ def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
     return [info for _, info in found]
 
 
+def _with_holders(infos: list[SessionInfo]) -> list[SessionInfo]:
+    """``infos`` with the holder of every HELD session looked up."""
+    found = []
+    for info in infos:
+        if info.lock is LockState.HELD:
+            try:
+                info = attrs.evolve(info, holder=find_holder(info.location))
+            except FileNotFoundError:
+                continue
+        found.append(info)
+    return found
+
+
 def describe(location: str) -> SessionInfo:
     """What a scan would report about the one session at ``location``.
 
@@ -144,7 +158,7 @@ def describe(location: str) -> SessionInfo:
     """
     scanned = scan_session(location)
     if scanned is not None:
-        infos = _inspect(os.path.dirname(location), [scanned])
+        infos = _with_holders(_inspect(os.path.dirname(location), [scanned]))
         if infos:
             return infos[0]
     raise FileNotFoundError(errno.ENOENT, "no session directory", location)
@@ -208,7 +222,7 @@ class SessionStorageRepository:
         if scanned is None:
             return [], []
         sessions, tombstones = scanned
-        return _inspect(self.location, sessions), tombstones
+        return _with_holders(_inspect(self.location, sessions)), tombstones
 
     def scan(self) -> list[SessionInfo]:
         """Every session here with its time, checkpoint size and lock, youngest first.
@@ -224,16 +238,20 @@ class SessionStorageRepository:
         *,
         keep: int | None = None,
         older_than: datetime.timedelta | None = None,
+        max_total_size: int | None = None,
         dry_run: bool = False,
     ) -> list[SessionInfo]:
         """Remove old sessions; the ones removed (or, on a dry run, to be removed).
 
         ``keep=N`` spares the N youngest sessions, ``older_than`` spares those
         modified more recently than that; with both, a session goes only when
-        both allow it (see ``PrunePolicy``). Neither is a ValueError: no prune
-        wipes a repository by accident. A session held by a live writer is
-        never removed, not even one a writer starts saving into while the
-        prune runs, and does not count towards ``keep``.
+        both allow it; ``max_total_size`` (bytes) allows removing the oldest
+        sessions, as few as bring the checkpoints' total size down to it, and
+        combines with the others the same way (see ``PrunePolicy``). None of
+        the three is a ValueError: no prune wipes a repository by accident.
+        A session held by a live writer is never removed, not even one a
+        writer starts saving into while the prune runs, and does not count
+        towards ``keep``.
 
         Removal is the crash-safe ``SessionStorage.remove()``. A prune also
         deletes the hidden tombstones that removals interrupted by a crash
@@ -244,7 +262,9 @@ class SessionStorageRepository:
         then the first failure is raised (naming its path) and the others are
         logged as errors to the ``sessionstore`` logger.
         """
-        policy = PrunePolicy(keep=keep, older_than=older_than)
+        policy = PrunePolicy(
+            keep=keep, older_than=older_than, max_total_size=max_total_size
+        )
         return list(prune_sessions(self, policy, dry_run=dry_run))
 
 

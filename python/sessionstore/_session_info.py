@@ -7,6 +7,7 @@ from typing import Final
 
 import attrs
 
+from ._lock_holder import LockHolder
 from ._lock_state import LockState
 
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -41,7 +42,8 @@ class SessionInfo:
     ``checkpoint_size`` is the size in bytes of the checkpoint a load returns,
     ``None`` when none was ever saved or none can be loaded (a ``session`` that
     is not a regular file, a slots file without one whole record); ``lock`` is
-    the lock state at scan time.
+    the lock state at scan time; ``holder`` the process holding the lock
+    when it is ``HELD`` and the holder can be seen (``SessionStorage.holder()``).
     """
 
     id: str
@@ -49,3 +51,4 @@ class SessionInfo:
     modified: datetime.datetime
     checkpoint_size: int | None
     lock: LockState
+    holder: LockHolder | None = None
