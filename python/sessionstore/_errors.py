@@ -11,13 +11,27 @@ class LockedStorageError(OSError):
     ``errno`` is ``EWOULDBLOCK`` when a live writer holds the lock (``stale`` is
     False: wait, do not break it) and ``EEXIST`` when ``session.next`` is the
     leftover of a writer that died (``stale`` is True: breaking it is safe).
-    ``filename`` is the path of ``session.next`` in both cases.
+    ``filename`` is the path of ``session.next`` in both cases. Raised bare
+    (no arguments) it carries neither, and ``stale`` is False.
     """
 
-    filename: str
+    filename: str | None
     stale: bool
 
-    def __init__(self, errno: int, filename: str, *, stale: bool) -> None:
+    def __init__(
+        self,
+        errno: int | None = None,
+        filename: str | None = None,
+        *,
+        stale: bool = False,
+    ) -> None:
+        if errno is None or filename is None:
+            # Raised bare (``raise LockedStorageError``), as plainbox and Checkbox
+            # code and tests do: no path and no errno to report, and not known to
+            # be safe to break. The library itself always gives both.
+            super().__init__(*(() if errno is None else (errno,)))
+            self.stale = stale
+            return
         reason = (
             "leftover of a writer that is gone (stale lock)"
             if stale
@@ -49,7 +63,9 @@ class CorruptCheckpointError(ValueError):
         return (type(self), (self.filename, reason))
 
 
-def _rebuild(errno: int, filename: str, stale: bool) -> LockedStorageError:
+def _rebuild(
+    errno: int | None, filename: str | None, stale: bool
+) -> LockedStorageError:
     return LockedStorageError(errno, filename, stale=stale)
 
 
