@@ -206,11 +206,13 @@ def test_break_lock_leaves_the_file_of_a_live_writer(
 
 def test_locked_storage_error_may_be_raised_bare() -> None:
     assert LockedStorageError is sessionstore.LockedStorageError
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError) as raised:
         raise LockedStorageError
-    assert info.value.errno is None
-    assert info.value.filename is None
-    assert not info.value.stale
+    error = raised.value
+    assert isinstance(error, LockedStorageError)
+    assert error.errno is None
+    assert error.filename is None
+    assert not error.stale
     saver = mock.Mock(side_effect=LockedStorageError)
     with pytest.raises(LockedStorageError):
         saver(b"data")
