@@ -44,8 +44,13 @@ APP_ID: Final = {
 }
 
 
-def write_provider(data_home: str) -> None:
-    """A provider of six shell jobs and a test plan, where the client finds it."""
+def write_provider(
+    data_home: str, jobs: list[str], pauses: dict[str, str] | None = None
+) -> None:
+    """A provider of shell jobs and a test plan of them, where the client finds it.
+
+    Each job echoes and then sleeps for its entry in ``pauses`` (default 0.05 s).
+    """
     location = os.path.join(data_home, "flow-provider")
     os.makedirs(os.path.join(location, "units"))
     providers = os.path.join(data_home, "plainbox-providers-1")
@@ -61,17 +66,15 @@ def write_provider(data_home: str) -> None:
                 location = {location}
                 """)
         )
-    units = []
-    for job in JOBS:
-        # The fourth job is still running when the first process is killed.
-        pause = "2" if job == JOBS[KILL_AFTER] else "0.05"
-        units.append(
-            f"id: {job}\nplugin: shell\n_summary: {job}\n"
-            f"command: echo {job} ran; sleep {pause}\nestimated_duration: 1\n"
-        )
+    units = [
+        f"id: {job}\nplugin: shell\n_summary: {job}\n"
+        f"command: echo {job} ran; sleep {(pauses or {}).get(job, '0.05')}\n"
+        "estimated_duration: 1\n"
+        for job in jobs
+    ]
     units.append(
         "unit: test plan\nid: flow\n_name: flow\ninclude:\n"
-        + "".join(f" {job}\n" for job in JOBS)
+        + "".join(f" {job}\n" for job in jobs)
     )
     with open(os.path.join(location, "units", "jobs.pxu"), "w") as out:
         out.write("\n".join(units))
@@ -168,7 +171,9 @@ def spawn(python: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]
 
 def flow(client: str, start_with: str, resume_with: str, python: str) -> None:
     work = tempfile.mkdtemp(prefix=f"sessionstore-flow-{client}-")
-    write_provider(work)
+    # The job after the last one the first process finishes is still running
+    # when that process is killed.
+    write_provider(work, JOBS, {JOBS[KILL_AFTER]: "2"})
     env = {
         **os.environ,
         "XDG_DATA_HOME": work,
