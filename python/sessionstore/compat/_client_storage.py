@@ -52,12 +52,6 @@ def plan_client_ids(prefix: str, now: datetime.datetime, stamp: str) -> Iterator
         yield f"{base}_({uniq})"
 
 
-def check_prefix(prefix: object) -> str:
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be str, got {prefix!r}")
-    return prefix
-
-
 def make_dirs(path: str, mode: int | None = None) -> list[str]:
     """Make ``path`` and its missing parents; those made, outermost first.
 
@@ -73,17 +67,22 @@ def make_dirs(path: str, mode: int | None = None) -> list[str]:
 
 
 def make_session_dir(
-    base_dir: str, ids: Iterator[str], *, mode: int, made: list[str]
+    base_dir: str, prefix: object, stamp: str, *, mode: int, made: list[str]
 ) -> tuple[str, str]:
-    """Make the first free session directory of ``ids`` in ``base_dir``.
+    """Make a new session directory in ``base_dir``, named the clients' way.
 
-    mkdir decides uniqueness (a name taken by a concurrent create is skipped,
-    never reused), the mode is then set exactly (the umask may have cleared bits
-    of it), and ``base_dir``, and the parent of each directory in ``made``, is
+    The name is the first free one of ``plan_client_ids`` for ``prefix`` (a
+    TypeError when it is not a ``str``), the time now and ``stamp``: mkdir
+    decides uniqueness (a name taken by a concurrent create is skipped, never
+    reused). The mode is then set exactly (the umask may have cleared bits of
+    it), and ``base_dir``, and the parent of each directory in ``made``, is
     flushed so that the new session survives a power cut. Returns the id and
     the directory's path.
     """
-    for session_id in ids:
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be str, got {prefix!r}")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for session_id in plan_client_ids(prefix, now, stamp):
         location = os.path.join(base_dir, session_id + SESSION_SUFFIX)
         try:
             os.mkdir(location, 0o700)

@@ -27,7 +27,6 @@ Directory modes, set exactly (the umask is never changed, it is per process):
 
 from __future__ import annotations
 
-import datetime
 import os
 from typing import ClassVar, Final
 
@@ -36,12 +35,10 @@ from .._options import Layout
 from .._repository import SessionStorageRepository as CoreRepository
 from ._client_storage import (
     ClientStorage,
-    check_prefix,
     is_own_session,
     logger,
     make_dirs,
     make_session_dir,
-    plan_client_ids,
 )
 
 __all__ = [
@@ -170,12 +167,11 @@ class SessionStorage(ClientStorage):
         is taken); the directories get the modes this module documents, and the
         new session is made durable before it is returned.
         """
-        check_prefix(prefix)
         made = WellKnownDirsHelper._populate_base()
-        now = datetime.datetime.now(datetime.timezone.utc)
         session_id, _ = make_session_dir(
             WellKnownDirsHelper.session_repository(),
-            plan_client_ids(prefix, now, ID_STAMP),
+            prefix,
+            ID_STAMP,
             mode=SESSION_DIR_MODE,
             made=made,
         )

@@ -12,7 +12,6 @@ that differs from the original, with the reason.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import os
 import secrets
@@ -26,14 +25,7 @@ from .._naming import is_session_name
 from .._options import Layout
 from .._repository import SessionStorageRepository as CoreRepository
 from .._storage import _fsync_dir
-from ._client_storage import (
-    ClientStorage,
-    check_prefix,
-    logger,
-    make_dirs,
-    make_session_dir,
-    plan_client_ids,
-)
+from ._client_storage import ClientStorage, logger, make_dirs, make_session_dir
 
 __all__ = [
     "Layout",
@@ -149,14 +141,9 @@ class SessionStorage(ClientStorage):
         ``last-session`` link is then pointed at it and the session it named
         before is removed.
         """
-        check_prefix(prefix)
         made = make_dirs(base_dir)
-        now = datetime.datetime.now(datetime.timezone.utc)
         _, location = make_session_dir(
-            base_dir,
-            plan_client_ids(prefix, now, ID_STAMP),
-            mode=_SESSION_MODE,
-            made=made,
+            base_dir, prefix, ID_STAMP, mode=_SESSION_MODE, made=made
         )
         storage = cls(location)
         if legacy_mode:
