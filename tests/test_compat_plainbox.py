@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -12,10 +13,13 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sessionstore
 from sessionstore import Layout
-from sessionstore.compat import plainbox
+from sessionstore._naming import MAX_PREFIX, slug
+from sessionstore.compat import checkbox, plainbox
 from sessionstore.compat._client_storage import plan_client_ids
 from sessionstore.compat.plainbox import (
     LockedStorageError,
@@ -35,6 +39,33 @@ def test_ids_are_plainbox_ids_with_a_counter_when_taken() -> None:
         "pbox-2024-01-31T12.00.05_(1)",
         "pbox-2024-01-31T12.00.05_(2)",
     ]
+
+
+@given(
+    prefix=st.text(max_size=300),
+    now=st.datetimes(
+        min_value=datetime.datetime(1970, 1, 1),
+        timezones=st.just(datetime.timezone.utc),
+    ),
+    stamp=st.sampled_from([plainbox.ID_STAMP, checkbox.ID_STAMP]),
+)
+def test_every_planned_id_is_a_safe_distinct_name_that_keeps_the_time(
+    prefix: str, now: datetime.datetime, stamp: str
+) -> None:
+    ids = list(itertools.islice(plan_client_ids(prefix, now, stamp), 50))
+    assert len(set(ids)) == 50
+    for session_id in ids:
+        assert "/" not in session_id
+        assert "\0" not in session_id
+        assert not session_id.startswith(".")
+        assert len((session_id + ".session").encode()) <= 255
+    stamp_text = ids[0][len(slug(prefix[:MAX_PREFIX])) :]
+    parsed = datetime.datetime.strptime(stamp_text, stamp)
+    resolution = "microsecond" if stamp == checkbox.ID_STAMP else "second"
+    expected = now.replace(tzinfo=None)
+    if resolution == "second":
+        expected = expected.replace(microsecond=0)
+    assert parsed == expected
 
 
 def test_prefixes_are_slugged_and_never_hide_a_session() -> None:
