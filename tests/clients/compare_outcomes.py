@@ -24,10 +24,13 @@ EXCEPTIONS: Final[dict[str, dict[str, str]]] = {
 
 
 def outcomes(path: str) -> dict[str, str]:
-    """Each test's id (``classname::name``) and outcome in a junit file."""
+    """Each test's id (``module.Class::name``) and outcome in a junit file."""
     found = {}
     for case in ET.parse(path).getroot().iter("testcase"):
-        test_id = f"{case.get('classname')}::{case.get('name')}"
+        # The module's name from site-packages on, whichever directory and
+        # environment the run was made from.
+        module = (case.get("classname") or "").rpartition("site-packages.")[2]
+        test_id = f"{module}::{case.get('name')}"
         outcome = "passed"
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
@@ -67,6 +70,9 @@ def main(argv: list[str]) -> int:
         f"{client}: {len(lost)} passed on the original only "
         f"({len(unexpected)} not listed), {gained} passed on the face only"
     )
+    if "passed" not in original.values():
+        print(f"{client}: no test passed on the original: nothing was compared")
+        return 1
     return 1 if unexpected or stale else 0
 
 
