@@ -18,21 +18,30 @@ class LockedStorageError(OSError):
     leftover of a writer that died (``stale`` is True: breaking it is safe).
     ``filename`` is the path of ``session.next`` in both cases. ``holder`` is
     the process holding the lock when it could be found (see
-    ``SessionStorage.holder()``), and the message names it.
+    ``SessionStorage.holder()``), and the message names it. Raised bare (no
+    arguments) it carries none of these, and ``stale`` is False.
     """
 
-    filename: str
+    filename: str | None
     stale: bool
     holder: LockHolder | None
 
     def __init__(
         self,
-        errno: int,
-        filename: str,
+        errno: int | None = None,
+        filename: str | None = None,
         *,
-        stale: bool,
+        stale: bool = False,
         holder: LockHolder | None = None,
     ) -> None:
+        self.holder = holder
+        if errno is None or filename is None:
+            # Raised bare (``raise LockedStorageError``), as plainbox and Checkbox
+            # code and tests do: no path and no errno to report, and not known to
+            # be safe to break. The library itself always gives both.
+            super().__init__(*(() if errno is None else (errno,)))
+            self.stale = stale
+            return
         if stale:
             reason = "leftover of a writer that is gone (stale lock)"
         elif holder is not None:
@@ -41,7 +50,6 @@ class LockedStorageError(OSError):
             reason = "a live writer holds the lock"
         super().__init__(errno, f"session storage is locked: {reason}", filename)
         self.stale = stale
-        self.holder = holder
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (self.errno, self.filename, self.stale, self.holder))
@@ -67,7 +75,10 @@ class CorruptCheckpointError(ValueError):
 
 
 def _rebuild(
-    errno: int, filename: str, stale: bool, holder: LockHolder | None = None
+    errno: int | None,
+    filename: str | None,
+    stale: bool,
+    holder: LockHolder | None = None,
 ) -> LockedStorageError:
     return LockedStorageError(errno, filename, stale=stale, holder=holder)
 
