@@ -46,8 +46,28 @@ keeps = st.integers(0, 12)
 ages = st.timedeltas(
     min_value=datetime.timedelta(0), max_value=datetime.timedelta(days=600)
 )
-policies = st.builds(PrunePolicy, keep=st.none() | keeps, older_than=ages) | st.builds(
-    PrunePolicy, keep=keeps, older_than=st.none() | ages
+# Budgets around the sizes scans() draws, so that every case occurs: met
+# already, met by removing some, not met even with every session gone.
+budgets = st.integers(0, 1 << 41)
+policies = (
+    st.builds(
+        PrunePolicy,
+        keep=st.none() | keeps,
+        older_than=ages,
+        max_total_size=st.none() | budgets,
+    )
+    | st.builds(
+        PrunePolicy,
+        keep=keeps,
+        older_than=st.none() | ages,
+        max_total_size=st.none() | budgets,
+    )
+    | st.builds(
+        PrunePolicy,
+        keep=st.none() | keeps,
+        older_than=st.none() | ages,
+        max_total_size=budgets,
+    )
 )
 
 
@@ -115,6 +135,66 @@ def test_both_limits_remove_only_what_each_alone_would(
     assert both == by_keep & by_age
 
 
+def total_size(sessions: list[SessionInfo]) -> int:
+    return sum(s.checkpoint_size or 0 for s in sessions)
+
+
+@given(scans(), budgets)
+def test_a_budget_alone_removes_the_oldest_and_no_more_than_it_needs(
+    sessions: list[SessionInfo], budget: int
+) -> None:
+    removed = plan_prune(sessions, NOW, PrunePolicy(max_total_size=budget))
+    left = [s for s in sessions if s not in removed]
+    sized = [s for s in youngest_first(not_held(sessions)) if s.checkpoint_size]
+    # Met, or nothing more could go: everything left that frees space is held.
+    assert total_size(left) <= budget or all(s in removed for s in sized)
+    # Never more than needed: keeping the youngest one removed breaks the budget.
+    if removed:
+        assert all(s.checkpoint_size for s in removed)
+        assert total_size(left) + (removed[0].checkpoint_size or 0) > budget
+    # Youngest kept first: what goes is the oldest stretch of what frees space.
+    assert removed == sized[len(sized) - len(removed) :]
+
+
+@given(scans(), keeps, ages, budgets)
+def test_a_budget_removes_only_what_every_other_limit_allows(
+    sessions: list[SessionInfo], keep: int, age: datetime.timedelta, budget: int
+) -> None:
+    def plan(**limits: object) -> set[SessionInfo]:
+        return set(plan_prune(sessions, NOW, PrunePolicy(**limits)))  # type: ignore[arg-type]
+
+    by_size = plan(max_total_size=budget)
+    assert plan(keep=keep, max_total_size=budget) == plan(keep=keep) & by_size
+    assert plan(older_than=age, max_total_size=budget) == plan(older_than=age) & by_size
+    assert plan(keep=keep, older_than=age, max_total_size=budget) == (
+        plan(keep=keep) & plan(older_than=age) & by_size
+    )
+
+
+def test_a_budget_counts_held_sessions_but_never_removes_them() -> None:
+    def info(name: str, day: int, size: int | None, lock: LockState) -> SessionInfo:
+        when = datetime.datetime(2026, 1, day, tzinfo=UTC)
+        return SessionInfo(name, f"/r/{name}.session", when, size, lock)
+
+    held = info("held", 1, 600, LockState.HELD)
+    oldest = info("oldest", 2, 300, LockState.UNLOCKED)
+    empty = info("empty", 3, None, LockState.STALE)
+    middle = info("middle", 4, 300, LockState.STALE)
+    young = info("young", 5, 300, LockState.UNLOCKED)
+    scan = [young, middle, empty, oldest, held]
+    # 1500 in all: 1000 needs two of the three that may go, the oldest two.
+    assert plan_prune(scan, NOW, PrunePolicy(max_total_size=1000)) == [middle, oldest]
+    assert plan_prune(scan, NOW, PrunePolicy(max_total_size=1500)) == []
+    # Even with all three gone the held one is over budget: all three go.
+    assert plan_prune(scan, NOW, PrunePolicy(max_total_size=0)) == [
+        young,
+        middle,
+        oldest,
+    ]
+    # keep=2 spares young and middle: the budget stays unmet, as documented.
+    assert plan_prune(scan, NOW, PrunePolicy(keep=2, max_total_size=1000)) == [oldest]
+
+
 @given(scans(), policies)
 def test_pruning_what_is_left_removes_nothing_more(
     sessions: list[SessionInfo], policy: PrunePolicy
@@ -161,23 +241,28 @@ def test_stale_sessions_can_go_held_ones_cannot() -> None:
 
 
 def test_a_policy_without_limits_is_refused() -> None:
-    with pytest.raises(ValueError, match="keep, older_than or both"):
+    with pytest.raises(ValueError, match="keep, older_than, max_total_size or several"):
         PrunePolicy()
 
 
 @pytest.mark.parametrize(
-    ("keep", "older_than", "error"),
+    ("keep", "older_than", "error", "max_total_size"),
     [
-        (-1, None, ValueError),
-        (None, datetime.timedelta(seconds=-1), ValueError),
-        (True, None, TypeError),
-        (1.5, None, TypeError),
-        (None, 7, TypeError),
+        (-1, None, ValueError, None),
+        (None, datetime.timedelta(seconds=-1), ValueError, None),
+        (True, None, TypeError, None),
+        (1.5, None, TypeError, None),
+        (None, 7, TypeError, None),
+        (None, None, ValueError, -1),
+        (None, None, TypeError, True),
+        (None, None, TypeError, 1.0),
     ],
 )
-def test_bad_limits_are_refused(keep: object, older_than: object, error: type) -> None:
+def test_bad_limits_are_refused(
+    keep: object, older_than: object, error: type, max_total_size: object
+) -> None:
     with pytest.raises(error):
-        PrunePolicy(keep=keep, older_than=older_than)  # type: ignore[arg-type]
+        PrunePolicy(keep=keep, older_than=older_than, max_total_size=max_total_size)  # type: ignore[arg-type]
 
 
 def test_a_naive_time_is_refused() -> None:

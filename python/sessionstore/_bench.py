@@ -54,7 +54,7 @@ def summarize(
     return BenchRow(size, durability, len(ordered), statistics.median(ordered), p90)
 
 
-def _missing_directories(path: str) -> list[str]:
+def missing_directories(path: str) -> list[str]:
     """``path`` and its ancestors that do not exist, innermost first."""
     missing = []
     path = os.path.abspath(path)
@@ -78,7 +78,7 @@ def run_save_benchmark(
     ``started`` is told its location before the first save. Rows come size by
     size, durable first.
     """
-    missing = _missing_directories(base_dir)
+    missing = missing_directories(base_dir)
     # The payloads first: a size too large for memory fails before the disk is
     # touched, so nothing is left behind.
     payloads = {size: os.urandom(size) for size in sizes}

@@ -22,13 +22,24 @@ from typing import Any, Final, NoReturn
 
 from . import _backend
 from ._bench import DEFAULT_BUDGET, DEFAULT_SIZES, BenchRow, run_save_benchmark
-from ._errors import CorruptCheckpointError
+from ._doctor import (
+    TMPFILES_DIRS,
+    DoctorFacts,
+    Finding,
+    Severity,
+    decide,
+    needs_attention,
+)
+from ._doctor_facts import gather, now
+from ._errors import CorruptCheckpointError, oneline
+from ._lock_holder import LockHolder
 from ._lock_state import LockState
 from ._naming import SESSION_SUFFIX
 from ._prune import PrunePolicy
 from ._repository import SessionStorageRepository, describe, prune_sessions
 from ._session_info import CheckpointStatus, SessionInfo
 from ._storage import SessionStorage
+from ._units import format_seconds, format_size
 
 PROG: Final = "sessionstore"
 
@@ -48,11 +59,11 @@ _DURATION_UNITS: Final = {
 _DURATION: Final = re.compile(r"(?:\d+[smhdw])+")
 _DURATION_PART: Final = re.compile(r"(\d+)([smhdw])")
 
-_SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # bench holds two checkpoints of each size in memory; beyond this it would
 # fail with MemoryError rather than measure anything.
 MAX_BENCH_SIZE: Final = 1 << 30
-_SIZE: Final = re.compile(r"(\d+)([KMG]?)(?:i?B)?", re.IGNORECASE)
+_SIZE: Final = re.compile(r"(\d+)([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
 
 # Characters that would act on a terminal rather than show: controls (escape
@@ -119,32 +130,13 @@ def parse_size(text: str) -> int:
     """A byte count: ``4096``, ``4K``, ``64KiB``, ``1M``, ``1G``; at least one byte."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise ValueError(f"bad size {text!r}: use bytes or K, M, G, e.g. 4096, 64K, 1M")
+        raise ValueError(
+            f"bad size {text!r}: use bytes or K, M, G, T, e.g. 4096, 64K, 1M"
+        )
     size = int(match[1]) * _SIZE_UNITS[match[2].upper()]
     if size < 1:
         raise ValueError(f"bad size {text!r}: a checkpoint has at least one byte")
     return size
-
-
-def format_size(size: int) -> str:
-    """A byte count for people: ``512 B``, ``1.5 KiB``, ``3.0 MiB``."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"
-
-
-def format_seconds(seconds: float) -> str:
-    """A latency for people, in the unit that keeps it between 1 and 1000."""
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
 
 
 def info_as_json(info: SessionInfo) -> dict[str, Any]:
@@ -159,7 +151,24 @@ def info_as_json(info: SessionInfo) -> dict[str, Any]:
         "checkpoint": info.checkpoint.value,
         "problem": info.problem,
         "unrecognised": list(info.unrecognised),
+        "holder": None if info.holder is None else holder_as_json(info.holder),
     }
+
+
+def holder_as_json(holder: LockHolder) -> dict[str, Any]:
+    """A lock's holder as ``--json`` prints it."""
+    return {
+        "pid": holder.pid,
+        "command": list(holder.command),
+        "started": holder.started.isoformat(),
+    }
+
+
+def describe_lock(info: SessionInfo) -> str:
+    """``unlocked``, ``stale``, ``held`` or ``held by pid 4242 (...) since ...``."""
+    if info.holder is None:
+        return info.lock.value
+    return f"{info.lock.value} by {info.holder.describe()}"
 
 
 def format_columns(
@@ -210,7 +219,8 @@ def _note(info: SessionInfo) -> str:
 def sessions_table(infos: Sequence[SessionInfo]) -> str:
     """The table ``list`` prints; a NOTE column when a session is odd."""
     rows = [
-        (printable(i.id), _modified(i), _size(i), i.lock.value, _note(i)) for i in infos
+        (printable(i.id), _modified(i), _size(i), printable(describe_lock(i)), _note(i))
+        for i in infos
     ]
     header = ("ID", "MODIFIED (UTC)", "SIZE", "LOCK", "NOTE")
     if not any(row[4] for row in rows):
@@ -234,28 +244,34 @@ def bench_table(rows: Sequence[BenchRow]) -> str:
     return format_columns([header, *cells], right=frozenset({0, 2, 3, 4}))
 
 
+NOT_A_DIRECTORY: Final = "session repository is not a directory"
+
+
 def _repository(args: argparse.Namespace) -> SessionStorageRepository:
-    return SessionStorageRepository(args.repo)
+    """The repository ``--repo`` names; one that is not a directory is refused."""
+    repo = SessionStorageRepository(args.repo)
+    if os.path.exists(repo.location) and not os.path.isdir(repo.location):
+        raise UserError(f"{NOT_A_DIRECTORY}: {repo.location}")
+    return repo
 
 
 def _existing_repository(args: argparse.Namespace) -> SessionStorageRepository:
     repo = _repository(args)
-    try:
-        st = os.stat(repo.location)
-    except FileNotFoundError:
-        raise UserError(f"no session repository at {repo.location}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UserError(f"not a session repository (not a directory): {repo.location}")
+    if not os.path.isdir(repo.location):
+        raise UserError(f"no session repository at {repo.location}")
     return repo
 
 
 def resolve(repo: SessionStorageRepository, ident: str) -> str:
     """The location of the session ``ident`` names in ``repo``.
 
-    ``ident`` is an id (``pbox-...``), a directory name (``pbox-....session``)
-    or the unique start of an id, as ``list`` shows them. Never a path: the
-    command only ever touches sessions inside the repository.
+    ``ident`` is an id (``pbox-...``), a directory name (``pbox-....session``),
+    the unique start of an id, as ``list`` shows them, or the session's path,
+    as ``list --json`` prints it. A path to anywhere but a session directly
+    inside the repository is refused: the command only ever touches those.
     """
+    if "/" in ident.rstrip("/"):
+        ident = _name_in(repo, ident)
     if not ident or "/" in ident or ident.startswith(".") or "\0" in ident:
         raise UserError(f"not a session id: {ident!r}")
     name = ident if ident.endswith(SESSION_SUFFIX) else ident + SESSION_SUFFIX
@@ -276,6 +292,21 @@ def resolve(repo: SessionStorageRepository, ident: str) -> str:
         f"{ident!r} is the start of {len(matches)} session ids in {repo.location}; "
         "give more of the id"
     )
+
+
+def _name_in(repo: SessionStorageRepository, path: str) -> str:
+    """The name of the session at ``path`` when it sits directly in ``repo``."""
+    parent, name = os.path.split(path.rstrip("/"))
+    try:
+        inside = os.path.samefile(parent or os.curdir, repo.location)
+    except OSError:
+        inside = False
+    if not inside or not name.endswith(SESSION_SUFFIX):
+        raise UserError(
+            f"not a session id: {path!r} (a path must be of a session "
+            f"directly in {repo.location})"
+        )
+    return name
 
 
 def bench_as_json(row: BenchRow) -> dict[str, Any]:
@@ -330,7 +361,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("location", printable(info.location)),
         ("modified", info.modified.isoformat()),
         ("checkpoint", size),
-        ("lock", info.lock.value),
+        ("lock", printable(describe_lock(info))),
         *([("note", note)] if note else []),
     ]
     _write(format_columns(rows))
@@ -352,7 +383,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     repo = _repository(args)
-    policy = PrunePolicy(keep=args.keep, older_than=args.older_than)
+    policy = PrunePolicy(
+        keep=args.keep, older_than=args.older_than, max_total_size=args.max_size
+    )
     verb = "would remove" if args.dry_run else "removed"
     # A line per session as it goes: when a removal fails, the error comes
     # after the lines of those that went.
@@ -374,30 +407,43 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _holder_of(storage: SessionStorage) -> str:
+    holder = storage.holder()
+    return "a live writer" if holder is None else holder.describe()
+
+
 def cmd_break_lock(args: argparse.Namespace) -> int:
     repo = _existing_repository(args)
     storage = SessionStorage(resolve(repo, args.id))
-    if args.force:
-        before = storage.lock_state()
-        try:
-            storage.break_lock()
-        except FileNotFoundError:
-            _write(f"{printable(storage.id)} is not locked: nothing to break")
-            return EXIT_OK
-        _write(
-            f"removed the lock file of {printable(storage.id)} "
-            f"(forced; it was {before.value})"
-        )
+    if not args.force and storage.break_stale_lock():
+        _write(printable(f"removed the stale lock of {storage.id}"))
         return EXIT_OK
-    if storage.break_stale_lock():
-        _write(f"removed the stale lock of {printable(storage.id)}")
+    state = storage.lock_state()
+    if state is LockState.UNLOCKED:
+        _write(printable(f"{storage.id} is not locked: nothing to break"))
         return EXIT_OK
-    if storage.lock_state() is LockState.HELD:
+    was = state.value if state is LockState.STALE else f"held by {_holder_of(storage)}"
+    has_next = os.path.lexists(storage.paths.next)
+    if state is LockState.HELD and not has_next:
+        # A holder between saves (``hold()``) has the directory locked and no
+        # session.next: there is no file whose removal would free anything.
         raise UserError(
-            f"{printable(storage.id)} is held by a live writer: not broken "
-            "(--force removes session.next anyway)"
+            f"{storage.id} is {was}, between saves: there is no session.next "
+            "to remove; the lock goes when the holder closes the session or exits"
         )
-    _write(f"{printable(storage.id)} is not locked: nothing to break")
+    if state is LockState.STALE and not args.force:
+        raise UserError(f"{storage.id}: its lock changed while breaking it; run again")
+    if not args.force:
+        raise UserError(
+            f"{storage.id} is {was}, inside a save: not broken "
+            "(--force removes its session.next anyway)"
+        )
+    try:
+        storage.break_lock()
+    except FileNotFoundError:
+        _write(printable(f"{storage.id} is not locked: nothing to break"))
+        return EXIT_OK
+    _write(printable(f"removed the lock file of {storage.id} (forced; it was {was})"))
     return EXIT_OK
 
 
@@ -427,6 +473,117 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         _write(bench_table(rows))
     return EXIT_OK
+
+
+def doctor_as_json(facts: DoctorFacts, findings: Sequence[Finding]) -> dict[str, Any]:
+    """What ``doctor --json`` prints (the shape docs/operations.md documents)."""
+    mount, device, latency, sessions, rule = (
+        facts.mount,
+        facts.device,
+        facts.latency,
+        facts.sessions,
+        facts.tmpfiles,
+    )
+    return {
+        "repository": facts.repository,
+        "exists": facts.exists,
+        "needs_attention": needs_attention(findings),
+        "findings": [
+            {
+                "code": f.code,
+                "severity": f.severity.value,
+                "summary": f.summary,
+                "action": f.action,
+            }
+            for f in findings
+        ],
+        "facts": {
+            "checked_path": facts.checked_path,
+            "statfs_type": None if facts.fs_magic is None else f"0x{facts.fs_magic:x}",
+            "filesystem": None
+            if mount is None
+            else {
+                "type": mount.fs_type,
+                "mount_point": mount.mount_point,
+                "source": mount.source,
+                "options": sorted(mount.options),
+                "read_only": mount.read_only,
+            },
+            "device": None
+            if device is None
+            else {
+                "name": device.device,
+                "write_cache": device.write_cache,
+                "fua": device.fua,
+            },
+            "free_bytes": facts.free_bytes,
+            "save_latency": None
+            if latency is None
+            else {
+                "saves": latency.saves,
+                "size": latency.size,
+                "median_seconds": latency.median,
+                "p99_seconds": latency.p99,
+                "flush_median_seconds": latency.flush_median,
+            },
+            "sessions": None
+            if sessions is None
+            else {
+                "count": sessions.count,
+                "largest_checkpoint": sessions.largest_checkpoint,
+                "stale": list(sessions.stale),
+                "tombstones": list(sessions.tombstones),
+                "damaged": list(sessions.damaged),
+                "unreadable": list(sessions.unreadable),
+            },
+            "tmpfiles": None
+            if rule is None
+            else {
+                "type": rule.rule.type,
+                "path": rule.rule.path,
+                "age_seconds": rule.age.total_seconds(),
+                "sessions_spared": rule.spares_sessions,
+                "origin": rule.rule.origin,
+            },
+        },
+    }
+
+
+def doctor_report(facts: DoctorFacts, findings: Sequence[Finding]) -> str:
+    """What ``doctor`` prints: one line per finding, what to do under it."""
+    state = "" if facts.exists else " (does not exist yet)"
+    lines = [f"repository: {facts.repository}{state}"]
+    for f in findings:
+        label = (
+            f.severity.value.upper()
+            if f.severity is Severity.ATTENTION
+            else (f.severity.value)
+        )
+        lines.append(f"{label:<10} {f.code}: {f.summary}")
+        if f.action is not None:
+            lines.append(f"{'':<10} what to do: {f.action}")
+    count = sum(f.severity is Severity.ATTENTION for f in findings)
+    lines.append(
+        "nothing needs attention"
+        if count == 0
+        else f"{count} finding{'s need' if count > 1 else ' needs'} attention"
+    )
+    return "\n".join(lines)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    location = SessionStorageRepository(args.repo).location
+    facts = gather(
+        location,
+        measure=not args.no_latency,
+        tmpfiles_dirs=args.tmpfiles_dir or TMPFILES_DIRS,
+    )
+    findings = decide(facts, now())
+    if args.json:
+        _write(json.dumps(doctor_as_json(facts, findings), indent=2))
+    else:
+        _write(doctor_report(facts, findings))
+    return EXIT_FAILED if needs_attention(findings) else EXIT_OK
 
 
 class _Parser(argparse.ArgumentParser):
@@ -475,7 +632,12 @@ def _sizes(text: str) -> tuple[int, ...]:
     for part, size in zip(text.split(","), sizes, strict=True):
         if size > MAX_BENCH_SIZE:
             raise ValueError(f"bad size {part!r}: bench measures up to 1G")
-    return sizes
+    # One row per size, however often (or however spelled: 1K, 1024) it is given.
+    return tuple(dict.fromkeys(sizes))
+
+
+def _max_size(text: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text)
 
 
 def _repo(text: str) -> str:
@@ -490,15 +652,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="See, inspect, prune and benchmark a repository of test sessions.",
     )
+    repo_help = (
+        "the session repository (default: $PLAINBOX_SESSION_REPOSITORY, else "
+        "${XDG_CACHE_HOME:-~/.cache}/plainbox/sessions)"
+    )
+    parser.add_argument(
+        "--repo", metavar="PATH", type=_argument_type(_repo), help=repo_help
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _Parser(add_help=False)
+    # SUPPRESS: a subcommand without --repo keeps the one given before it.
     common.add_argument(
         "--repo",
         metavar="PATH",
         type=_argument_type(_repo),
-        help="the session repository (default: "
-        "$PLAINBOX_SESSION_REPOSITORY, else "
-        "${XDG_CACHE_HOME:-~/.cache}/plainbox/sessions)",
+        default=argparse.SUPPRESS,
+        help=repo_help,
     )
 
     def command(
@@ -526,8 +695,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prune",
         cmd_prune,
         "Remove old sessions, never one a live writer holds.",
-        "With both limits, a session goes only when it is outside the N youngest "
-        "and older than AGE. Also deletes leftovers of removals a crash interrupted.",
+        "With several limits, a session goes only when each allows it: outside "
+        "the N youngest, older than AGE, and among the oldest that must go to "
+        "bring the total to SIZE. "
+        "Also deletes leftovers of removals a crash interrupted.",
     )
     p.add_argument(
         "--keep", metavar="N", type=_argument_type(_keep), help="spare the N youngest"
@@ -537,6 +708,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AGE",
         type=_argument_type(parse_duration),
         help="spare those modified within AGE: 30s, 15m, 12h, 7d, 2w, or a sum: 1d12h",
+    )
+    p.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        type=_argument_type(_max_size),
+        help="remove the oldest sessions, as few as bring the checkpoints' "
+        "total down to SIZE: 500M, 2G, 1T",
     )
     p.add_argument("--dry-run", action="store_true", help="only say what would go")
 
@@ -577,16 +755,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to measure (default: {DEFAULT_BUDGET:g})",
     )
     p.add_argument("--json", action="store_true", help="print a JSON array")
+
+    p = command(
+        "doctor",
+        cmd_doctor,
+        "Check whether this repository can keep its promises.",
+        "Looks at the filesystem and its mount options, the disk's write cache, "
+        "the latency of a short burst of durable saves (in a temporary session, "
+        "removed afterwards), free space, the sessions, and the tmpfiles.d rule "
+        "that ages the directory. Exits 1 when something needs attention.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the burst of test saves (nothing is written)",
+    )
+    p.add_argument(
+        "--tmpfiles-dir",
+        metavar="DIR",
+        action="append",
+        help="read tmpfiles.d rules from DIR instead of the system's "
+        "(repeatable, highest precedence first)",
+    )
     return parser
-
-
-def _oneline(exc: OSError) -> str:
-    text = exc.strerror or str(exc)
-    if exc.filename is not None:
-        text += f": {exc.filename}"
-    if exc.filename2 is not None:
-        text += f" -> {exc.filename2}"
-    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -598,8 +790,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "prune" and args.keep is None and args.older_than is None:
-        args.parser.error("prune needs --keep, --older-than or both")
+    if args.command == "prune" and (args.keep, args.older_than, args.max_size) == (
+        None,
+        None,
+        None,
+    ):
+        args.parser.error("prune needs --keep, --older-than, --max-size or several")
     prog = f"{PROG} {args.command}"
     try:
         status: int = args.run(args)
@@ -614,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_FAILED
     except OSError as exc:
-        print(f"{prog}: {printable(_oneline(exc))}", file=sys.stderr)
+        print(f"{prog}: {printable(oneline(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except CorruptCheckpointError as exc:
         print(f"{prog}: damaged checkpoint: {printable(str(exc))}", file=sys.stderr)

@@ -73,27 +73,48 @@ PROC_PID_NAMESPACE: Final = "/proc/self/ns/pid"
 INITIAL_PID_NAMESPACE_INODE: Final = 0xEFFFFFFC
 
 
+def _flock_line(line: str) -> tuple[FileKey, int] | None:
+    """The file and the owner's pid of one ``FLOCK`` line of ``/proc/locks``.
+
+    A line reads ``1: FLOCK  ADVISORY  WRITE 1234 fd:00:5678 0 EOF``; blocked
+    waiters (``1: -> FLOCK ...``) hold nothing and give None, and so does every
+    line that does not parse: a format this code does not know must not be read
+    as a lock that is not there.
+    """
+    fields = line.split()
+    if len(fields) < 6 or fields[1] != "FLOCK":
+        return None
+    parts = fields[5].split(":")
+    if len(parts) != 3:
+        return None
+    try:
+        key = FileKey(int(parts[0], 16), int(parts[1], 16), int(parts[2]))
+        pid = int(fields[4])
+    except ValueError:
+        return None
+    return key, pid
+
+
 def parse_proc_locks(text: str) -> frozenset[FileKey]:
     """The files that hold a ``FLOCK`` lock, from the text of ``/proc/locks``.
 
-    A line reads ``1: FLOCK  ADVISORY  WRITE 1234 fd:00:5678 0 EOF``; blocked
-    waiters (``1: -> FLOCK ...``) hold nothing and are left out, and so is every
-    line that does not parse: a format this code does not know must not be read
-    as a lock that is not there (the caller treats an empty answer by probing).
+    (The caller treats an empty answer by probing.)
     """
-    keys = set()
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        parts = fields[5].split(":")
-        if len(parts) != 3:
-            continue
-        try:
-            keys.add(FileKey(int(parts[0], 16), int(parts[1], 16), int(parts[2])))
-        except ValueError:
-            continue
-    return frozenset(keys)
+    return frozenset(found[0] for found in map(_flock_line, text.splitlines()) if found)
+
+
+def parse_lock_owners(text: str) -> dict[FileKey, frozenset[int]]:
+    """The pids the kernel records as owners of each ``FLOCK``, from ``/proc/locks``.
+
+    The pid is the process that took the lock, as this pid namespace numbers
+    it; a lock lives as long as any descriptor of the open file, so the owner
+    may have exited or passed the descriptor on since.
+    """
+    owners: dict[FileKey, set[int]] = {}
+    for found in map(_flock_line, text.splitlines()):
+        if found:
+            owners.setdefault(found[0], set()).add(found[1])
+    return {key: frozenset(pids) for key, pids in owners.items()}
 
 
 @attrs.frozen

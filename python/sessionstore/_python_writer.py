@@ -206,14 +206,21 @@ def _sees_every_lock() -> bool:
         return False
 
 
-def read_lock_table() -> LockTable | None:
-    """The kernel's lock table as it is now; None where there is none to read."""
+def read_proc_locks() -> str | None:
+    """The text of the kernel's lock table as it is now; None where there is none."""
     try:
         with open(PROC_LOCKS, encoding="ascii", errors="replace") as table:
-            keys = parse_proc_locks(table.read())
+            return table.read()
     except OSError:
         return None
-    return LockTable(keys, complete=_sees_every_lock())
+
+
+def read_lock_table() -> LockTable | None:
+    """The kernel's lock table as it is now; None where there is none to read."""
+    text = read_proc_locks()
+    if text is None:
+        return None
+    return LockTable(parse_proc_locks(text), complete=_sees_every_lock())
 
 
 def _held(dir_fd: int, *, next_exists: bool) -> bool:

@@ -14,6 +14,7 @@ import attrs
 
 from . import _backend
 from ._default_location import default_location
+from ._lock_holder import find_holder
 from ._lock_state import FileKey, LockState, LockTable, NextFile, classify_lock
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME, session_id
 from ._ordering import sort_key
@@ -217,6 +218,19 @@ def _verified(info: SessionInfo, held_in: str | None) -> SessionInfo:
     return attrs.evolve(info, checkpoint_size=length)
 
 
+def _with_holders(infos: list[SessionInfo]) -> list[SessionInfo]:
+    """``infos`` with the holder of every HELD session looked up."""
+    found = []
+    for info in infos:
+        if info.lock is LockState.HELD:
+            try:
+                info = attrs.evolve(info, holder=find_holder(info.location))
+            except FileNotFoundError:
+                continue
+        found.append(info)
+    return found
+
+
 def describe(location: str) -> SessionInfo:
     """What a scan would report about the one session at ``location``, with a
     slotted checkpoint's newest record verified as a load would.
@@ -226,7 +240,9 @@ def describe(location: str) -> SessionInfo:
     """
     scanned = scan_session(location)
     if scanned is not None:
-        infos = _inspect(os.path.dirname(location), [scanned], read_lock_table())
+        infos = _with_holders(
+            _inspect(os.path.dirname(location), [scanned], read_lock_table())
+        )
         if infos:
             checkpoint = scanned[8]
             return _verified(infos[0], None if checkpoint is None else checkpoint[0])
@@ -295,7 +311,7 @@ class SessionStorageRepository:
         sessions, tombstones = scanned
         table = read_lock_table()
         return (
-            _inspect(self.location, sessions, table),
+            _with_holders(_inspect(self.location, sessions, table)),
             _inspect(self.location, tombstones, table),
         )
 
@@ -318,16 +334,20 @@ class SessionStorageRepository:
         *,
         keep: int | None = None,
         older_than: datetime.timedelta | None = None,
+        max_total_size: int | None = None,
         dry_run: bool = False,
     ) -> list[SessionInfo]:
         """Remove old sessions; the ones removed (or, on a dry run, to be removed).
 
         ``keep=N`` spares the N youngest sessions, ``older_than`` spares those
         modified more recently than that; with both, a session goes only when
-        both allow it (see ``PrunePolicy``). Neither is a ValueError: no prune
-        wipes a repository by accident. A session held by a live writer is
-        never removed, not even one a writer starts saving into while the
-        prune runs, and does not count towards ``keep``.
+        both allow it; ``max_total_size`` (bytes) allows removing the oldest
+        sessions, as few as bring the checkpoints' total size down to it, and
+        combines with the others the same way (see ``PrunePolicy``). None of
+        the three is a ValueError: no prune wipes a repository by accident.
+        A session held by a live writer is never removed, not even one a
+        writer starts saving into while the prune runs, and does not count
+        towards ``keep``.
 
         Only a directory the library recognises as a session is removed:
         every entry in it is one of the library's files or a client's
@@ -346,7 +366,9 @@ class SessionStorageRepository:
         then the first failure is raised (naming its path) and the others are
         logged as errors to the ``sessionstore`` logger.
         """
-        policy = PrunePolicy(keep=keep, older_than=older_than)
+        policy = PrunePolicy(
+            keep=keep, older_than=older_than, max_total_size=max_total_size
+        )
         return list(prune_sessions(self, policy, dry_run=dry_run))
 
 

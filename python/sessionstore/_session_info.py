@@ -9,6 +9,7 @@ from typing import Final
 
 import attrs
 
+from ._lock_holder import LockHolder
 from ._lock_state import LockState
 
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -85,7 +86,8 @@ class SessionInfo:
     ``checkpoint_size`` is the size in bytes of the checkpoint a load returns,
     as far as the file's headers tell (a scan reads no record; ``show``
     verifies one); ``None`` unless ``checkpoint`` is SAVED. ``lock`` is the
-    lock state at scan time.
+    lock state at scan time; ``holder`` the process holding the lock when it
+    is ``HELD`` and the holder can be seen (``SessionStorage.holder()``).
 
     ``checkpoint`` says which of never saved, saved, damaged or unreadable the
     checkpoint is, and ``problem`` what is wrong in words (None when nothing
@@ -101,6 +103,7 @@ class SessionInfo:
     modified: datetime.datetime
     checkpoint_size: int | None
     lock: LockState
+    holder: LockHolder | None = None
     checkpoint: CheckpointStatus = attrs.field(
         default=attrs.Factory(_default_status, takes_self=True)
     )

@@ -30,6 +30,7 @@ from ._save_plan import plan_save, plan_slotted_save
 if TYPE_CHECKING:
     from ._checkpoint_writer import CheckpointWriter
     from ._held_session import HeldSession
+    from ._lock_holder import LockHolder
 
 # How many names create() tries before it gives up. Each is a fresh random token,
 # so a collision twice in a row already means something is wrong with the clock
@@ -312,6 +313,19 @@ class SessionStorage:
     def lock_state(self) -> LockState:
         """Whether the session is unlocked, held by a live writer, or left stale."""
         return _backend.active.current.lock_state(self.location)
+
+    def holder(self) -> LockHolder | None:
+        """The process holding this session's lock: pid, command line, start time.
+
+        Read from the kernel's lock table and ``/proc``; nothing is written.
+        None when the session is unlocked or stale, and when the holder cannot
+        be seen or confirmed from here (another pid namespace, or a recorded
+        owner that no longer has the session open). FileNotFoundError for a
+        missing session.
+        """
+        from ._lock_holder import find_holder
+
+        return find_holder(self.location)
 
     def break_stale_lock(self) -> bool:
         """Remove a stale ``session.next``; never the file of a live writer.
