@@ -29,7 +29,6 @@ from sessionstore import (
     SessionStorageRepository,
     _backend,
 )
-from sessionstore._cli import printable
 from sessionstore._naming import NEXT_NAME, SLOTS_NAME, plan_tombstone_name
 from sessionstore._repository import describe
 from sessionstore._slots_format import (
@@ -38,6 +37,7 @@ from sessionstore._slots_format import (
     RECORD_MAGIC,
     encode_file_header,
 )
+from sessionstore._terminal import printable
 
 DAY_NS = 86_400 * 10**9
 # Generous for a loaded machine; a hang never ends, so any bound tells it apart.
@@ -404,7 +404,7 @@ def test_printable_escapes_everything_a_terminal_obeys() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["list", "show", "prune", "break-lock", "missing-show"]
+    "command", ["list", "show", "prune", "break-lock", "doctor", "missing-show"]
 )
 def test_a_hostile_name_cannot_reach_the_terminal(
     backend_env: dict[str, str], tmp_path: Path, command: str
@@ -421,6 +421,7 @@ def test_a_hostile_name_cannot_reach_the_terminal(
         "show": ["show", ident],
         "prune": ["prune", "--keep", "0"],
         "break-lock": ["break-lock", ident],
+        "doctor": ["doctor"],  # names the session with a stale lock
         "missing-show": ["show", "no-such-session"],
     }[command]
     done = cli(backend_env, *argv, "--repo", repo)

@@ -16,7 +16,6 @@ import os
 import re
 import stat
 import sys
-import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
@@ -39,6 +38,7 @@ from ._prune import PrunePolicy
 from ._repository import SessionStorageRepository, describe, prune_sessions
 from ._session_info import CheckpointStatus, SessionInfo
 from ._storage import SessionStorage
+from ._terminal import printable
 from ._units import format_seconds, format_size
 
 PROG: Final = "sessionstore"
@@ -64,42 +64,6 @@ _SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 <<
 # fail with MemoryError rather than measure anything.
 MAX_BENCH_SIZE: Final = 1 << 30
 _SIZE: Final = re.compile(r"(\d+)([KMGT]?)(?:i?B)?", re.IGNORECASE)
-
-
-# Characters that would act on a terminal rather than show: controls (escape
-# sequences, newlines), format characters (bidirectional overrides), line and
-# paragraph separators, and the lone surrogates of undecodable bytes.
-_UNPRINTABLE: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_SHORT_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:
-        return f"\\x{code - 0xDC00:02x}"  # the undecodable byte itself
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: one line, nothing it would obey.
-
-    Every control, format or separator character (and a backslash, so the
-    escapes read back unambiguously) becomes a backslash escape: ``\\n``,
-    ``\\x1b``, ``\\u202e``; an undecodable byte shows as ``\\xNN``. A name
-    cannot clear the screen, retitle the window or forge a line of output.
-    Every name and path the command prints goes through here.
-    """
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(
-        _SHORT_ESCAPES.get(c)
-        or (_escape(c) if unicodedata.category(c) in _UNPRINTABLE else c)
-        for c in text
-    )
 
 
 class UserError(Exception):
@@ -552,16 +516,16 @@ def doctor_as_json(facts: DoctorFacts, findings: Sequence[Finding]) -> dict[str,
 def doctor_report(facts: DoctorFacts, findings: Sequence[Finding]) -> str:
     """What ``doctor`` prints: one line per finding, what to do under it."""
     state = "" if facts.exists else " (does not exist yet)"
-    lines = [f"repository: {facts.repository}{state}"]
+    lines = [f"repository: {printable(facts.repository)}{state}"]
     for f in findings:
         label = (
             f.severity.value.upper()
             if f.severity is Severity.ATTENTION
             else (f.severity.value)
         )
-        lines.append(f"{label:<10} {f.code}: {f.summary}")
+        lines.append(f"{label:<10} {f.code}: {printable(f.summary)}")
         if f.action is not None:
-            lines.append(f"{'':<10} what to do: {f.action}")
+            lines.append(f"{'':<10} what to do: {printable(f.action)}")
     count = sum(f.severity is Severity.ATTENTION for f in findings)
     lines.append(
         "nothing needs attention"
