@@ -14,6 +14,10 @@ it falls back to the one module it needs, ``plainbox/impl/session/storage.py``
 from the sdist, with plainbox's i18n and runner modules stubbed; the output
 says which.
 
+Then ``scan()`` of three slotted sessions is timed for checkpoints of 1 KiB and
+100 MiB (``--slotted-sizes``): a listing's cost should not grow with the
+checkpoints' size.
+
 Run: ``python benchmarks/bench_listing.py`` (about a minute, most of it building
 the 100k repository; ``--sizes 1000,10000`` for a quick look).
 """
@@ -158,14 +162,54 @@ def measure(
 
 
 def check_same_listing(plainbox: Any, ours: SessionStorageRepository) -> None:
-    """Both list the same sessions, youngest first; the scan lists them as ours does."""
+    """Both list the same sessions, youngest first; the scan lists them too (in
+    the order of their checkpoints' ages, which may tie differently)."""
     theirs = [s.location for s in plainbox.get_storage_list()]
     listed = [s.location for s in ours.get_storage_list()]
-    scanned = [i.location for i in ours.scan()]
+    infos = ours.scan()
     assert sorted(theirs) == sorted(listed), "plainbox and sessionstore differ"
-    assert listed == scanned, "scan() and get_storage_list() differ"
+    assert sorted(listed) == sorted(i.location for i in infos), "scan() differs"
     mtimes = [os.stat(location).st_mtime_ns for location in listed]
     assert mtimes == sorted(mtimes, reverse=True), "not youngest first"
+    ages = [i.modified for i in infos]
+    assert ages == sorted(ages, reverse=True), "scan() not youngest first"
+
+
+SLOTTED_SESSIONS: Final = 3
+SLOTTED_ROUNDS: Final = 21
+
+
+def _slotted_layout() -> dict[str, Any]:
+    # Layout is imported by name so the script also measures versions without it.
+    layout = getattr(sessionstore, "Layout", None)
+    return {} if layout is None else {"layout": layout.SLOTTED}
+
+
+def measure_slotted(base: Path, sizes: Sequence[int]) -> None:
+    """``scan()`` of a few slotted sessions whose checkpoints are of each size.
+
+    What a listing costs should not grow with the checkpoints' size: it needs
+    what the headers say, not the records.
+    """
+    print()
+    print(f"scan() of {SLOTTED_SESSIONS} slotted sessions, by checkpoint size")
+    print(f"{'checkpoint':>10}  {'scan':>10}  {'vs smallest':>11}")
+    first = None
+    for size in sizes:
+        repo = base / f"slotted-{size}"
+        for _ in range(SLOTTED_SESSIONS):
+            storage = SessionStorage.create(repo, **_slotted_layout())
+            storage.save_checkpoint(b"s" * size)
+            storage.save_checkpoint(b"t" * size)  # in place, into the other slot
+        ours = SessionStorageRepository(repo)
+        assert [i.checkpoint_size for i in ours.scan()] == [size] * SLOTTED_SESSIONS
+        median = measure({"scan": ours.scan}, SLOTTED_ROUNDS)["scan"]
+        first = median if first is None else first
+        print(
+            f"{size:>10}  {median * 1e3:>8.2f}ms  {median / first:>10.1f}x",
+            flush=True,
+        )
+        shutil.rmtree(repo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,6 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=lambda text: tuple(int(n) for n in text.split(",")),
         default=DEFAULT_SIZES,
         help="repository sizes, comma-separated (default: 1000,10000,100000)",
+    )
+    parser.add_argument(
+        "--slotted-sizes",
+        type=lambda text: tuple(int(n) for n in text.split(",") if n),
+        default=(1 << 10, 100 << 20),
+        help="checkpoint sizes in bytes of the slotted scan (default: 1 KiB, 100 MiB)"
+        "; empty for none",
     )
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument(
@@ -223,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             shutil.rmtree(repo)
+        if args.slotted_sizes:
+            measure_slotted(base, args.slotted_sizes)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     if TARGET_SIZE in ratios:

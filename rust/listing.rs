@@ -15,6 +15,15 @@ const SESSION_SUFFIX: &[u8] = b".session";
 const TOMBSTONE_MARK: &[u8] = b".removing-";
 const CHECKPOINT: &[u8] = b"session";
 const NEXT: &[u8] = b"session.next";
+const SLOTS: &[u8] = b"session.slots";
+/// A FIFO opened with O_NONBLOCK for reading opens at once; the fstat after it
+/// then tells it apart from a regular file before anything is read.
+const PEEK_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+const OTHER: u8 = 0;
+const FILE: u8 = 1;
+const DIRECTORY: u8 = 2;
 
 /// A directory entry a listing shows as a session (`_naming.is_session_name`).
 pub fn is_session_name(name: &[u8]) -> bool {
@@ -69,16 +78,33 @@ pub struct Found {
     pub ino: u64,
 }
 
-/// What a scan adds: the checkpoint's size and a first look at `session.next`.
+/// The file holding a session's checkpoint, as `_python_listing.ScannedCheckpoint`.
+pub struct Checkpoint {
+    pub name: &'static [u8],
+    /// `st_mode` of its `lstat` (or of the open file), 0 when that failed
+    pub mode: libc::mode_t,
+    /// 0, or the error of looking at or reading it
+    pub errno: Errno,
+    /// the size of what a load returns as far as the headers tell
+    pub size: Option<u64>,
+    pub mtime_ns: Option<i128>,
+}
+
+/// What a scan adds: a first look at `session.next`, the session's entries
+/// and its checkpoint file.
 pub struct Detail {
-    pub checkpoint_size: Option<u64>,
     /// inode and change time (ns) of `session.next`
     pub next: Option<(u64, i128)>,
+    /// 0, or the error of reading the session directory
+    pub errno: Errno,
+    /// name and `EntryKind` (0 other, 1 regular file, 2 directory)
+    pub entries: Vec<(Vec<u8>, u8)>,
+    pub checkpoint: Option<Checkpoint>,
 }
 
 pub struct Listing {
     pub sessions: Vec<(Found, Option<Detail>)>,
-    pub tombstones: Vec<Vec<u8>>,
+    pub tombstones: Vec<(Found, Option<Detail>)>,
 }
 
 /// Where a listing failed: the repository itself, or a path inside it.
@@ -143,33 +169,175 @@ fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
     }
 }
 
-/// The checkpoint's size and `session.next`, or None when the session vanished.
+fn is_regular(mode: libc::mode_t) -> bool {
+    mode & libc::S_IFMT == libc::S_IFREG
+}
+
+/// The `EntryKind` of an entry of the open directory `fd`; DT_UNKNOWN takes a stat.
+fn entry_kind(fd: libc::c_int, name: &[u8], d_type: u8) -> u8 {
+    let mode = match d_type {
+        libc::DT_DIR => return DIRECTORY,
+        libc::DT_REG => return FILE,
+        libc::DT_UNKNOWN => to_c(name)
+            .ok()
+            .and_then(|c| sys::stat_at(fd, &c).ok().flatten())
+            .map_or(0, |st| st.st_mode & libc::S_IFMT),
+        _ => return OTHER,
+    };
+    match mode {
+        libc::S_IFDIR => DIRECTORY,
+        libc::S_IFREG => FILE,
+        _ => OTHER,
+    }
+}
+
+/// `(st_mode, errno, size)` of `session.slots` from its headers alone: two small
+/// reads whatever the checkpoint's size (`_python_listing._slots_size`).
+fn slots_size(session: libc::c_int) -> (libc::mode_t, Errno, Option<u64>) {
+    let fd = match sys::openat(session, c"session.slots", PEEK_FLAGS, 0) {
+        Ok(fd) => fd,
+        Err(errno) => return (0, errno, None),
+    };
+    let found = match sys::fstat(fd) {
+        Err(errno) => (0, errno, None),
+        Ok(st) if !is_regular(st.st_mode) => (st.st_mode, 0, None),
+        Ok(st) => match crate::slotted::read_view(fd) {
+            Ok(view) => {
+                let size = u64::try_from(st.st_size).unwrap_or(0);
+                let length = newest_plausible_length(&view.header, &view.headers, size);
+                (st.st_mode, 0, length)
+            }
+            Err(crate::slotted::ReadError::Corrupt(_)) => (st.st_mode, 0, None),
+            Err(crate::slotted::ReadError::Os(errno)) => (0, errno, None),
+        },
+    };
+    let _ = sys::close(fd);
+    found
+}
+
+/// The checkpoint file of the open session directory `session` whose entries
+/// are `names`: `session` where there is one (as a load decides), else
+/// `session.slots`; one that vanished since makes way for the other.
 ///
 /// The one place of this backend that knows which file holds a checkpoint (the
-/// fallback's is `_python_listing._checkpoint_size`): the replace layout's
-/// `session`, when it is a regular file (a directory or a symlink there holds
-/// nothing a load returns). A slotted session (`session.slots` only) has no
-/// size here: the repository's scan reads its newest record.
-fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
-    let checkpoint = look(fd, &crate::join(name, CHECKPOINT))?;
-    let checkpoint_size = checkpoint
-        .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
-        .map(|st| st.st_size as u64);
-    let next = look(fd, &crate::join(name, NEXT))?
-        .map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec)));
-    if checkpoint_size.is_none() && next.is_none() && look(fd, name)?.is_none() {
-        return Ok(None);
+/// fallback's is `_python_listing._checkpoint`).
+fn checkpoint(session: libc::c_int, names: &[&[u8]]) -> Option<Checkpoint> {
+    for (name, c) in [(CHECKPOINT, c"session"), (SLOTS, c"session.slots")] {
+        if !names.contains(&name) {
+            continue;
+        }
+        let st = match sys::stat_at(session, c) {
+            Ok(None) => continue,
+            Ok(Some(st)) => st,
+            Err(errno) => {
+                return Some(Checkpoint {
+                    name,
+                    mode: 0,
+                    errno,
+                    size: None,
+                    mtime_ns: None,
+                })
+            }
+        };
+        let mtime_ns = Some(mtime_ns(&st));
+        let (mode, errno, size) = if !is_regular(st.st_mode) {
+            (st.st_mode, 0, None)
+        } else if name == CHECKPOINT {
+            (st.st_mode, 0, u64::try_from(st.st_size).ok())
+        } else {
+            let (mode, errno, size) = slots_size(session);
+            (if mode == 0 { st.st_mode } else { mode }, errno, size)
+        };
+        return Some(Checkpoint {
+            name,
+            mode,
+            errno,
+            size,
+            mtime_ns,
+        });
     }
+    None
+}
+
+/// What a scan reports about one session (`_python_listing._scanned`); None
+/// when it vanished. An error inside the session is that session's, reported
+/// in the detail, never the listing's.
+fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
+    let failed = |errno, entries| {
+        Ok(Some(Detail {
+            next: None,
+            errno,
+            entries,
+            checkpoint: None,
+        }))
+    };
+    let session = match sys::openat(fd, &to_c(name)?, sys::SESSION_DIR_FLAGS, 0) {
+        Ok(session) => session,
+        Err(libc::ENOENT | libc::ENOTDIR) => return Ok(None),
+        Err(errno) => return failed(errno, Vec::new()),
+    };
+    let stream = unsafe { libc::fdopendir(session) };
+    if stream.is_null() {
+        let errno = sys::last_errno();
+        let _ = sys::close(session);
+        return failed(errno, Vec::new());
+    }
+    let dir = Dir(stream);
+    let raw = match read_entries(&dir) {
+        Ok(raw) => raw,
+        Err(ListError::Repository(errno) | ListError::Entry(errno, _)) => {
+            return failed(errno, Vec::new())
+        }
+    };
+    let entries: Vec<(Vec<u8>, u8)> = raw
+        .into_iter()
+        .filter(|(entry, _)| entry != b"." && entry != b"..")
+        .map(|(entry, d_type)| {
+            let kind = entry_kind(session, &entry, d_type);
+            (entry, kind)
+        })
+        .collect();
+    let names: Vec<&[u8]> = entries.iter().map(|(entry, _)| entry.as_slice()).collect();
+    let mut next = None;
+    if names.contains(&NEXT) {
+        match sys::stat_at(session, c"session.next") {
+            Ok(st) => next = st.map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec))),
+            Err(errno) => return failed(errno, entries),
+        }
+    }
+    let checkpoint = checkpoint(session, &names);
     Ok(Some(Detail {
-        checkpoint_size,
         next,
+        errno: 0,
+        entries,
+        checkpoint,
     }))
+}
+
+/// The data length of the newest record whose header is whole and whose data
+/// ends within a file of `file_size` bytes (`_slots_format.newest_plausible_length`).
+fn newest_plausible_length(
+    header: &crate::slots_format::FileHeader,
+    headers: &crate::slots_format::Headers,
+    file_size: u64,
+) -> Option<u64> {
+    crate::slots_format::newest_first(headers)
+        .into_iter()
+        .filter_map(|slot| headers[slot].map(|record| (slot, record)))
+        .find(|(slot, record)| {
+            header
+                .slot_offset(*slot)
+                .saturating_add(crate::slots_format::RECORD_HEADER_SIZE as u64)
+                .saturating_add(record.length)
+                <= file_size
+        })
+        .map(|(_, record)| record.length)
 }
 
 /// The sessions in the repository at `location`, youngest first (ties by name as
 /// Python orders the names); None when the repository does not exist. With
-/// `details`, each session's checkpoint size and `session.next`, and the names
-/// of tombstones. An entry that vanishes meanwhile is left out.
+/// `details`, each session's detail, and the tombstones with theirs. An entry
+/// that vanishes meanwhile is left out.
 pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError> {
     let fd = match sys::open(location, sys::DIR_FLAGS) {
         Ok(fd) => fd,
@@ -184,7 +352,7 @@ pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError
     }
     let dir = Dir(stream);
     let mut candidates = Vec::new();
-    let mut tombstones = Vec::new();
+    let mut graves = Vec::new();
     for (name, d_type) in read_entries(&dir)? {
         if !may_be_dir(d_type) {
             continue;
@@ -192,21 +360,35 @@ pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError
         if is_session_name(&name) {
             candidates.push(name);
         } else if details && is_tombstone_name(&name) {
-            // As the fallback's DirEntry.is_dir(): d_type decides; only an
-            // unknown one takes a stat.
-            let dir =
-                d_type == libc::DT_DIR || (d_type == libc::DT_UNKNOWN && is_dir(look(fd, &name)?));
-            if dir {
-                tombstones.push(name);
-            }
+            graves.push(name);
         }
     }
-    let looked = in_parallel(&candidates, |name| look(fd, name));
-    let mut sessions = Vec::with_capacity(candidates.len());
-    for (name, st) in candidates.into_iter().zip(looked) {
+    let mut sessions = found(fd, candidates)?;
+    sessions.sort_by(|a, b| {
+        b.mtime_ns
+            .cmp(&a.mtime_ns)
+            .then_with(|| python_order(&a.name, &b.name))
+    });
+    if !details {
+        return Ok(Some(Listing {
+            sessions: sessions.into_iter().map(|found| (found, None)).collect(),
+            tombstones: Vec::new(),
+        }));
+    }
+    Ok(Some(Listing {
+        sessions: detailed(fd, sessions)?,
+        tombstones: detailed(fd, found(fd, graves)?)?,
+    }))
+}
+
+/// The directories among `names`, each with what its own `lstat` says, in order.
+fn found(fd: libc::c_int, names: Vec<Vec<u8>>) -> Result<Vec<Found>, ListError> {
+    let looked = in_parallel(&names, |name| look(fd, name));
+    let mut found = Vec::with_capacity(names.len());
+    for (name, st) in names.into_iter().zip(looked) {
         if let Some(st) = st?.filter(|st| is_dir(Some(*st))) {
             let (mtime_ns, dev, ino) = (mtime_ns(&st), sys::dev_number(st.st_dev), st.st_ino);
-            sessions.push(Found {
+            found.push(Found {
                 name,
                 mtime_ns,
                 dev,
@@ -214,27 +396,22 @@ pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError
             });
         }
     }
-    sessions.sort_by(|a, b| {
-        b.mtime_ns
-            .cmp(&a.mtime_ns)
-            .then_with(|| python_order(&a.name, &b.name))
-    });
-    let listed = if details {
-        let details = in_parallel(&sessions, |found| detail(fd, &found.name));
-        let mut listed = Vec::with_capacity(sessions.len());
-        for (found, detail) in sessions.into_iter().zip(details) {
-            if let Some(detail) = detail? {
-                listed.push((found, Some(detail)));
-            }
+    Ok(found)
+}
+
+/// `sessions` with the detail of each, those that vanished left out.
+fn detailed(
+    fd: libc::c_int,
+    sessions: Vec<Found>,
+) -> Result<Vec<(Found, Option<Detail>)>, ListError> {
+    let details = in_parallel(&sessions, |found| detail(fd, &found.name));
+    let mut listed = Vec::with_capacity(sessions.len());
+    for (found, detail) in sessions.into_iter().zip(details) {
+        if let Some(detail) = detail? {
+            listed.push((found, Some(detail)));
         }
-        listed
-    } else {
-        sessions.into_iter().map(|found| (found, None)).collect()
-    };
-    Ok(Some(Listing {
-        sessions: listed,
-        tombstones,
-    }))
+    }
+    Ok(listed)
 }
 
 fn is_dir(st: Option<libc::stat>) -> bool {
@@ -323,9 +500,11 @@ type Named<'py, 'a> = (Bound<'py, PyString>, &'a Found, Option<&'a Detail>);
 /// `list` orders ties by the names' UTF-8 decoding; under another file system
 /// encoding only the interpreter's codec knows the `str` Python compares, so
 /// the ties are ordered again by those strings' code points.
-fn named<'py, 'a>(py: Python<'py>, listing: &'a Listing) -> PyResult<Vec<Named<'py, 'a>>> {
-    let named = listing
-        .sessions
+fn named<'py, 'a>(
+    py: Python<'py>,
+    sessions: &'a [(Found, Option<Detail>)],
+) -> PyResult<Vec<Named<'py, 'a>>> {
+    let named = sessions
         .iter()
         .map(|(found, detail)| Ok((crate::fs_name(py, &found.name)?, found, detail.as_ref())))
         .collect::<PyResult<Vec<Named<'py, 'a>>>>()?;
@@ -351,14 +530,47 @@ fn named<'py, 'a>(py: Python<'py>, listing: &'a Listing) -> PyResult<Vec<Named<'
     Ok(keyed.into_iter().map(|(_, entry)| entry).collect())
 }
 
-/// The decoded names of the tombstones in `listing`.
-fn tombstones<'py>(py: Python<'py>, listing: &Listing) -> PyResult<Bound<'py, PyList>> {
-    let names = listing
-        .tombstones
+/// One scanned session as the tuple `_python_listing.ScannedSession` describes.
+fn scanned_row<'py>(
+    py: Python<'py>,
+    name: Bound<'py, PyString>,
+    found: &Found,
+    detail: &Detail,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (next_ino, next_ctime) = match detail.next {
+        Some((ino, ctime)) => (Some(ino), Some(ctime)),
+        None => (None, None),
+    };
+    let entries = detail
+        .entries
         .iter()
-        .map(|name| crate::fs_name(py, name))
+        .map(|(entry, kind)| Ok((crate::fs_name(py, entry)?, *kind)))
         .collect::<PyResult<Vec<_>>>()?;
-    PyList::new(py, names)
+    let checkpoint = detail
+        .checkpoint
+        .as_ref()
+        .map(|c| -> PyResult<_> {
+            Ok((
+                crate::fs_name(py, c.name)?,
+                c.mode,
+                c.errno,
+                c.size,
+                c.mtime_ns,
+            ))
+        })
+        .transpose()?;
+    let row = (
+        name,
+        found.mtime_ns,
+        found.dev,
+        found.ino,
+        next_ino,
+        next_ctime,
+        detail.errno,
+        PyList::new(py, entries)?,
+        checkpoint,
+    );
+    row.into_pyobject(py)
 }
 
 /// The names of the sessions in `location`, youngest first; None when it is missing.
@@ -370,7 +582,9 @@ pub fn list_sessions<'py>(
     let Some(listing) = run(py, location, false)? else {
         return Ok(None);
     };
-    let names = named(py, &listing)?.into_iter().map(|(name, _, _)| name);
+    let names = named(py, &listing.sessions)?
+        .into_iter()
+        .map(|(name, _, _)| name);
     PyList::new(py, names).map(Some)
 }
 
@@ -386,26 +600,19 @@ pub fn scan_sessions<'py>(
         return Ok(None);
     };
     let mut sessions: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(listing.sessions.len());
-    for (name, found, detail) in named(py, &listing)? {
+    for (name, found, detail) in named(py, &listing.sessions)? {
         let Some(detail) = detail else { continue };
-        let (next_ino, next_ctime) = match detail.next {
-            Some((ino, ctime)) => (Some(ino), Some(ctime)),
-            None => (None, None),
-        };
-        let row = (
-            name,
-            found.mtime_ns,
-            found.dev,
-            found.ino,
-            detail.checkpoint_size,
-            next_ino,
-            next_ctime,
-        );
-        sessions.push(row.into_pyobject(py)?);
+        sessions.push(scanned_row(py, name, found, detail)?);
+    }
+    let mut tombstones: Vec<Bound<'py, PyTuple>> = Vec::new();
+    for (found, detail) in &listing.tombstones {
+        let Some(detail) = detail else { continue };
+        let name = crate::fs_name(py, &found.name)?;
+        tombstones.push(scanned_row(py, name, found, detail)?);
     }
     Ok(Some((
         PyList::new(py, sessions)?,
-        tombstones(py, &listing)?,
+        PyList::new(py, tombstones)?,
     )))
 }
 
@@ -465,12 +672,20 @@ mod tests {
         let expected: Vec<&[u8]> = vec![b"young.session", b"b.session", b"old.session"];
         assert_eq!(names(&listing), expected);
         assert_eq!(names(&plain), expected);
-        assert_eq!(listing.tombstones, vec![b".b.session.removing-ab".to_vec()]);
+        let graves: Vec<&[u8]> = listing
+            .tombstones
+            .iter()
+            .map(|(found, _)| found.name.as_slice())
+            .collect();
+        assert_eq!(graves, vec![b".b.session.removing-ab".as_slice()]);
         assert!(plain.tombstones.is_empty());
         let sizes: Vec<_> = listing
             .sessions
             .iter()
-            .map(|(_, detail)| detail.as_ref().unwrap().checkpoint_size)
+            .map(|(_, detail)| {
+                let checkpoint = detail.as_ref().unwrap().checkpoint.as_ref();
+                checkpoint.and_then(|c| c.size)
+            })
             .collect();
         assert_eq!(sizes, vec![Some(5), None, None]);
     }
@@ -491,6 +706,31 @@ mod tests {
         let items: Vec<usize> = (0..PARALLEL_FROM * 3).collect();
         let doubled = in_parallel(&items, |i| i * 2);
         assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_is_sized_only_when_its_data_lies_within_the_file() {
+        use crate::slots_format::{decode_record_header, encode_record_header, FileHeader};
+        let header = FileHeader { slot_size: 8192 };
+        let record = |sequence, length: usize| {
+            decode_record_header(&encode_record_header(sequence, &vec![0; length]), 8192)
+        };
+        let headers = [record(1, 100), record(2, 5000)];
+        let newest_end = header.slot_offset(1) + 32 + 5000;
+        assert_eq!(
+            newest_plausible_length(&header, &headers, newest_end),
+            Some(5000)
+        );
+        // The newest claims past the end: the older one is what lies within.
+        assert_eq!(
+            newest_plausible_length(&header, &headers, newest_end - 1),
+            Some(100)
+        );
+        assert_eq!(newest_plausible_length(&header, &headers, 4096 + 32), None);
+        assert_eq!(
+            newest_plausible_length(&header, &[None, None], u64::MAX),
+            None
+        );
     }
 
     #[test]

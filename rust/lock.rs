@@ -14,6 +14,20 @@ use crate::sys::{self, Errno};
 pub const NEXT_NAME: &CStr = c"session.next";
 
 const PROC_LOCKS: &str = "/proc/locks";
+const PROC_PID_NAMESPACE: &CStr = c"/proc/self/ns/pid";
+/// The inode number the kernel gives the initial PID namespace (PROC_PID_INIT_INO).
+const INITIAL_PID_NAMESPACE_INODE: u64 = 0xEFFF_FFFC;
+
+/// Whether `/proc/locks` read from here shows every holder: it leaves out the
+/// locks of processes outside the reader's PID namespace, so only from the
+/// initial one does a lock it does not show mean a lock nobody holds.
+fn sees_every_lock() -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    if unsafe { libc::stat(PROC_PID_NAMESPACE.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    unsafe { st.assume_init() }.st_ino == INITIAL_PID_NAMESPACE_INODE
+}
 
 /// The lock of one session, numbered as `_native.pyi` documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +82,9 @@ fn parse_int(text: &str, radix: u32) -> Option<u64> {
 /// device number, as btrfs subvolumes do) and where it says "free" while the
 /// next file is there: that answer means STALE, an invitation to break the
 /// lock, and a table longer than a page is read in pieces taken at different
-/// moments, which can miss a holder. Trying cannot miss one.
+/// moments, which can miss a holder. Trying cannot miss one. And it is tried
+/// wherever the table cannot show every holder (read from another PID
+/// namespace than the initial one): a busy lock is then HELD, never UNLOCKED.
 fn held(dir: libc::c_int, next_exists: bool) -> Result<bool, Errno> {
     let st = sys::fstat(dir)?;
     // Device numbers are unsigned on Linux and `int` on the BSDs; never negative.
@@ -82,7 +98,7 @@ fn held(dir: libc::c_int, next_exists: bool) -> Result<bool, Errno> {
         if keys.contains(&key) {
             return Ok(true);
         }
-        if !next_exists && !keys.iter().any(|k| k.inode == key.inode) {
+        if !next_exists && !keys.iter().any(|k| k.inode == key.inode) && sees_every_lock() {
             return Ok(false);
         }
     }

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import codecs
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Final
 
 NOBODY: Final = 65534
@@ -40,3 +44,15 @@ def as_nobody(step: Callable[[], str]) -> str:
         return step()
 
     return report_from_child(switched)
+
+
+@contextmanager
+def shared_directory() -> Iterator[Path]:
+    """A directory (0755) another user may enter: outside pytest's temporary
+    directories, which only root may enter. Removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="sessionstore-other-user-"))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base)

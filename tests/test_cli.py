@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import filesystems
+from session_age import date_session
 from sessionstore import SessionStorage, SessionStorageRepository
 from sessionstore._cli import main, parse_duration, parse_size
 from sessionstore._naming import NEXT_NAME
@@ -33,7 +34,7 @@ def make(
     if data is not None:
         storage.save_checkpoint(data)
     now_ns = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1e9)
-    os.utime(storage.location, ns=(now_ns - age_days * DAY_NS,) * 2)
+    date_session(storage.location, now_ns - age_days * DAY_NS)
     return storage
 
 
@@ -87,6 +88,9 @@ def test_list_json_is_the_scan(
             "modified": i.modified.isoformat(),
             "checkpoint_size": i.checkpoint_size,
             "lock": i.lock.value,
+            "checkpoint": i.checkpoint.value,
+            "problem": i.problem,
+            "unrecognised": list(i.unrecognised),
             "holder": None,
         }
         for i in infos
@@ -543,7 +547,7 @@ def test_a_name_that_is_not_text_is_listed_escaped(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "caf\\udce9" in done.stdout
+    assert "caf\\xe9" in done.stdout
 
 
 @pytest.fixture
@@ -559,9 +563,9 @@ def test_sessions_dated_beyond_year_9999_or_before_year_1_list_and_prune(
 ) -> None:
     year_12000_ns = 315_537_897_600 * 10**9
     future = make(tmpfs)
-    os.utime(future.location, ns=(year_12000_ns, year_12000_ns))
+    date_session(future.location, year_12000_ns)
     past = make(tmpfs)
-    os.utime(past.location, ns=(-year_12000_ns, -year_12000_ns))
+    date_session(past.location, -year_12000_ns)
     now = make(tmpfs)
 
     status, out, err = run(capsys, "list", "--json", "--repo", tmpfs)

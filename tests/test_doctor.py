@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import filesystems
+from session_age import date_session
 from sessionstore import Layout, SessionStorage
 from sessionstore._cli import main
 from sessionstore._naming import NEXT_NAME, SLOTS_NAME, plan_tombstone_name
@@ -56,7 +57,7 @@ def aged(repo: Path, days: float, data: bytes = b"checkpoint") -> SessionStorage
     storage = SessionStorage.create(repo)
     storage.save_checkpoint(data)
     then = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days)
-    os.utime(storage.location, (then.timestamp(),) * 2)
+    date_session(storage.location, int(then.timestamp() * 1e9))
     return storage
 
 

@@ -18,6 +18,7 @@ from sessionstore._naming import (
     session_id,
     slug,
 )
+from sessionstore._session_contents import tombstone_origin
 
 UTC = datetime.timezone.utc
 tokens = st.text(alphabet="0123456789abcdef", min_size=1, max_size=16)
@@ -161,3 +162,28 @@ def test_a_long_prefix_still_leaves_room_for_the_tombstone(
 ) -> None:
     name = plan_session_name(prefix, now, token)
     assert len(plan_tombstone_name(name, "ffffffff").encode()) <= 255
+
+
+# Names a file system may hold: no separator, no NUL, at most 255 bytes; many
+# of them long enough that a tombstone could not keep them whole.
+entry_names = (
+    st.tuples(
+        st.integers(0, 247),
+        st.text(st.characters(codec="utf-8", blacklist_characters="/\0"), max_size=20),
+    )
+    .map(lambda parts: "p" * parts[0] + parts[1] + ".session")
+    .filter(lambda name: len(os.fsencode(name)) <= 255 and is_session_name(name))
+)
+
+
+@given(entry_names, st.text(alphabet="0123456789abcdef", min_size=8, max_size=8))
+def test_a_tombstone_fits_any_name_and_is_read_back_strictly(
+    name: str, token: str
+) -> None:
+    tombstone = plan_tombstone_name(name, token)
+    assert len(os.fsencode(tombstone)) <= 255
+    origin = tombstone_origin(tombstone)
+    assert origin is not None
+    assert os.fsencode(name).startswith(os.fsencode(origin))
+    assert tombstone_origin(tombstone[1:]) is None
+    assert tombstone_origin(tombstone + "0") is None

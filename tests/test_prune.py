@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sessionstore import LockState, SessionInfo
+from sessionstore import CheckpointStatus, LockState, SessionInfo
 from sessionstore._prune import PrunePolicy, plan_prune, youngest_first
 
 UTC = datetime.timezone.utc
@@ -35,6 +35,8 @@ def scans(draw: st.DrawFn) -> list[SessionInfo]:
             modified=draw(st.sampled_from(pool)),
             checkpoint_size=draw(st.none() | st.integers(0, 1 << 40)),
             lock=draw(st.sampled_from(LockState)),
+            checkpoint=draw(st.sampled_from(CheckpointStatus)),
+            unrecognised=draw(st.sampled_from([(), ("notes.txt",)])),
         )
         for name in names
     ]
@@ -70,7 +72,20 @@ policies = (
 
 
 def not_held(sessions: list[SessionInfo]) -> list[SessionInfo]:
-    return [s for s in sessions if s.lock is not LockState.HELD]
+    """The sessions a prune may remove: not held, lock known, recognised."""
+    spared = {LockState.HELD, LockState.UNKNOWN}
+    return [s for s in sessions if s.lock not in spared and s.recognised]
+
+
+@given(scans(), policies)
+def test_never_removes_what_it_does_not_recognise_or_whose_lock_is_unknown(
+    sessions: list[SessionInfo], policy: PrunePolicy
+) -> None:
+    for removed in plan_prune(sessions, NOW, policy):
+        assert removed.recognised
+        assert removed.unrecognised == ()
+        assert removed.checkpoint is not CheckpointStatus.UNREADABLE
+        assert removed.lock is not LockState.UNKNOWN
 
 
 @given(scans(), policies)

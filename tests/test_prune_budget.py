@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from holders import held_elsewhere
+from session_age import date_session
 from sessionstore import SessionStorage, SessionStorageRepository
 from sessionstore._cli import main
 
@@ -19,7 +20,7 @@ def aged(repo: Path, size: int, age_hours: int) -> SessionStorage:
     then = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
         hours=age_hours
     )
-    os.utime(storage.location, (then.timestamp(),) * 2)
+    date_session(storage.location, int(then.timestamp() * 1e9))
     return storage
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import forked
+from session_age import date_session
 from sessionstore import (
     LockState,
     SessionInfo,
@@ -46,7 +47,7 @@ def make(
 
 def set_age(storage: SessionStorage, age_days: float) -> None:
     mtime_ns = int(datetime.datetime.now(UTC).timestamp() * 1e9 - age_days * DAY_NS)
-    os.utime(storage.location, ns=(mtime_ns, mtime_ns))
+    date_session(storage.location, mtime_ns)
 
 
 @contextmanager
@@ -71,7 +72,7 @@ def test_scan_reports_id_location_time_size_and_lock(
 ) -> None:
     storage = make(tmp_path, b"x" * 1234)
     mtime_ns = 1_700_000_000_123_456_789
-    os.utime(storage.location, ns=(mtime_ns, mtime_ns))
+    date_session(storage.location, mtime_ns)
     (info,) = SessionStorageRepository(tmp_path).scan()
     assert info == SessionInfo(
         id=storage.id,
@@ -227,7 +228,7 @@ def awkward_repository(repo: Path) -> None:
     SessionStorage(repo / "a.session").save_checkpoint(b"12345")
     leave_stale_lock(SessionStorage(repo / "b.session"))
     for name in tied:
-        os.utime(os.path.join(bytes(repo), name), ns=(5 * DAY_NS, 5 * DAY_NS))
+        date_session(os.path.join(bytes(repo), name), 5 * DAY_NS)
     old = SessionStorage(repo / "old.session")
     os.mkdir(old.location)
     os.utime(old.location, ns=(DAY_NS, DAY_NS))
@@ -253,7 +254,7 @@ def test_both_backends_list_and_scan_alike(tmp_path: Path) -> None:
     assert len(names) == 5
     scanned = python.scan_sessions(location)
     assert scanned is not None
-    assert scanned[1] == [plan_tombstone_name("x.session", "ab")]
+    assert [t[0] for t in scanned[1]] == [plan_tombstone_name("x.session", "ab")]
     missing = str(tmp_path / "missing")
     assert native.list_sessions(missing) is python.list_sessions(missing) is None
     assert native.scan_sessions(missing) is python.scan_sessions(missing) is None
@@ -375,15 +376,18 @@ def test_a_session_locked_after_the_scan_is_not_removed(
 
 def test_prune_finishes_interrupted_removals(backend: str, tmp_path: Path) -> None:
     session = make(tmp_path, b"x", age_days=1)
-    tombstone = tmp_path / plan_tombstone_name("pbox-old.session", "dead")
-    (tombstone / "inner").mkdir(parents=True)
+    tombstone = tmp_path / plan_tombstone_name("pbox-old.session", "0123dead")
+    (tombstone / "io-logs").mkdir(parents=True)
     (tombstone / "session").write_bytes(b"half removed")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious").write_bytes(b"keep")
-    (tombstone / "link").symlink_to(outside)
+    (tombstone / "io-logs" / "link").symlink_to(outside)
     repo = SessionStorageRepository(tmp_path)
-    assert repo.prune(keep=5) == []
+    (leftover,) = repo.prune(keep=5)
+    assert leftover.leftover
+    assert leftover.location == str(tombstone)
+    assert leftover.id == "pbox-old"
     assert not tombstone.exists()
     assert (outside / "precious").read_bytes() == b"keep"
     assert repo.get_storage_list() == [session]
@@ -419,7 +423,7 @@ def test_prune_spares_a_session_saved_after_the_scan(
     storage = SessionStorage.create(tmp_path)
     storage.save_checkpoint(b"old")
     old_ns = os.stat(storage.location).st_mtime_ns - 30 * 86_400 * 10**9
-    os.utime(storage.location, ns=(old_ns, old_ns))
+    date_session(storage.location, old_ns)
 
     def plan_then_save(*args: object, **kwargs: object) -> object:
         doomed = plan_prune(*args, **kwargs)  # type: ignore[arg-type]
@@ -443,7 +447,7 @@ def test_a_removal_that_fails_stops_no_other_and_is_raised(
     for age, storage in enumerate(sessions):
         storage.save_checkpoint(b"old")
         stamp = time.time() - 30 * 86400 - age
-        os.utime(storage.location, (stamp, stamp))
+        date_session(storage.location, int(stamp * 1e9))
     refused = {sessions[1].location, sessions[2].location}
     remove = SessionStorage.remove
 
@@ -473,7 +477,8 @@ def test_a_removal_the_filesystem_refuses_names_the_whole_path(
         pytest.skip("making a file immutable (chattr +i) needs root")
     repo = SessionStorageRepository(str(tmp_path))
     kept, stuck, gone = (make(tmp_path, b"old", age_days=days) for days in (1, 9, 10))
-    pinned = Path(stuck.location, "pinned")
+    Path(stuck.location, "io-logs").mkdir()
+    pinned = Path(stuck.location, "io-logs", "pinned")
     pinned.write_bytes(b"")
     set_age(stuck, 9)
     chattr = subprocess.run(
@@ -486,7 +491,7 @@ def test_a_removal_the_filesystem_refuses_names_the_whole_path(
             repo.prune(older_than=datetime.timedelta(days=5))
         # The session was renamed to its tombstone before its files went.
         (tombstone,) = [n for n in os.listdir(tmp_path) if n.startswith(".")]
-        assert failed.value.filename == str(tmp_path / tombstone / "pinned")
+        assert failed.value.filename == str(tmp_path / tombstone / "io-logs/pinned")
         assert repo.get_storage_list() == [kept]
         assert not os.path.exists(gone.location)
     finally:
@@ -494,19 +499,31 @@ def test_a_removal_the_filesystem_refuses_names_the_whole_path(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user: needs root")
-def test_an_error_inside_a_session_names_the_path_as_python_joins_it(
+def test_another_users_private_session_is_reported_and_the_rest_listed(
     backend: str,
 ) -> None:
-    """Given with a trailing slash, the repository's path is joined without a
-    second one, by both backends alike (os.path.join)."""
-    base = Path(tempfile.mkdtemp(prefix="sessionstore-other-user-"))
-    try:
-        base.chmod(0o755)
+    """A shared repository holding root's private session (0700) and an open one:
+    uid 65534 lists both, the private one as unreadable with its reason and an
+    unknown lock, and a prune by that user spares it."""
+    with forked.shared_directory() as base:
         repo = base / "repo"
-        session = make(repo, b"private")  # made 0700, root's
-        repo.chmod(0o755)
-        for location in (str(repo), str(repo) + "/"):
-            expected = os.path.join(location, os.path.basename(session.location))
-            assert _scan_as_nobody(location) == f"refused naming {expected}/session"
-    finally:
-        shutil.rmtree(base)
+        private = make(repo, b"private", age_days=3)  # made 0700, root's
+        shared = make(repo, b"shared", age_days=2)
+        Path(shared.location).chmod(0o755)
+        repo.chmod(0o1777)
+
+        def scan() -> str:
+            rows = [
+                f"{i.id} {i.checkpoint.value} {i.checkpoint_size} {i.lock.value} "
+                f"{i.problem}"
+                for i in SessionStorageRepository(str(repo) + "/").scan()
+            ]
+            doomed = SessionStorageRepository(repo).prune(keep=0, dry_run=True)
+            return "\n".join([*rows, "prune: " + " ".join(i.id for i in doomed)])
+
+        assert forked.as_nobody(scan).splitlines() == [
+            f"{shared.id} saved 6 unlocked None",
+            f"{private.id} unreadable None unknown "
+            "session directory: Permission denied",
+            f"prune: {shared.id}",
+        ]

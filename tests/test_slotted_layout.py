@@ -15,6 +15,7 @@ import attrs
 import pytest
 
 import forked
+from session_age import date_session
 from sessionstore import (
     CorruptCheckpointError,
     Durability,
@@ -295,7 +296,7 @@ def test_an_in_place_save_makes_the_session_young_for_scan_and_prune(
     slotted.save_checkpoint(b"second")
     # The directory looks a month old: only the slots file shows the saves.
     month_ago = os.stat(slotted.location).st_mtime_ns - 30 * 86_400 * 10**9
-    os.utime(slotted.location, ns=(month_ago, month_ago))
+    date_session(slotted.location, month_ago)
     slotted.save_checkpoint(b"third, in place")
     (info,) = repo.scan()
     age = datetime.datetime.now(datetime.timezone.utc) - info.modified

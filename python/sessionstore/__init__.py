@@ -11,13 +11,15 @@ from ._held_session import HeldSession
 from ._lock_state import LockState
 from ._options import Durability, Layout
 from ._repository import SessionStorageRepository
-from ._session_info import SessionInfo
+from ._session_contents import SessionContents
+from ._session_info import CheckpointStatus, SessionInfo
 from ._storage import SessionStorage
 
 backend: Final[str] = _active.current.name
 """The writer backend in use: ``"native"`` or ``"python"``."""
 
 __all__ = [
+    "CheckpointStatus",
     "CheckpointWriter",
     "CorruptCheckpointError",
     "Durability",
@@ -25,6 +27,7 @@ __all__ = [
     "Layout",
     "LockState",
     "LockedStorageError",
+    "SessionContents",
     "SessionInfo",
     "SessionStorage",
     "SessionStorageRepository",

@@ -46,7 +46,11 @@ class Backend:
     break_stale_lock: Callable[[str], bool]
     list_sessions: Callable[[str], list[str] | None]
     scan_sessions: Callable[
-        [str], tuple[list[_python_listing.ScannedSession], list[str]] | None
+        [str],
+        tuple[
+            list[_python_listing.ScannedSession], list[_python_listing.ScannedSession]
+        ]
+        | None,
     ]
     save_slotted: Callable[[str, bytes | bytearray | memoryview, bytes, bytes], None]
     """a slotted save plan: (location, data, in-place codes, rebuild codes)"""

@@ -36,8 +36,9 @@ from ._lock_state import LockState
 from ._naming import SESSION_SUFFIX
 from ._prune import PrunePolicy
 from ._repository import SessionStorageRepository, describe, prune_sessions
-from ._session_info import SessionInfo
+from ._session_info import CheckpointStatus, SessionInfo
 from ._storage import SessionStorage
+from ._terminal import printable
 from ._units import format_seconds, format_size
 
 PROG: Final = "sessionstore"
@@ -111,6 +112,9 @@ def info_as_json(info: SessionInfo) -> dict[str, Any]:
         "modified": info.modified.astimezone(datetime.timezone.utc).isoformat(),
         "checkpoint_size": info.checkpoint_size,
         "lock": info.lock.value,
+        "checkpoint": info.checkpoint.value,
+        "problem": info.problem,
+        "unrecognised": list(info.unrecognised),
         "holder": None if info.holder is None else holder_as_json(info.holder),
     }
 
@@ -152,13 +156,39 @@ def _modified(info: SessionInfo) -> str:
 
 
 def _size(info: SessionInfo) -> str:
-    return "-" if info.checkpoint_size is None else format_size(info.checkpoint_size)
+    if info.checkpoint_size is not None:
+        return format_size(info.checkpoint_size)
+    if info.checkpoint is CheckpointStatus.NEVER_SAVED:
+        return "-"
+    return info.checkpoint.name
+
+
+# How many of a directory's unrecognised entries a note names.
+_NAMED_ENTRIES: Final = 3
+
+
+def _note(info: SessionInfo) -> str:
+    """What is odd about a session, in words (empty when nothing is)."""
+    notes = []
+    if info.problem is not None:
+        notes.append(info.problem)
+    if info.unrecognised:
+        named = ", ".join(info.unrecognised[:_NAMED_ENTRIES])
+        more = len(info.unrecognised) - _NAMED_ENTRIES
+        named += f" and {more} more" if more > 0 else ""
+        notes.append(f"not recognised as a session (holds {named}): prune spares it")
+    return printable("; ".join(notes))
 
 
 def sessions_table(infos: Sequence[SessionInfo]) -> str:
-    """The table ``list`` prints."""
-    rows = [(i.id, _modified(i), _size(i), describe_lock(i)) for i in infos]
-    header = ("ID", "MODIFIED (UTC)", "SIZE", "LOCK")
+    """The table ``list`` prints; a NOTE column when a session is odd."""
+    rows = [
+        (printable(i.id), _modified(i), _size(i), printable(describe_lock(i)), _note(i))
+        for i in infos
+    ]
+    header = ("ID", "MODIFIED (UTC)", "SIZE", "LOCK", "NOTE")
+    if not any(row[4] for row in rows):
+        return format_columns([header[:4], *(row[:4] for row in rows)], frozenset({2}))
     return format_columns([header, *rows], right=frozenset({2}))
 
 
@@ -268,7 +298,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     total = sum(i.checkpoint_size or 0 for i in infos)
     noun = "session" if len(infos) == 1 else "sessions"
     _write(
-        f"{len(infos)} {noun}, {format_size(total)} of checkpoints, in {repo.location}"
+        f"{len(infos)} {noun}, {format_size(total)} of checkpoints, "
+        f"in {printable(repo.location)}"
     )
     return EXIT_OK
 
@@ -282,17 +313,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _write(json.dumps(info_as_json(info), indent=2))
         return EXIT_OK
-    size = (
-        "none saved"
-        if info.checkpoint_size is None
-        else f"{info.checkpoint_size} bytes ({format_size(info.checkpoint_size)})"
-    )
+    if info.checkpoint_size is not None:
+        size = f"{info.checkpoint_size} bytes ({format_size(info.checkpoint_size)})"
+    elif info.checkpoint is CheckpointStatus.NEVER_SAVED:
+        size = "none saved"
+    else:
+        size = info.checkpoint.value
+    note = _note(info)
     rows = [
-        ("id", info.id),
-        ("location", info.location),
+        ("id", printable(info.id)),
+        ("location", printable(info.location)),
         ("modified", info.modified.isoformat()),
         ("checkpoint", size),
-        ("lock", describe_lock(info)),
+        ("lock", printable(describe_lock(info))),
+        *([("note", note)] if note else []),
     ]
     _write(format_columns(rows))
     return EXIT_OK
@@ -321,15 +355,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # after the lines of those that went.
     count = 0
     for info in prune_sessions(repo, policy, dry_run=args.dry_run):
-        _write(
-            f"{verb} {info.id}  "
-            f"({_modified(info)} UTC, {_size(info)}, {info.lock.value})"
-        )
+        if info.leftover:
+            what = os.path.basename(info.location)
+            _write(f"{verb} {printable(what)}  (leftover of an interrupted removal)")
+        else:
+            _write(
+                f"{verb} {printable(info.id)}  "
+                f"({_modified(info)} UTC, {_size(info)}, {info.lock.value})"
+            )
         sys.stdout.flush()
         count += 1
     noun = "session" if count == 1 else "sessions"
     suffix = " (dry run: nothing was removed)" if args.dry_run else ""
-    _write(f"{verb} {count} {noun} from {repo.location}{suffix}")
+    _write(f"{verb} {count} {noun} from {printable(repo.location)}{suffix}")
     return EXIT_OK
 
 
@@ -342,11 +380,11 @@ def cmd_break_lock(args: argparse.Namespace) -> int:
     repo = _existing_repository(args)
     storage = SessionStorage(resolve(repo, args.id))
     if not args.force and storage.break_stale_lock():
-        _write(f"removed the stale lock of {storage.id}")
+        _write(printable(f"removed the stale lock of {storage.id}"))
         return EXIT_OK
     state = storage.lock_state()
     if state is LockState.UNLOCKED:
-        _write(f"{storage.id} is not locked: nothing to break")
+        _write(printable(f"{storage.id} is not locked: nothing to break"))
         return EXIT_OK
     was = state.value if state is LockState.STALE else f"held by {_holder_of(storage)}"
     has_next = os.path.lexists(storage.paths.next)
@@ -367,9 +405,9 @@ def cmd_break_lock(args: argparse.Namespace) -> int:
     try:
         storage.break_lock()
     except FileNotFoundError:
-        _write(f"{storage.id} is not locked: nothing to break")
+        _write(printable(f"{storage.id} is not locked: nothing to break"))
         return EXIT_OK
-    _write(f"removed the lock file of {storage.id} (forced; it was {was})")
+    _write(printable(f"removed the lock file of {storage.id} (forced; it was {was})"))
     return EXIT_OK
 
 
@@ -385,7 +423,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def started(location: str) -> None:
         if args.json:
             return
-        _write(f"save latency, {backend} backend, in {location} (removed afterwards)")
+        _write(
+            f"save latency, {backend} backend, in {printable(location)} "
+            "(removed afterwards)"
+        )
         sys.stdout.flush()
 
     rows = run_save_benchmark(
@@ -475,16 +516,16 @@ def doctor_as_json(facts: DoctorFacts, findings: Sequence[Finding]) -> dict[str,
 def doctor_report(facts: DoctorFacts, findings: Sequence[Finding]) -> str:
     """What ``doctor`` prints: one line per finding, what to do under it."""
     state = "" if facts.exists else " (does not exist yet)"
-    lines = [f"repository: {facts.repository}{state}"]
+    lines = [f"repository: {printable(facts.repository)}{state}"]
     for f in findings:
         label = (
             f.severity.value.upper()
             if f.severity is Severity.ATTENTION
             else (f.severity.value)
         )
-        lines.append(f"{label:<10} {f.code}: {f.summary}")
+        lines.append(f"{label:<10} {f.code}: {printable(f.summary)}")
         if f.action is not None:
-            lines.append(f"{'':<10} what to do: {f.action}")
+            lines.append(f"{'':<10} what to do: {printable(f.action)}")
     count = sum(f.severity is Severity.ATTENTION for f in findings)
     lines.append(
         "nothing needs attention"
@@ -723,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except UserError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"{prog}: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and keep Python's
@@ -733,10 +774,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_FAILED
     except OSError as exc:
-        print(f"{prog}: {oneline(exc)}", file=sys.stderr)
+        print(f"{prog}: {printable(oneline(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except CorruptCheckpointError as exc:
-        print(f"{prog}: damaged checkpoint: {exc}", file=sys.stderr)
+        print(f"{prog}: damaged checkpoint: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

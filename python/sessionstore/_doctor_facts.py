@@ -30,9 +30,10 @@ from ._doctor import (
     parse_mountinfo,
     tmpfiles_verdict,
 )
-from ._errors import CorruptCheckpointError, oneline
+from ._errors import oneline
 from ._lock_state import LockState
-from ._repository import SessionStorageRepository
+from ._repository import SessionStorageRepository, describe
+from ._session_info import CheckpointStatus
 from ._storage import SessionStorage
 
 MOUNTINFO: Final = "/proc/self/mountinfo"
@@ -158,22 +159,20 @@ def measure_latency(repository: str) -> Latency:
 def session_facts(repo: SessionStorageRepository) -> SessionFacts:
     """Stale locks, tombstones, damaged and unreadable sessions, sizes and ages.
 
-    A session without a loadable size is loaded to tell a never-saved one from
-    a damaged or unreadable one.
+    Each session is described as ``show`` describes it: the scan's account,
+    with a slotted checkpoint's newest record verified, so a damaged record is
+    found and a FIFO or an unreadable file is reported without being read.
     """
-    infos, tombstones = repo._scan()
-    damaged, unreadable = [], []
+    infos, leftovers = repo._scan()
+    checked = []
     for info in infos:
-        if info.checkpoint_size is not None:
-            continue
         try:
-            SessionStorage(info.location).load_checkpoint()
+            checked.append(describe(info.location))
         except FileNotFoundError:
             continue
-        except CorruptCheckpointError:
-            damaged.append(info.id)
-        except OSError:
-            unreadable.append(info.id)
+    damaged = [i.id for i in checked if i.checkpoint is CheckpointStatus.DAMAGED]
+    unreadable = [i.id for i in checked if i.checkpoint is CheckpointStatus.UNREADABLE]
+    tombstones = [os.path.basename(t.location) for t in leftovers]
     sizes = [i.checkpoint_size for i in infos if i.checkpoint_size is not None]
     return SessionFacts(
         count=len(infos),

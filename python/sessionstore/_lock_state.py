@@ -23,6 +23,10 @@ class LockState(enum.Enum):
     """a live process (this one or another) is inside a save"""
     STALE = "stale"
     """``session.next`` is the leftover of a writer that is gone"""
+    UNKNOWN = "unknown"
+    """this process cannot tell: it may not look into the session directory
+    (another user's private session), so neither a holder nor a leftover
+    ``session.next`` can be ruled out; a prune treats it as held"""
 
 
 @attrs.frozen
@@ -64,6 +68,9 @@ class FileKey:
 
 
 PROC_LOCKS: Final = "/proc/locks"
+PROC_PID_NAMESPACE: Final = "/proc/self/ns/pid"
+# The inode number the kernel gives the initial PID namespace (PROC_PID_INIT_INO).
+INITIAL_PID_NAMESPACE_INODE: Final = 0xEFFFFFFC
 
 
 def _flock_line(line: str) -> tuple[FileKey, int] | None:
@@ -119,6 +126,10 @@ class LockTable:
     """
 
     keys: frozenset[FileKey]
+    complete: bool = True
+    """whether the table shows every holder: ``/proc/locks`` leaves out the
+    locks of processes outside the reader's PID namespace, so read from any
+    namespace but the initial one it can only say who holds, never who not"""
     inodes: frozenset[int] = attrs.field(
         init=False,
         default=attrs.Factory(
@@ -131,10 +142,11 @@ class LockTable:
 
         None when only trying the lock can tell: the table names the inode
         under another device number than ``stat`` reports (btrfs subvolumes),
-        so a match on the inode alone is a maybe, not a no.
+        so a match on the inode alone is a maybe, not a no; or the table is
+        not ``complete``, so a lock it does not show may still be held.
         """
         if key in self.keys:
             return True
-        if key.inode not in self.inodes:
+        if key.inode not in self.inodes and self.complete:
             return False
         return None

@@ -70,13 +70,23 @@ def is_session_name(name: str) -> bool:
     return name.endswith(SESSION_SUFFIX) and not name.startswith(".")
 
 
-def plan_tombstone_name(name: str, token: str) -> str:
+# The longest name a directory entry may have on the file systems this runs on.
+NAME_MAX: Final = 255
+
+
+def plan_tombstone_name(name: str, token: str, name_max: int = NAME_MAX) -> str:
     """The hidden name a session is renamed to before it is deleted.
 
     Hidden, so a crash half-way through deleting never leaves a half-removed
     session visible to listing; marked, so a later scan can finish the job.
+    The session's name is cut short (in bytes, as the file system counts)
+    where the whole would not fit in ``name_max`` bytes: any session the file
+    system holds can be removed.
     """
-    return f".{name}{TOMBSTONE_MARK}{token}"
+    tail = f"{TOMBSTONE_MARK}{token}"
+    room = name_max - len(os.fsencode(f".{tail}"))
+    kept = os.fsdecode(os.fsencode(name)[:room])
+    return f".{kept}{tail}"
 
 
 def is_tombstone_name(name: str) -> bool:

@@ -3,6 +3,8 @@
 
 from typing import final
 
+from sessionstore._python_listing import ScannedSession
+
 __all__ = [
     "CheckpointWorker",
     "HeldWriter",
@@ -37,17 +39,14 @@ def load_slots(path: str, previous: bool = False) -> bytes | None: ...
 def break_stale_lock(location: str) -> bool: ...
 
 # The repository listing; sessionstore._python_listing documents the behaviour.
-# A scanned session is (name, mtime_ns, st_dev, st_ino, checkpoint_size,
-# next_ino, next_ctime_ns).
+# A scanned session is _python_listing.ScannedSession: (name, mtime_ns, st_dev,
+# st_ino, next_ino, next_ctime_ns, errno, entries, checkpoint), a checkpoint
+# (file name, st_mode, errno, size, mtime_ns).
+
 def list_sessions(location: str) -> list[str] | None: ...
 def scan_sessions(
     location: str,
-) -> (
-    tuple[
-        list[tuple[str, int, int, int, int | None, int | None, int | None]], list[str]
-    ]
-    | None
-): ...
+) -> tuple[list[ScannedSession], list[ScannedSession]] | None: ...
 
 # The worker of sessionstore.CheckpointWriter, which documents the behaviour.
 @final

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import attrs
 
@@ -79,6 +80,13 @@ def youngest_first(sessions: Iterable[SessionInfo]) -> list[SessionInfo]:
     return sorted(by_location, key=lambda s: s.modified, reverse=True)
 
 
+_SPARED_LOCKS: Final = frozenset({LockState.HELD, LockState.UNKNOWN})
+
+
+def _removable(session: SessionInfo) -> bool:
+    return session.lock not in _SPARED_LOCKS and session.recognised
+
+
 def plan_prune(
     sessions: Iterable[SessionInfo],
     now: datetime.datetime,
@@ -88,14 +96,17 @@ def plan_prune(
 
     A session whose lock is ``HELD`` is never removed and does not count
     towards ``keep`` (its size does count towards ``max_total_size``): a live
-    writer is using it. A ``STALE`` one is fair game, its writer is gone. The
+    writer is using it. Nor is one whose lock is ``UNKNOWN``, nor a directory
+    the library does not recognise as its own (``SessionInfo.recognised``: an
+    entry that is none of the library's or its clients' files, or nothing could
+    be read to tell). A ``STALE`` one is fair game, its writer is gone. The
     answer is a subset of ``sessions``, and planning again on what is left
     removes nothing more.
     """
     if now.tzinfo is None:
         raise ValueError(f"prune time must be timezone-aware, got {now!r}")
     sessions = list(sessions)
-    candidates = youngest_first(s for s in sessions if s.lock is not LockState.HELD)
+    candidates = youngest_first(s for s in sessions if _removable(s))
     # Each limit judges the whole scan; the plan is what all of them allow.
     over_budget = (
         None

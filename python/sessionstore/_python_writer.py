@@ -14,7 +14,9 @@ from typing import Final
 
 from . import _errors
 from ._lock_state import (
+    INITIAL_PID_NAMESPACE_INODE,
     PROC_LOCKS,
+    PROC_PID_NAMESPACE,
     FileKey,
     LockState,
     LockTable,
@@ -195,6 +197,15 @@ def load(path: str) -> bytes:
         os.close(fd)
 
 
+def _sees_every_lock() -> bool:
+    """Whether ``/proc/locks`` read from here shows every holder: only from the
+    initial PID namespace (anything unknown counts as no)."""
+    try:
+        return os.stat(PROC_PID_NAMESPACE).st_ino == INITIAL_PID_NAMESPACE_INODE
+    except OSError:
+        return False
+
+
 def read_proc_locks() -> str | None:
     """The text of the kernel's lock table as it is now; None where there is none."""
     try:
@@ -207,7 +218,9 @@ def read_proc_locks() -> str | None:
 def read_lock_table() -> LockTable | None:
     """The kernel's lock table as it is now; None where there is none to read."""
     text = read_proc_locks()
-    return None if text is None else LockTable(parse_proc_locks(text))
+    if text is None:
+        return None
+    return LockTable(parse_proc_locks(text), complete=_sees_every_lock())
 
 
 def _held(dir_fd: int, *, next_exists: bool) -> bool:

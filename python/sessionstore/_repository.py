@@ -6,6 +6,7 @@ import datetime
 import errno
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from typing import Final
 
@@ -13,15 +14,20 @@ import attrs
 
 from . import _backend
 from ._default_location import default_location
-from ._errors import CorruptCheckpointError
 from ._lock_holder import find_holder
-from ._lock_state import FileKey, LockState, NextFile, classify_lock
-from ._naming import NEXT_NAME, SLOTS_NAME, session_id
+from ._lock_state import FileKey, LockState, LockTable, NextFile, classify_lock
+from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME, session_id
 from ._ordering import sort_key
 from ._prune import PrunePolicy, plan_prune
-from ._python_listing import ScannedSession, scan_session
+from ._python_listing import (
+    ScannedCheckpoint,
+    ScannedSession,
+    scan_session,
+    verified_slots_length,
+)
 from ._python_writer import read_lock_table, try_lock
-from ._session_info import SessionInfo, modified_at
+from ._session_contents import RECOGNISED, tombstone_origin
+from ._session_info import CheckpointStatus, SessionInfo, file_kind, modified_at
 from ._storage import SessionStorage, remove_tree
 
 log = logging.getLogger("sessionstore")
@@ -50,91 +56,166 @@ def _look_at_next(location: str) -> NextFile | None:
     return NextFile(st.st_ino, st.st_ctime_ns)
 
 
-def _slots_mtime_ns(location: str, dir_fd: int | None = None) -> int | None:
-    """When ``session.slots`` was last written, or None when there is none.
+def checkpoint_mtime_ns(dir_fd: int) -> int | None:
+    """When the open session directory's checkpoint was last saved, or None.
 
-    A slotted save overwrites a slot in place and leaves the directory's mtime
-    alone, so a slotted session is as young as its slots file.
+    The mtime of ``session`` (a replace save renames a freshly written file
+    in) or else ``session.slots`` (an in-place slotted save writes into it):
+    the age ``scan()`` reports, which housekeeping in the directory never
+    changes.
     """
-    try:
-        st = os.stat(
-            SLOTS_NAME if dir_fd is not None else os.path.join(location, SLOTS_NAME),
-            dir_fd=dir_fd,
-            follow_symlinks=False,
+    for name in (CHECKPOINT_NAME, SLOTS_NAME):
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def checkpoint_state(
+    checkpoint: ScannedCheckpoint | None,
+) -> tuple[CheckpointStatus, int | None, str | None]:
+    """The status, size and problem a scan reports for what the backend found."""
+    if checkpoint is None:
+        return CheckpointStatus.NEVER_SAVED, None, None
+    name, mode, error, size, _ = checkpoint
+    if error:
+        return CheckpointStatus.UNREADABLE, None, f"{name}: {os.strerror(error)}"
+    if not stat.S_ISREG(mode):
+        return CheckpointStatus.UNREADABLE, None, f"{name} is {file_kind(mode)}"
+    if size is None:
+        return (
+            CheckpointStatus.DAMAGED,
+            None,
+            f"{name}: no record with a whole header lies within the file",
         )
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return st.st_mtime_ns
+    return CheckpointStatus.SAVED, size, None
 
 
-def _slotted_size(session: str) -> int | None:
-    """The size of a slotted session's checkpoint: its newest valid record's.
-
-    Read and checked like a load, so the size is that of what a load would
-    return; None when there is no slots file or no record in it is whole.
-    """
-    try:
-        newest = _backend.active.current.load_slots(
-            os.path.join(session, SLOTS_NAME), False
-        )
-    except (FileNotFoundError, NotADirectoryError, CorruptCheckpointError):
-        return None
-    return None if newest is None else len(newest)
-
-
-def last_change_ns(location: str, dir_mtime_ns: int, dir_fd: int | None = None) -> int:
-    """When the session last changed: its directory's mtime or, for a slotted
-    session saved in place since, its slots file's."""
-    slots = _slots_mtime_ns(location, dir_fd)
-    return dir_mtime_ns if slots is None else max(dir_mtime_ns, slots)
+def _lock_of(
+    session: str, table: LockTable | None, key: FileKey, before: NextFile | None
+) -> LockState:
+    """The lock probe of ``lock_state()``, with the lock table read once for a
+    whole scan (see ``_inspect``). FileNotFoundError when the session vanished;
+    UNKNOWN when this process may not look into it."""
+    held = None if table is None else table.holds(key)
+    # "Free" beside a session.next would make it STALE; the table is read
+    # a page at a time and can miss a holder, so lock_state() tries it.
+    if held is None or (not held and before is not None):
+        try:
+            return _backend.active.current.lock_state(session)
+        except PermissionError:
+            return LockState.UNKNOWN
+    after = None if before is None or held else _look_at_next(session)
+    return classify_lock(held=held, next_before=before, next_after=after)
 
 
-def _inspect(location: str, scanned: list[ScannedSession]) -> list[SessionInfo]:
-    """What a scan reports about the sessions the backend ``scanned``, in order.
+def _info(
+    prefix: str, scanned: ScannedSession, table: LockTable | None
+) -> tuple[int, SessionInfo] | None:
+    """One scanned session as ``SessionInfo``, with its age in ns; None when it
+    vanished while it was inspected."""
+    name, dir_mtime_ns, dev, ino, next_ino, next_ctime_ns, error, entries, found = (
+        scanned
+    )
+    session = prefix + name
+    before = None
+    if next_ino is not None and next_ctime_ns is not None:
+        before = NextFile(next_ino, next_ctime_ns)
+    key = FileKey(os.major(dev), os.minor(dev), ino)
+    if error:
+        # Nothing inside could be seen: only a holder the table shows is known.
+        held = table is not None and table.holds(key) is True
+        lock = LockState.HELD if held else LockState.UNKNOWN
+        status, size = CheckpointStatus.UNREADABLE, None
+        problem: str | None = f"session directory: {os.strerror(error)}"
+    else:
+        try:
+            lock = _lock_of(session, table, key, before)
+        except FileNotFoundError:
+            return None
+        status, size, problem = checkpoint_state(found)
+    mtime_ns = dir_mtime_ns
+    if found is not None and found[4] is not None:
+        mtime_ns = found[4]
+    # A session's name never starts with a dot; a tombstone's always does.
+    leftover = tombstone_origin(name) if name.startswith(".") else None
+    info = SessionInfo(
+        id=session_id(name if leftover is None else leftover),
+        location=session,
+        modified=modified_at(mtime_ns),
+        checkpoint_size=size,
+        lock=lock,
+        checkpoint=status,
+        problem=problem,
+        unrecognised=RECOGNISED.unrecognised(entries),
+        leftover=leftover is not None,
+    )
+    return mtime_ns, info
+
+
+def _inspect(
+    location: str, scanned: list[ScannedSession], table: LockTable | None
+) -> list[SessionInfo]:
+    """What a scan reports about the sessions the backend ``scanned``, youngest first.
 
     The lock probe of ``lock_state()`` done in bulk: the backend looked at every
-    ``session.next``, then the kernel's lock table is read once for all
+    ``session.next``, then the kernel's lock ``table`` was read once for all
     sessions, then the ``session.next`` files seen on the first look are looked
     at again, and ``classify_lock`` decides as it does for one session. (A file
     that appears only after the table was read belongs to a save that started
     after it: the session was unlocked at that moment, which the scan reports.)
     Where the table cannot tell, the session gets the backend's own probe.
-    A session that vanishes while it is inspected is left out.
+    A session that vanishes while it is inspected is left out; one that cannot
+    be read is reported as such (``CheckpointStatus.UNREADABLE``, its
+    ``problem`` saying why), never an error of the whole scan.
     """
-    table = read_lock_table()
-    prefix = os.path.join(location, "")
     found = []
-    for name, mtime_ns, dev, ino, size, next_ino, next_ctime_ns in scanned:
-        session = prefix + name
-        before = None
-        if next_ino is not None and next_ctime_ns is not None:
-            before = NextFile(next_ino, next_ctime_ns)
-        key = FileKey(os.major(dev), os.minor(dev), ino)
-        held = None if table is None else table.holds(key)
-        # "Free" beside a session.next would make it STALE; the table is read
-        # a page at a time and can miss a holder, so lock_state() tries it.
-        if held is None or (not held and before is not None):
-            try:
-                lock = _backend.active.current.lock_state(session)
-            except FileNotFoundError:
-                continue
-        else:
-            after = None if before is None or held else _look_at_next(session)
-            lock = classify_lock(held=held, next_before=before, next_after=after)
-        if size is None:
-            size = _slotted_size(session)
-        mtime_ns = last_change_ns(session, mtime_ns)
-        info = SessionInfo(
-            id=session_id(name),
-            location=session,
-            modified=modified_at(mtime_ns),
-            checkpoint_size=size,
-            lock=lock,
-        )
-        found.append((sort_key(mtime_ns, name), info))
-    # A slotted session saved in place may be younger than its directory says.
+    prefix = os.path.join(location, "")
+    for entry in scanned:
+        inspected = _info(prefix, entry, table)
+        if inspected is not None:
+            mtime_ns, info = inspected
+            found.append((sort_key(mtime_ns, entry[0]), info))
+    # Ages come from the checkpoint files, the backend's order from the directories.
     found.sort(key=lambda keyed: keyed[0])
     return [info for _, info in found]
+
+
+def _verified(info: SessionInfo, held_in: str | None) -> SessionInfo:
+    """``info`` with a slotted checkpoint's newest record checked as a load does.
+
+    A listing reads only the headers; ``show`` reads the record too and
+    reports a checkpoint no load returns as damaged. Read through a descriptor
+    that cannot block (O_NONBLOCK, a regular file checked by fstat) and a
+    bounded buffer: a FIFO is refused, and a record is never held whole in
+    memory nor read past the file's real size. A session whose checkpoint is
+    ``session`` (which a load prefers, even beside a slots file) needs nothing
+    more than its size.
+    """
+    if info.checkpoint is not CheckpointStatus.SAVED or held_in != SLOTS_NAME:
+        return info
+    path = os.path.join(info.location, SLOTS_NAME)
+    try:
+        length = verified_slots_length(path)
+    except FileNotFoundError:
+        return info  # the replace layout, or converted meanwhile
+    except OSError as exc:
+        problem = f"{SLOTS_NAME}: {exc.strerror}"
+        return attrs.evolve(
+            info,
+            checkpoint=CheckpointStatus.UNREADABLE,
+            checkpoint_size=None,
+            problem=problem,
+        )
+    if length is None:
+        return attrs.evolve(
+            info,
+            checkpoint=CheckpointStatus.DAMAGED,
+            checkpoint_size=None,
+            problem=f"{SLOTS_NAME}: no record passes its checksum",
+        )
+    return attrs.evolve(info, checkpoint_size=length)
 
 
 def _with_holders(infos: list[SessionInfo]) -> list[SessionInfo]:
@@ -151,16 +232,20 @@ def _with_holders(infos: list[SessionInfo]) -> list[SessionInfo]:
 
 
 def describe(location: str) -> SessionInfo:
-    """What a scan would report about the one session at ``location``.
+    """What a scan would report about the one session at ``location``, with a
+    slotted checkpoint's newest record verified as a load would.
 
     FileNotFoundError naming the location when there is no session there
     (nothing, a symlink, or not a directory).
     """
     scanned = scan_session(location)
     if scanned is not None:
-        infos = _with_holders(_inspect(os.path.dirname(location), [scanned]))
+        infos = _with_holders(
+            _inspect(os.path.dirname(location), [scanned], read_lock_table())
+        )
         if infos:
-            return infos[0]
+            checkpoint = scanned[8]
+            return _verified(infos[0], None if checkpoint is None else checkpoint[0])
     raise FileNotFoundError(errno.ENOENT, "no session directory", location)
 
 
@@ -181,7 +266,9 @@ def _remove_unless_held(info: SessionInfo) -> bool:
             return False
         # A save that finished between the scan and the lock made the session
         # young again: it is no longer the session the plan chose.
-        changed = last_change_ns(info.location, os.fstat(dir_fd).st_mtime_ns, dir_fd)
+        changed = checkpoint_mtime_ns(dir_fd)
+        if changed is None:
+            changed = os.fstat(dir_fd).st_mtime_ns
         if modified_at(changed) != info.modified:
             return False
         SessionStorage(info.location).remove()
@@ -217,19 +304,28 @@ class SessionStorageRepository:
     def __iter__(self) -> Iterator[SessionStorage]:
         return iter(self.get_storage_list())
 
-    def _scan(self) -> tuple[list[SessionInfo], list[str]]:
+    def _scan(self) -> tuple[list[SessionInfo], list[SessionInfo]]:
         scanned = _backend.active.current.scan_sessions(self.location)
         if scanned is None:
             return [], []
         sessions, tombstones = scanned
-        return _with_holders(_inspect(self.location, sessions)), tombstones
+        table = read_lock_table()
+        return (
+            _with_holders(_inspect(self.location, sessions, table)),
+            _inspect(self.location, tombstones, table),
+        )
 
     def scan(self) -> list[SessionInfo]:
-        """Every session here with its time, checkpoint size and lock, youngest first.
+        """Every session here with its age, checkpoint and lock, youngest first.
 
-        The listing of ``get_storage_list()``, plus two ``stat`` calls per
-        session and one read of the kernel's lock table for the whole scan.
-        A missing repository gives ``[]``.
+        The listing of ``get_storage_list()``, plus a look into each session
+        (its entries, the ``stat`` of its checkpoint and ``session.next``, and
+        for a slotted one the file's headers: two small reads whatever its
+        size, no record's data) and one read of the kernel's lock table for
+        the whole scan. The age is that of the last checkpoint (see
+        ``SessionInfo``), so the order may differ from ``get_storage_list()``'s.
+        A session that cannot be read is in the answer, saying why; a missing
+        repository gives ``[]``.
         """
         return self._scan()[0]
 
@@ -253,9 +349,17 @@ class SessionStorageRepository:
         writer starts saving into while the prune runs, and does not count
         towards ``keep``.
 
+        Only a directory the library recognises as a session is removed:
+        every entry in it is one of the library's files or a client's
+        directory (``SessionInfo.recognised``); anything else, and any session
+        that cannot be read or whose lock is UNKNOWN, is left alone and does
+        not count towards ``keep``.
+
         Removal is the crash-safe ``SessionStorage.remove()``. A prune also
-        deletes the hidden tombstones that removals interrupted by a crash
-        left behind; they are no sessions, so they are not in the answer. A dry
+        finishes the removals a crash interrupted: a hidden tombstone named
+        exactly as a removal names it and holding only what a session holds
+        is deleted whatever the policy (its session was removed already),
+        and is in the answer with ``leftover`` set, on a dry run too. A dry
         run touches nothing.
 
         One removal that fails stops none of the others: every one is tried,
@@ -276,16 +380,20 @@ def prune_sessions(
     before a failure. After the last one, the first failure is raised and the
     others are logged."""
     infos, tombstones = repo._scan()
+    leftovers = [t for t in tombstones if t.leftover and t.recognised]
     doomed = plan_prune(infos, datetime.datetime.now(datetime.timezone.utc), policy)
     if dry_run:
+        yield from leftovers
         yield from doomed
         return
     failures: list[OSError] = []
-    for name in tombstones:
+    for leftover in leftovers:
         try:
-            remove_tree(os.path.join(repo.location, name))
+            remove_tree(leftover.location)
         except OSError as exc:
             failures.append(exc)
+            continue
+        yield leftover
     for info in doomed:
         try:
             removed = _remove_unless_held(info)

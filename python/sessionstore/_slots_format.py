@@ -137,6 +137,26 @@ def newest_first(headers: tuple[RecordHeader | None, RecordHeader | None]) -> li
     return sorted(present, key=lambda slot: -headers[slot].sequence)  # type: ignore[union-attr]
 
 
+def newest_plausible_length(
+    header: FileHeader,
+    headers: tuple[RecordHeader | None, RecordHeader | None],
+    file_size: int,
+) -> int | None:
+    """The data length of the newest record whose header is whole and whose data
+    ends within a file of ``file_size`` bytes; None when no record is such.
+
+    What a listing reports without reading any record's data: a header may
+    claim any length its slot holds, and only the file's real size bounds it.
+    """
+    for slot in newest_first(headers):
+        record = headers[slot]
+        assert record is not None
+        end = header.slot_offset(slot) + RECORD_HEADER_SIZE + record.length
+        if end <= file_size:
+            return record.length
+    return None
+
+
 class Placement(enum.Enum):
     """Where a save puts its record."""
 
