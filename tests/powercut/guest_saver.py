@@ -189,19 +189,16 @@ def main() -> None:
     path = os.environ["PC_PATH"]
     panic_after = int(os.environ.get("PC_PANIC_AFTER", "0"))
     (storage,) = SessionStorageRepository(REPO).get_storage_list()
-    slots = os.path.exists(storage.paths.slots)
-    if os.path.exists(storage.paths.checkpoint) or path in (
-        "replace",
-        "held-replace",
-        "writer-replace",
-        NO_DATA_FLUSH,
-        NO_DIR_FLUSH,
-        LYING_DISK,
-    ):
-        slots = False
-    layout = Layout.SLOTTED if slots or "slotted" in path else Layout.REPLACE
-    if path == OVERWRITE_NEWEST:
+    if path == "convert":
+        # The layout on disk; ``session`` wins while a conversion left both.
+        on_disk = os.path.exists(storage.paths.slots) and not os.path.exists(
+            storage.paths.checkpoint
+        )
+        layout = Layout.SLOTTED if on_disk else Layout.REPLACE
+    elif "slotted" in path or path == OVERWRITE_NEWEST:
         layout = Layout.SLOTTED
+    else:
+        layout = Layout.REPLACE
     storage = SessionStorage(storage.location, layout=layout)
     if storage.lock_state() is LockState.STALE:
         storage.break_stale_lock()

@@ -428,8 +428,9 @@ class Series:
     cuts: tuple[Cut, ...] = tuple(Cut)
     drops: tuple[Drop, ...] = tuple(Drop)
     lying: bool = False
-    # Which backend the first round uses (an index into BACKENDS).
-    first_backend: int = 0
+    # Where in the turns of backends and cuts the first round starts, so
+    # that series do not all begin alike.
+    offset: int = 0
 
     def plan(self) -> list[Round]:
         rng = random.Random(self.seed)
@@ -437,8 +438,8 @@ class Series:
             Round(
                 self.fs,
                 self.path,
-                BACKENDS[(i + self.first_backend) % len(BACKENDS)],
-                self.cuts[i % len(self.cuts)],
+                BACKENDS[(i + self.offset) % len(BACKENDS)],
+                self.cuts[(i + self.offset) % len(self.cuts)],
                 rng.choice(self.drops),
                 rng.getrandbits(64),
                 self.lying,

@@ -93,7 +93,7 @@ def test_every_save_path_survives_power_cuts(
 ) -> None:
     """Each library save path on each filesystem, ROUNDS cuts: nothing lost or torn."""
     series = [
-        Series(fs, path, ROUNDS, SEED + 100 * f + i, first_backend=(f + i) % 2)
+        Series(fs, path, ROUNDS, SEED + 100 * f + i, offset=f + i)
         for f, fs in enumerate(FILESYSTEMS)
         for i, path in enumerate(guest_saver.LIBRARY_PATHS)
     ]
