@@ -262,6 +262,10 @@ class Console:
     def _read(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
         for raw in process.stdout:
+            if not raw.endswith(b"\n"):
+                # Cut off by the kill: a truncated acknowledgement would
+                # misreport its digest, and one unseen only lowers the bar.
+                break
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             words = line.split()
             with self.changed:

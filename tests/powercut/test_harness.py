@@ -1,7 +1,9 @@
-"""The power-cut disk keeps only what was flushed, and the kit loads modules in order.
+"""The power-cut harness's own parts, checked without qemu.
 
-These run in the main test command (no qemu): a small NBD client speaks to
-``VolatileDisk`` the way qemu does (fixed newstyle, ``NBD_OPT_GO``).
+The disk keeps only what was flushed (a small NBD client speaks to
+``VolatileDisk`` the way qemu does: fixed newstyle, ``NBD_OPT_GO``), the kit
+loads modules after what they need, and the console reader takes no
+acknowledgement the kill cut short. These run in the main test command.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from power_cut import Console
 from powercut_kit import load_order, module_name, parse_modules_dep
 from volatile_disk import BLOCK, Drop, VolatileDisk
 
@@ -177,3 +181,21 @@ def test_modules_load_after_what_they_need() -> None:
         "kernel/fs/xfs/xfs.ko.xz",
     ]
     assert module_name("kernel/net/9p/9pnet-virtio.ko.zst") == "9pnet_virtio"
+
+
+def test_a_line_cut_short_by_the_kill_is_not_read() -> None:
+    printer = subprocess.Popen(
+        [
+            "printf",
+            "PC READY 4\\nPC S 5\\nPC A 5 0123456789abcdef\\nPC S 6\\nPC A 6 0123",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    console = Console(printer)
+    console.join()
+    printer.wait()
+    assert (console.base, console.started, console.acks) == (
+        4,
+        6,
+        {5: "0123456789abcdef"},
+    )
