@@ -231,10 +231,12 @@ def main() -> None:
             layout = target
     if path == OVERWRITE_NEWEST:
         if not os.path.exists(storage.paths.slots):
-            # Slots large enough for every record the loop saves in place.
-            data = loop.next(size=MAX_SIZE)
-            storage.save_checkpoint(data)
-            loop.ack(data)
+            # Slots large enough for every record the loop saves in place,
+            # both holding a record, as after any two library saves.
+            for size in (MAX_SIZE, MAX_SIZE // 2):
+                data = loop.next(size=size)
+                storage.save_checkpoint(data)
+                loop.ack(data)
         while True:
             # Records of several 4 KiB blocks, so that a cut can tear one.
             data = loop.next(size=loop.rng.randint(16 * 1024, MAX_SIZE // 2))
