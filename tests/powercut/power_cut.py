@@ -167,6 +167,9 @@ def qemu_command(
             "loglevel=1",
             # Wait after a panic: the host cuts the power when it sees it.
             "panic=0",
+            # Under emulation on a busy host the boot-time check of the timer
+            # can miss its ticks and panic ("IO-APIC + timer doesn't work").
+            "no_timer_check",
             f"PC_FS={rnd.fs}",
             f"PC_PATH={guest_saver.LYING_DISK if rnd.lying else rnd.path}",
             f"PC_PANIC_AFTER={panic_after}",
@@ -290,7 +293,10 @@ class Console:
         and within ``timeout`` seconds."""
         with self.changed:
             self.changed.wait_for(
-                lambda: until() or self.error is not None or self.ended, timeout
+                lambda: (
+                    until() or self.error is not None or self.ended or self.panicked
+                ),
+                timeout,
             )
             return until()
 
@@ -328,6 +334,8 @@ def run_round(kit: Kit, image: Path, rnd: Round, workdir: Path, base: int) -> Ou
         elif rnd.cut is Cut.PANIC:
             if not console.wait(lambda: console.panicked, SAVE_TIMEOUT):
                 problem = "the guest did not panic"
+            elif len(console.acks) < target_ack:
+                problem = f"the guest panicked before acknowledgement {target_ack}"
         elif not console.wait(lambda: len(console.acks) >= target_ack, SAVE_TIMEOUT):
             problem = f"the guest made fewer than {target_ack} saves"
         else:
@@ -350,6 +358,8 @@ def run_round(kit: Kit, image: Path, rnd: Round, workdir: Path, base: int) -> Ou
         problem = f"the disk failed: {disk.error!r}"
     if console.error is not None:
         problem = console.error
+    elif console.panicked and (rnd.cut is not Cut.PANIC or console.base is None):
+        problem = "the guest kernel panicked"
     guest_base = console.base if console.base is not None else base
     acked = max(console.acks, default=guest_base)
     if problem is not None:
