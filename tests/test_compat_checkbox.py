@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -74,7 +75,7 @@ def test_modes_let_other_users_share_files_but_not_the_checkpoint(
     storage.save_checkpoint(b"state")
     assert mode(base) == 0o1777
     assert mode(WellKnownDirsHelper.session_repository()) == 0o1777
-    assert mode(storage.location) == 0o755
+    assert mode(storage.location) == 0o711
     assert mode(WellKnownDirsHelper.session_share(storage.id)) == 0o1777
     assert mode(WellKnownDirsHelper.io_logs(storage.id)) == 0o1777
     assert mode(storage.session_file) == 0o600
@@ -89,6 +90,15 @@ def test_a_job_as_another_user_writes_shared_files_but_cannot_touch_the_checkpoi
     share = WellKnownDirsHelper.session_share(storage.id)
     logs = WellKnownDirsHelper.io_logs(storage.id)
 
+    def lock_session_directory() -> None:
+        # A lock on the directory is the writers' lock: one taken by a user who
+        # cannot write the session would refuse every save of its owner.
+        fd = os.open(storage.location, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
     def job() -> str:
         done = []
         for directory in (share, logs):
@@ -99,6 +109,7 @@ def test_a_job_as_another_user_writes_shared_files_but_cannot_touch_the_checkpoi
             lambda: Path(storage.location, "session.next").write_bytes(b"lock"),
             lambda: os.rename(Path(share, "from-job"), storage.session_file),
             lambda: os.unlink(storage.session_file),
+            lock_session_directory,
         ):
             try:
                 attempt()
@@ -108,7 +119,8 @@ def test_a_job_as_another_user_writes_shared_files_but_cannot_touch_the_checkpoi
                 done.append("allowed")
         return " ".join(done)
 
-    assert forked.as_nobody(job) == "wrote wrote refused refused refused refused"
+    refused = " ".join(["refused"] * 5)
+    assert forked.as_nobody(job) == f"wrote wrote {refused}"
     assert storage.load_checkpoint() == b"state"
     storage.save_checkpoint(b"next")
     storage.remove()

@@ -14,10 +14,12 @@ Directory modes, set exactly (the umask is never changed, it is per process):
 - ``base_of_everything`` and ``sessions/``: ``0o1777`` when this module makes
   them. Shared by every user who runs Checkbox on the machine, as in Checkbox;
   the sticky bit keeps one user from renaming or deleting another's session.
-- each session directory: ``0o755``. Only its owner adds, renames or removes
+- each session directory: ``0o711``. Only its owner adds, renames or removes
   entries in it, so no other user can put a ``session.next`` there (which would
-  lock the session) or rename anything over the checkpoint; everyone may pass
-  through to the two shared directories below.
+  lock the session) or rename anything over the checkpoint; no other user can
+  open the directory itself, so none can take the writers' lock on it and
+  refuse the owner's saves; everyone may pass through to the two shared
+  directories below.
 - ``session-share/`` and ``io-logs/``: ``0o1777``. Jobs that run as another
   user write there; the sticky bit keeps users from deleting each other's
   files, while the session's owner can still remove the whole session.
@@ -52,7 +54,7 @@ __all__ = [
 # Checkbox's timestamp in session ids (UTC, microseconds).
 ID_STAMP: Final = "%Y-%m-%dT%H.%M.%S.%f"
 SHARED_DIR_MODE: Final = 0o1777
-SESSION_DIR_MODE: Final = 0o755
+SESSION_DIR_MODE: Final = 0o711
 
 
 class WellKnownDirsHelper:
