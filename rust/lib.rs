@@ -27,11 +27,10 @@ use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Mutex, PoisonError, TryLockError};
 
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
 use crate::save::{At, Checkpoint, Cleanup, Failure, Save, SaveError};
 use crate::slotted::SlottedSave;
@@ -255,22 +254,35 @@ fn save_error(
     err
 }
 
-/// The bytes of `data`, borrowed: `bytes` lend their memory directly; anything
-/// else through the buffer protocol, whose export pins the memory (a bytearray
-/// cannot resize) until the returned buffer is released.
-fn borrow_checkpoint(data: &Bound<'_, PyAny>) -> PyResult<(Checkpoint, Option<PyUntypedBuffer>)> {
+/// The bytes of `data`, borrowed: `bytes` lend their memory directly; a
+/// `bytearray` through a memoryview of it, whose export pins the memory (the
+/// bytearray cannot resize) until the returned keeper is dropped. Any other
+/// buffer is copied into `bytes`: the stable ABI of Python 3.10, which the
+/// extension is built against, offers no way to borrow its memory.
+fn borrow_checkpoint<'py>(
+    data: &Bound<'py, PyAny>,
+) -> PyResult<(Checkpoint, Option<Bound<'py, PyAny>>)> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok((Checkpoint::of(bytes.as_bytes()), None));
     }
-    let exported = PyUntypedBuffer::get(data)?;
-    if !exported.is_c_contiguous() {
+    let py = data.py();
+    let view = PyMemoryView::from(data)?;
+    if !view
+        .getattr(pyo3::intern!(py, "c_contiguous"))?
+        .is_truthy()?
+    {
         return Err(PyBufferError::new_err(
             "checkpoint buffer is not C-contiguous",
         ));
     }
-    let checkpoint =
-        unsafe { Checkpoint::from_raw(exported.buf_ptr().cast::<u8>(), exported.len_bytes()) };
-    Ok((checkpoint, Some(exported)))
+    if let Ok(array) = data.cast::<PyByteArray>() {
+        let checkpoint = unsafe { Checkpoint::from_raw(array.data(), array.len()) };
+        return Ok((checkpoint, Some(view.into_any())));
+    }
+    let copy = view
+        .call_method0(pyo3::intern!(py, "tobytes"))?
+        .cast_into::<PyBytes>()?;
+    Ok((Checkpoint::of(copy.as_bytes()), Some(copy.into_any())))
 }
 
 /// Run `work` on the bytes of `data` with the GIL released; the borrow of
@@ -280,11 +292,9 @@ where
     T: Send,
     F: Send + FnOnce(Checkpoint) -> T,
 {
-    let (checkpoint, buffer) = borrow_checkpoint(data)?;
+    let (checkpoint, keeper) = borrow_checkpoint(data)?;
     let outcome = py.detach(move || work(checkpoint));
-    if let Some(exported) = buffer {
-        exported.release(py);
-    }
+    drop(keeper);
     Ok(outcome)
 }
 
@@ -628,21 +638,18 @@ struct HeldBytes {
 unsafe impl Send for HeldBytes {}
 
 impl Drop for HeldBytes {
-    /// Release the bytes promptly. Attached to the interpreter (a caller's
-    /// thread), at once. On the saving thread, which never waits for the
-    /// interpreter (it saves on while a caller holds the GIL), the reference
-    /// goes to `RELEASED` and the interpreter's main thread drops it at its next
-    /// check for pending calls: dropped there without the interpreter, PyO3
-    /// would leave the decref to the next call into the extension, keeping a
-    /// saved (possibly large) checkpoint in memory until then.
+    /// Release the bytes promptly, from any thread, without waiting for the
+    /// interpreter: the saving thread saves on while a caller holds the GIL. The
+    /// reference goes to `RELEASED` and the interpreter's main thread drops it at
+    /// its next check for pending calls (or the next submission does): dropped
+    /// without the interpreter, PyO3 would leave the decref to the next call
+    /// into the extension, keeping a saved (possibly large) checkpoint in memory
+    /// until then. The stable ABI of Python 3.10 has no way to ask whether this
+    /// thread holds the GIL, so a caller's thread takes the same way.
     fn drop(&mut self) {
         let Some(owner) = self.owner.take() else {
             return;
         };
-        if unsafe { pyo3::ffi::PyGILState_Check() } == 1 {
-            let _ = Python::try_attach(move |_| drop(owner));
-            return;
-        }
         RELEASED
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
