@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
-from . import _backend
+from . import __version__, _backend
 from ._bench import DEFAULT_BUDGET, DEFAULT_SIZES, BenchRow, run_save_benchmark
 from ._errors import CorruptCheckpointError
 from ._lock_state import LockState
@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="See, inspect, prune and benchmark a repository of test sessions.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _Parser(add_help=False)
     common.add_argument(
