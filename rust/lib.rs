@@ -22,6 +22,7 @@ pub mod sys;
 #[cfg(test)]
 mod test_dir;
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -638,18 +639,21 @@ struct HeldBytes {
 unsafe impl Send for HeldBytes {}
 
 impl Drop for HeldBytes {
-    /// Release the bytes promptly, from any thread, without waiting for the
-    /// interpreter: the saving thread saves on while a caller holds the GIL. The
-    /// reference goes to `RELEASED` and the interpreter's main thread drops it at
-    /// its next check for pending calls (or the next submission does): dropped
-    /// without the interpreter, PyO3 would leave the decref to the next call
-    /// into the extension, keeping a saved (possibly large) checkpoint in memory
-    /// until then. The stable ABI of Python 3.10 has no way to ask whether this
-    /// thread holds the GIL, so a caller's thread takes the same way.
+    /// Release the bytes promptly. Inside `submit` (a caller's thread, holding
+    /// the GIL), at once. Elsewhere (the saving thread, which never waits for
+    /// the interpreter: it saves on while a caller holds the GIL), the reference
+    /// goes to `RELEASED` and the interpreter's main thread drops it at its next
+    /// check for pending calls: dropped there without the interpreter, PyO3
+    /// would leave the decref to the next call into the extension, keeping a
+    /// saved (possibly large) checkpoint in memory until then.
     fn drop(&mut self) {
         let Some(owner) = self.owner.take() else {
             return;
         };
+        if HOLDS_GIL.with(Cell::get) {
+            drop(owner);
+            return;
+        }
         RELEASED
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -666,6 +670,31 @@ impl Drop for HeldBytes {
             // the next submission drains the queue instead.
             RELEASE_SCHEDULED.store(false, AtomicOrdering::Release);
         }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside `CheckpointWorker::submit`, holding the
+    /// GIL: the stable ABI of Python 3.10 has no call that tells.
+    static HOLDS_GIL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as holding the GIL until dropped (see `HOLDS_GIL`).
+struct HoldingGil {
+    previous: bool,
+}
+
+impl HoldingGil {
+    fn mark(_py: Python<'_>) -> Self {
+        Self {
+            previous: HOLDS_GIL.with(|holds| holds.replace(true)),
+        }
+    }
+}
+
+impl Drop for HoldingGil {
+    fn drop(&mut self) {
+        HOLDS_GIL.with(|holds| holds.set(self.previous));
     }
 }
 
@@ -798,7 +827,11 @@ impl CheckpointWorker {
             len: bytes.len(),
             owner: Some(data.clone().unbind()),
         };
-        self.worker.submit(held).map_err(|refused| match refused {
+        // A checkpoint still waiting is replaced, and released, right here.
+        let holding = HoldingGil::mark(py);
+        let submitted = self.worker.submit(held);
+        drop(holding);
+        submitted.map_err(|refused| match refused {
             checkpoint_worker::Refused::Closed => closed_error(
                 py,
                 "checkpoint writer of {} is closed",
