@@ -1,10 +1,10 @@
 """Save and load latency of both writer backends beside the raw syscall floor.
 
-The floor is the same syscall sequence (SPEC section 2) issued by a small C
+The floor is the same syscall sequence (the replace layout's) issued by a small C
 program compiled on the fly, timed inside that program. The floor, the native
 backend and the Python fallback take turns save by save, so a disturbance of
 the machine hits all three alike; the table reports medians and the ratio of
-each backend to the floor, beside the targets of the issue that set them.
+each backend to the floor, beside the project's targets (docs/performance.md).
 
 Run: ``python benchmarks/bench_save.py`` (about 35 seconds; ``--budget`` scales it).
 """
@@ -243,7 +243,7 @@ WRITERS: Final = ("floor", "native", "python")
 
 
 def target(place: str, durability: Durability, size: int, writer: str) -> float | None:
-    """The issue's target ratio for one cell, if it sets one."""
+    """The project's target ratio for one cell, if it sets one."""
     limits = []
     if place == "tmpfs" and durability is Durability.FULL and size == 4 * KiB:
         limits.append(1.10 if writer == "native" else 1.35)

@@ -19,7 +19,7 @@ Each row saves one size on the project's disk (a directory under /var/tmp), with
 Consecutive saves alternate between two different checkpoints, for every
 writer: SQLite writes nothing for an update that leaves the row as it was.
 
-It prints the medians, the ratio of each to the floor, and whether the issue's
+It prints the medians, the ratio of each to the floor, and whether the project's
 targets are met, for ``save_checkpoint`` and for a held session: slotted 4 KiB
 at most 1.3x the floor and faster than SQLite.
 
@@ -66,7 +66,7 @@ WRITERS: Final = (
 )
 # The native writers the targets apply to.
 TARGETED: Final = ("slotted", "held")
-# The targets for the native slotted save of 4 KiB.
+# The project's targets for the native slotted save of 4 KiB.
 FLOOR_LIMIT: Final = 1.3
 TARGET_SIZE: Final = 4 * KiB
 

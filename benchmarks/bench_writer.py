@@ -34,7 +34,7 @@ from sessionstore import SessionStorage, _backend
 CHECKPOINT_SIZE: Final = 4096
 HARNESS_SUBMITS: Final = 10_000
 SYNC_SAVES: Final = 30
-# The targets, printed next to the figures.
+# The project's targets (docs/performance.md), printed next to the figures.
 SUBMIT_TARGET_US: Final = 5.0
 HARNESS_TARGET_S: Final = 0.2
 PROJECT_DIR: Final = Path(__file__).resolve().parent.parent

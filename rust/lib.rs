@@ -22,16 +22,16 @@ pub mod sys;
 #[cfg(test)]
 mod test_dir;
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Mutex, PoisonError, TryLockError};
 
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
 use crate::save::{At, Checkpoint, Cleanup, Failure, Save, SaveError};
 use crate::slotted::SlottedSave;
@@ -255,22 +255,35 @@ fn save_error(
     err
 }
 
-/// The bytes of `data`, borrowed: `bytes` lend their memory directly; anything
-/// else through the buffer protocol, whose export pins the memory (a bytearray
-/// cannot resize) until the returned buffer is released.
-fn borrow_checkpoint(data: &Bound<'_, PyAny>) -> PyResult<(Checkpoint, Option<PyUntypedBuffer>)> {
+/// The bytes of `data`, borrowed: `bytes` lend their memory directly; a
+/// `bytearray` through a memoryview of it, whose export pins the memory (the
+/// bytearray cannot resize) until the returned keeper is dropped. Any other
+/// buffer is copied into `bytes`: the stable ABI of Python 3.10, which the
+/// extension is built against, offers no way to borrow its memory.
+fn borrow_checkpoint<'py>(
+    data: &Bound<'py, PyAny>,
+) -> PyResult<(Checkpoint, Option<Bound<'py, PyAny>>)> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok((Checkpoint::of(bytes.as_bytes()), None));
     }
-    let exported = PyUntypedBuffer::get(data)?;
-    if !exported.is_c_contiguous() {
+    let py = data.py();
+    let view = PyMemoryView::from(data)?;
+    if !view
+        .getattr(pyo3::intern!(py, "c_contiguous"))?
+        .is_truthy()?
+    {
         return Err(PyBufferError::new_err(
             "checkpoint buffer is not C-contiguous",
         ));
     }
-    let checkpoint =
-        unsafe { Checkpoint::from_raw(exported.buf_ptr().cast::<u8>(), exported.len_bytes()) };
-    Ok((checkpoint, Some(exported)))
+    if let Ok(array) = data.cast::<PyByteArray>() {
+        let checkpoint = unsafe { Checkpoint::from_raw(array.data(), array.len()) };
+        return Ok((checkpoint, Some(view.into_any())));
+    }
+    let copy = view
+        .call_method0(pyo3::intern!(py, "tobytes"))?
+        .cast_into::<PyBytes>()?;
+    Ok((Checkpoint::of(copy.as_bytes()), Some(copy.into_any())))
 }
 
 /// Run `work` on the bytes of `data` with the GIL released; the borrow of
@@ -280,11 +293,9 @@ where
     T: Send,
     F: Send + FnOnce(Checkpoint) -> T,
 {
-    let (checkpoint, buffer) = borrow_checkpoint(data)?;
+    let (checkpoint, keeper) = borrow_checkpoint(data)?;
     let outcome = py.detach(move || work(checkpoint));
-    if let Some(exported) = buffer {
-        exported.release(py);
-    }
+    drop(keeper);
     Ok(outcome)
 }
 
@@ -628,9 +639,9 @@ struct HeldBytes {
 unsafe impl Send for HeldBytes {}
 
 impl Drop for HeldBytes {
-    /// Release the bytes promptly. Attached to the interpreter (a caller's
-    /// thread), at once. On the saving thread, which never waits for the
-    /// interpreter (it saves on while a caller holds the GIL), the reference
+    /// Release the bytes promptly. Inside `submit` (a caller's thread, holding
+    /// the GIL), at once. Elsewhere (the saving thread, which never waits for
+    /// the interpreter: it saves on while a caller holds the GIL), the reference
     /// goes to `RELEASED` and the interpreter's main thread drops it at its next
     /// check for pending calls: dropped there without the interpreter, PyO3
     /// would leave the decref to the next call into the extension, keeping a
@@ -639,8 +650,8 @@ impl Drop for HeldBytes {
         let Some(owner) = self.owner.take() else {
             return;
         };
-        if unsafe { pyo3::ffi::PyGILState_Check() } == 1 {
-            let _ = Python::try_attach(move |_| drop(owner));
+        if HOLDS_GIL.with(Cell::get) {
+            drop(owner);
             return;
         }
         RELEASED
@@ -659,6 +670,31 @@ impl Drop for HeldBytes {
             // the next submission drains the queue instead.
             RELEASE_SCHEDULED.store(false, AtomicOrdering::Release);
         }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside `CheckpointWorker::submit`, holding the
+    /// GIL: the stable ABI of Python 3.10 has no call that tells.
+    static HOLDS_GIL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as holding the GIL until dropped (see `HOLDS_GIL`).
+struct HoldingGil {
+    previous: bool,
+}
+
+impl HoldingGil {
+    fn mark(_py: Python<'_>) -> Self {
+        Self {
+            previous: HOLDS_GIL.with(|holds| holds.replace(true)),
+        }
+    }
+}
+
+impl Drop for HoldingGil {
+    fn drop(&mut self) {
+        HOLDS_GIL.with(|holds| holds.set(self.previous));
     }
 }
 
@@ -791,7 +827,11 @@ impl CheckpointWorker {
             len: bytes.len(),
             owner: Some(data.clone().unbind()),
         };
-        self.worker.submit(held).map_err(|refused| match refused {
+        // A checkpoint still waiting is replaced, and released, right here.
+        let holding = HoldingGil::mark(py);
+        let submitted = self.worker.submit(held);
+        drop(holding);
+        submitted.map_err(|refused| match refused {
             checkpoint_worker::Refused::Closed => closed_error(
                 py,
                 "checkpoint writer of {} is closed",

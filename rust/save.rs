@@ -1,6 +1,6 @@
 //! Executing a save plan: the codes of `sessionstore._save_plan.SaveStep`, in order.
 //!
-//! This is the sequence of SPEC section 2 as plain Rust, without Python, so the
+//! This is the replace layout's save sequence (docs/formats.md) as plain Rust, without Python, so the
 //! extension can run all of it with the GIL released and `cargo test` can run it
 //! at all. Errors name the path they concern by role; the caller spells it.
 

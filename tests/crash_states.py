@@ -61,7 +61,7 @@ barrier, so cutting after every step, with a step's barrier complete only from
 the cut after it on, enumerates every state of a cut at any moment.
 
 What each step does to the disk is a table from ``SaveStep`` to effects:
-``REPLACE_STEPS`` for the seed's layout, ``SLOTTED_STEPS`` for the slotted one,
+``REPLACE_STEPS`` for the replace layout, ``SLOTTED_STEPS`` for the slotted one,
 whose ``WRITE_SLOT`` is a ``Write`` of record header and data at the chosen
 slot's offset and ``SYNC_SLOT`` a ``Flush`` of the slots file. Where the program
 decides something from what it reads (which slot ``READ_SLOTS`` overwrites,

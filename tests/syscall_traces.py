@@ -200,7 +200,11 @@ def describe(
             )
         elif call.name == "unlinkat":
             lines.append(f"unlinkat({role(a[0])}, {name(a[1])}, {a[2]}){failed}")
-        elif call.name == "newfstatat" and _unquote(a[1]) == "":
+        elif call.name == "fstat" or (
+            call.name == "newfstatat" and _unquote(a[1]) == ""
+        ):
+            # fstat() linked against an older glibc (a manylinux wheel's) makes
+            # the older syscall; a newer one, newfstatat of "".
             lines.append(f"fstat({role(a[0])}){failed}")
         elif call.name == "newfstatat":
             lines.append(f"newfstatat({role(a[0])}, {name(a[1])}, {a[3]}){failed}")

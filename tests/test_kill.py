@@ -45,9 +45,9 @@ CONVERSION_ROUNDS: Final = 2000 if LONG else 200
 # A shorter run on each real filesystem: the same checks where fsync and rename
 # go through a journal on a block device.
 FILESYSTEM_ROUNDS: Final = 300 if LONG else 30
-# One FULL save of a 1 MiB checkpoint takes about 10 ms here, so a delay of up to
-# 30 ms lands anywhere in the first few saves: before the first one, inside one
-# (any step), or between two.
+# A delay of up to 30 ms spans the first few FULL saves of a 1 MiB checkpoint
+# (docs/performance.md gives their cost), so it lands anywhere in them: before
+# the first one, inside one (any step), or between two.
 MAX_DELAY_US: Final = 30_000
 # The parent's own save after each round is small: it only has to work.
 _PARENT_SAVE_MAX: Final = 4096

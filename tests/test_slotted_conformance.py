@@ -39,6 +39,7 @@ from syscall_traces import TRACED, expected_lines, marked_save_script, run_trace
 _TRACED: Final = ",".join(
     [
         TRACED,
+        "fstat",
         "newfstatat",
         "statx",
         "read",

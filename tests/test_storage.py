@@ -1,4 +1,4 @@
-"""SessionStorage: the seed API, on both writer backends."""
+"""SessionStorage: the plainbox API, on both writer backends."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
 from ._backend import active as _active
@@ -18,6 +19,18 @@ from ._storage import SessionStorage
 backend: Final[str] = _active.current.name
 """The writer backend in use: ``"native"`` or ``"python"``."""
 
+
+def _installed_version() -> str:
+    try:
+        return version("sessionstore")
+    except PackageNotFoundError:
+        # Imported from a source tree that was never installed: no metadata.
+        return "0+unknown"
+
+
+__version__: Final[str] = _installed_version()
+"""The version of the installed distribution, from its metadata."""
+
 __all__ = [
     "CheckpointStatus",
     "CheckpointWriter",
@@ -31,5 +44,6 @@ __all__ = [
     "SessionInfo",
     "SessionStorage",
     "SessionStorageRepository",
+    "__version__",
     "backend",
 ]

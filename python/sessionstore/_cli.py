@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
-from . import _backend
+from . import __version__, _backend
 from ._bench import DEFAULT_BUDGET, DEFAULT_SIZES, BenchRow, run_save_benchmark
 from ._doctor import (
     TMPFILES_DIRS,
@@ -623,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repo", metavar="PATH", type=_argument_type(_repo), help=repo_help
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _Parser(add_help=False)
     # SUPPRESS: a subcommand without --repo keeps the one given before it.

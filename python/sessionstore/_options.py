@@ -21,7 +21,7 @@ class Durability(enum.Enum):
 class Layout(enum.Enum):
     """How a session keeps its checkpoint on disk.
 
-    ``REPLACE`` is the seed's format: one file, ``session``, replaced by rename.
+    ``REPLACE`` is plainbox's format: one file, ``session``, replaced by rename.
     ``SLOTTED`` keeps two CRC-checked records in ``session.slots`` and overwrites
     the older one in place, one flush per durable save.
     """

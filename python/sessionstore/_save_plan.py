@@ -104,10 +104,10 @@ _REPLACE_STEPS: Final = (
 def plan_save(
     durability: Durability = Durability.FULL, target_name: str = CHECKPOINT_NAME
 ) -> SavePlan:
-    """The replace-by-rename save of SPEC section 2.
+    """The replace-by-rename save: the replace layout's sequence (docs/formats.md).
 
     ``Durability.NONE`` drops the two flushes and nothing else: the save stays
-    atomic against a process crash. ``target_name`` is ``session`` for the seed's
+    atomic against a process crash. ``target_name`` is ``session`` for the replace
     layout; the slotted layout rebuilds ``session.slots`` through the same plan.
     """
     return SavePlan(
