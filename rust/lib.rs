@@ -36,10 +36,32 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 use crate::save::{At, Checkpoint, Cleanup, Failure, Save, SaveError};
 use crate::slotted::SlottedSave;
 
+/// What the interpreter's `os` functions say of a path with a NUL inside (the
+/// wording changed in Python 3.13), asked once when the module is loaded.
+static NUL_IN_PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The error for a path with a NUL inside: no syscall can name it, and it is
+/// refused as Python's `os` functions refuse it, in their words.
+fn nul_in_path() -> PyErr {
+    let message = NUL_IN_PATH
+        .get()
+        .map_or("embedded null byte", String::as_str);
+    PyValueError::new_err(message.to_owned())
+}
+
+/// Asks `os.stat` what it says of a path with a NUL inside.
+fn os_nul_in_path_message(py: Python<'_>) -> PyResult<String> {
+    match py.import("os")?.call_method1("stat", ("\0",)) {
+        Err(err) if err.is_instance_of::<PyValueError>(py) => Ok(err.value(py).str()?.to_string()),
+        Err(err) => Err(err),
+        Ok(_) => Ok("embedded null byte".to_owned()),
+    }
+}
+
 /// A path as an owned C string; a NUL inside is refused as Python's `os`
 /// functions refuse it.
 fn c_path(path: &[u8]) -> PyResult<CString> {
-    sys::c_path(path).ok_or_else(|| PyValueError::new_err("embedded null byte"))
+    sys::c_path(path).ok_or_else(nul_in_path)
 }
 
 /// Whether the interpreter's file system encoding is UTF-8 with surrogateescape
@@ -128,7 +150,7 @@ impl<'py> FsPath<'py> {
         };
         // Refused as Python's `os` functions refuse it: no syscall can name it.
         if path.as_bytes().contains(&0) {
-            return Err(PyValueError::new_err("embedded null byte"));
+            return Err(nul_in_path());
         }
         Ok(path)
     }
@@ -1051,6 +1073,7 @@ impl HeldWriter {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let _ = NUL_IN_PATH.set(os_nul_in_path_message(m.py())?);
     m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(save_slotted, m)?)?;
