@@ -262,6 +262,8 @@ def test_a_panic_in_the_extension_unwinds_into_python() -> None:
     """PyO3 turns a panic that unwinds into PanicException; one built with
     ``panic = "abort"`` kills the host process instead."""
     tomllib = pytest.importorskip("tomllib", reason="reading Cargo.toml needs 3.11")
+    if not (ROOT / "Cargo.toml").exists():
+        pytest.skip("no Cargo.toml: the suite runs beside an installed wheel")
     with open(ROOT / "Cargo.toml", "rb") as manifest:
         profiles = tomllib.load(manifest).get("profile", {})
     for name, profile in profiles.items():
