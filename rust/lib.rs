@@ -49,9 +49,10 @@ fn nul_in_path() -> PyErr {
     PyValueError::new_err(message.to_owned())
 }
 
-/// Asks `os.stat` what it says of a path with a NUL inside.
+/// Asks `os.open`, the first call of every fallback step on a location, what
+/// it says of a path with a NUL inside.
 fn os_nul_in_path_message(py: Python<'_>) -> PyResult<String> {
-    match py.import("os")?.call_method1("stat", ("\0",)) {
+    match py.import("os")?.call_method1("open", ("\0", 0)) {
         Err(err) if err.is_instance_of::<PyValueError>(py) => Ok(err.value(py).str()?.to_string()),
         Err(err) => Err(err),
         Ok(_) => Ok("embedded null byte".to_owned()),
