@@ -47,7 +47,8 @@ class SaveStep(enum.IntEnum):
     rebuild; EPERM (not the owner, who alone may ask for O_NOATIME) opens again
     without O_NOATIME. Nothing when the file is open already (a held session)"""
     READ_SLOTS = 13
-    """``pread`` the headers and the newest record; choose the slot or a rebuild.
+    """``lseek`` to the end (a record claimed past it is damage, never read), then
+    ``pread`` the headers and the newest record; choose the slot or a rebuild.
     Nothing but the choice when the writer knows the slots from its own last
     save (a held session: nobody else writes while it holds the lock)"""
     WRITE_SLOT = 14
