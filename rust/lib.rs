@@ -188,6 +188,17 @@ fn errno_error(py: Python<'_>, errno: sys::Errno, filename: &[u8]) -> PyErr {
     os_error(py, errno, &sys::describe(errno), Some(filename), None)
 }
 
+/// The error of a load's open or read of `filename`: "not a regular file" for
+/// a FIFO, a device or a socket, MemoryError when the memory cannot be had,
+/// as the fallback says them.
+fn read_error(py: Python<'_>, errno: sys::Errno, filename: &[u8]) -> PyErr {
+    match errno {
+        sys::NOT_REGULAR => os_error(py, errno, "not a regular file", Some(filename), None),
+        libc::ENOMEM => PyMemoryError::new_err(()),
+        _ => errno_error(py, errno, filename),
+    }
+}
+
 /// `sessionstore._errors.<factory>(next_path)`, the library's LockedStorageError.
 fn locked_error(py: Python<'_>, factory: &str, next_path: &[u8]) -> PyErr {
     let made = py
@@ -331,7 +342,7 @@ fn load_checkpoint<'py>(
     let c = path.as_c_str();
     let opened = py
         .detach(|| load::open(c))
-        .map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
+        .map_err(|errno| read_error(py, errno, path.as_bytes()))?;
     let size = opened.size;
     // An uninitialised bytes object of the file's size: the reads fill it in place.
     let bytes = match pyo3::ffi::Py_ssize_t::try_from(size) {
@@ -356,13 +367,17 @@ fn load_checkpoint<'py>(
         let filled = load::fill(fd, dest);
         (filled, sys::close(fd))
     });
-    let filled = filled.map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
+    let filled = filled.map_err(|errno| read_error(py, errno, path.as_bytes()))?;
     closed.map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
     if filled.read == size && filled.beyond.is_empty() {
         return Ok(bytes);
     }
     // The file changed size since fstat: rare, so a copy is fine here.
-    let mut whole = bytes.as_bytes()[..filled.read].to_vec();
+    let mut whole = Vec::new();
+    whole
+        .try_reserve_exact(filled.read + filled.beyond.len())
+        .map_err(|_| PyMemoryError::new_err(()))?;
+    whole.extend_from_slice(&bytes.as_bytes()[..filled.read]);
     whole.extend_from_slice(&filled.beyond);
     Ok(PyBytes::new(py, &whole))
 }
@@ -520,8 +535,9 @@ fn load_slots<'py>(
     let name = path.as_bytes();
     let c = path.as_c_str();
     let fd = py
-        .detach(|| sys::open(c, slotted::READ_FLAGS))
-        .map_err(|errno| errno_error(py, errno, name))?;
+        .detach(|| sys::open_regular(c))
+        .map_err(|errno| read_error(py, errno, name))?
+        .0;
     let wanted = if previous { 2 } else { 1 };
     let read_view = || {
         py.detach(|| slotted::read_view(fd))
@@ -535,7 +551,11 @@ fn load_slots<'py>(
     let whole_records = |view: &slotted::View| -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let mut found = Vec::new();
         for slot in slots_format::newest_first(&view.headers) {
-            let length = view.headers[slot].map_or(0, |record| record.length);
+            // A record the file is too short for is damaged: nothing is allocated for it.
+            let Some(record) = view.record(slot) else {
+                continue;
+            };
+            let length = record.length;
             let length = pyo3::ffi::Py_ssize_t::try_from(length)
                 .map_err(|_| errno_error(py, libc::EOVERFLOW, name))?;
             let bytes = unsafe {

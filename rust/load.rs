@@ -14,16 +14,16 @@ pub struct Opened {
     pub size: usize,
 }
 
-/// Open `path` for reading and learn its size; nothing is left open on failure.
+/// Open the regular file `path` for reading and learn its size (see
+/// `sys::open_regular`); nothing is left open on failure.
 pub fn open(path: &CStr) -> Result<Opened, Errno> {
-    let fd = sys::open(path, sys::READ_FLAGS)?;
+    let (fd, size) = sys::open_regular(path)?;
     // A size beyond the address space (a 32-bit build) is too large to load.
-    let size = sys::fstat(fd).and_then(|st| usize::try_from(st.st_size).map_err(|_| libc::EFBIG));
-    match size {
+    match usize::try_from(size) {
         Ok(size) => Ok(Opened { fd, size }),
-        Err(errno) => {
+        Err(_) => {
             let _ = sys::close(fd);
-            Err(errno)
+            Err(libc::EFBIG)
         }
     }
 }
@@ -88,6 +88,8 @@ pub fn fill(fd: libc::c_int, dest: Destination) -> Result<Filled, Errno> {
         if got == 0 {
             return Ok(Filled { read, beyond });
         }
+        // Memory that cannot be had is an error, never an abort.
+        beyond.try_reserve(got).map_err(|_| libc::ENOMEM)?;
         beyond.extend_from_slice(&chunk[..got]);
     }
 }
@@ -158,11 +160,12 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_opens_but_does_not_read() {
-        let opened = open(c"/").unwrap();
-        let mut buf = vec![0u8; 16];
-        let err = fill(opened.fd, Destination::of(&mut buf)).unwrap_err();
-        sys::close(opened.fd).unwrap();
-        assert_eq!(err, libc::EISDIR);
+    fn a_directory_is_refused_before_reading() {
+        assert_eq!(open(c"/").err(), Some(libc::EISDIR));
+    }
+
+    #[test]
+    fn a_device_that_never_ends_is_refused_before_reading() {
+        assert_eq!(open(c"/dev/zero").err(), Some(sys::NOT_REGULAR));
     }
 }

@@ -34,7 +34,8 @@ pub const NEXT_NAME: &CStr = c"session.next";
 pub const CHECKPOINT_NAME: &CStr = c"session";
 pub const SLOTS_NAME: &CStr = c"session.slots";
 
-const SLOTS_FLAGS: libc::c_int = libc::O_RDWR | libc::O_CLOEXEC;
+/// Never through a symlink: that would write into whatever file it names.
+const SLOTS_FLAGS: libc::c_int = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW;
 /// A save reads the slots before it writes one; with the access time left
 /// alone, that read changes no metadata (each access time update is a journal
 /// entry, about a sixth of the floor's cost on ext4). Only the file's owner may
@@ -96,15 +97,32 @@ pub enum ReadError {
     Corrupt(FormatError),
 }
 
-/// What a read of a slots file found: its geometry and its record headers.
+/// What a read of a slots file found: its geometry, its record headers, and
+/// where the file ends: a record claiming bytes beyond that is damaged, and is
+/// never read (a header may claim gigabytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
     pub header: FileHeader,
     pub headers: Headers,
+    pub size: u64,
 }
 
-/// Read the file header and both record headers: two `pread`s.
+impl View {
+    /// The record in `slot` when the file is long enough to hold all of it.
+    pub fn record(&self, slot: usize) -> Option<RecordHeader> {
+        self.headers[slot].filter(|record| {
+            let start = self.header.slot_offset(slot) + RECORD_HEADER_SIZE as u64;
+            start
+                .checked_add(record.length)
+                .is_some_and(|end| end <= self.size)
+        })
+    }
+}
+
+/// Where the file ends (`lseek`), then the file header and both record
+/// headers: two `pread`s.
 pub fn read_view(fd: libc::c_int) -> Result<View, ReadError> {
+    let size = sys::lseek_end(fd).map_err(ReadError::Os)?;
     let mut block = [0u8; HEAD_READ_SIZE];
     let got =
         unsafe { sys::pread(fd, block.as_mut_ptr(), block.len(), 0) }.map_err(ReadError::Os)?;
@@ -123,6 +141,7 @@ pub fn read_view(fd: libc::c_int) -> Result<View, ReadError> {
     Ok(View {
         header,
         headers: [first, second],
+        size,
     })
 }
 
@@ -138,7 +157,7 @@ pub unsafe fn read_record(
     slot: usize,
     dest: *mut u8,
 ) -> Result<bool, Errno> {
-    let Some(record) = view.headers[slot] else {
+    let Some(record) = view.record(slot) else {
         return Ok(false);
     };
     let length = usize::try_from(record.length).map_err(|_| libc::EOVERFLOW)?;
@@ -168,7 +187,7 @@ fn newest_valid(fd: libc::c_int, view: &View) -> Result<Option<ValidRecord>, Fai
         at: At::Slots,
     };
     for slot in newest_first(&view.headers) {
-        let Some(record) = view.headers[slot] else {
+        let Some(record) = view.record(slot) else {
             continue;
         };
         let length = usize::try_from(record.length).map_err(|_| os(libc::EOVERFLOW))?;
@@ -379,13 +398,18 @@ impl SlottedSave<'_> {
                 let newest_is_valid = newest
                     .as_ref()
                     .is_some_and(|r| order.first() == Some(&r.slot));
-                let choice = choose_slot(
+                let mut choice = choose_slot(
                     view.header,
                     &view.headers,
                     newest_is_valid,
                     data.len() as u64,
                 )
                 .map_err(Failure::Format)?;
+                if view.size < view.header.file_size() {
+                    // Shorter than its header says: damaged, and an in-place
+                    // write could land gigabytes past its end. A new file.
+                    choice.placement = Placement::Rebuild;
+                }
                 state.view = Some(view);
                 state.choice = Some(choice);
                 if choice.placement == Placement::Rebuild {

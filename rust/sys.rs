@@ -63,8 +63,40 @@ pub const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_
 /// the link itself is no directory), so nothing is saved or unlocked through one.
 pub const SESSION_DIR_FLAGS: libc::c_int = DIR_FLAGS | libc::O_NOFOLLOW;
 
-/// The flags of a checkpoint file opened for reading: a symlink is refused (ELOOP).
-pub const READ_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+/// The flags of a checkpoint file opened for reading: a symlink is refused (ELOOP),
+/// and the open does not wait (a FIFO's would wait for a writer).
+pub const READ_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+
+/// What `open_regular` refuses a FIFO, a device or a socket with.
+pub const NOT_REGULAR: Errno = libc::EINVAL;
+
+/// `path` opened with `READ_FLAGS`, and its size, when it is a regular file: a
+/// FIFO, a device or a socket would block a read or never end, so each is
+/// refused with `NOT_REGULAR` (a directory with EISDIR) before anything is read.
+/// Nothing is left open on failure.
+pub fn open_regular(path: &CStr) -> Result<(libc::c_int, u64), Errno> {
+    let fd = open(path, READ_FLAGS)?;
+    let checked = fstat(fd).and_then(|st| match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => u64::try_from(st.st_size).map_err(|_| libc::EOVERFLOW),
+        libc::S_IFDIR => Err(libc::EISDIR),
+        _ => Err(NOT_REGULAR),
+    });
+    match checked {
+        Ok(size) => Ok((fd, size)),
+        Err(errno) => {
+            let _ = close(fd);
+            Err(errno)
+        }
+    }
+}
+
+/// `lseek(fd, 0, SEEK_END)`: where the file ends. Unlike `fstat`, it does not
+/// ask for the file's times (which makes its next write update them).
+pub fn lseek_end(fd: libc::c_int) -> Result<u64, Errno> {
+    let end = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+    u64::try_from(end).map_err(|_| last_errno())
+}
 
 /// `open(path, flags)`; relative paths resolve against the working directory.
 pub fn open(path: &CStr, flags: libc::c_int) -> Result<libc::c_int, Errno> {

@@ -204,6 +204,8 @@ def describe(
             lines.append(f"fstat({role(a[0])}){failed}")
         elif call.name == "newfstatat":
             lines.append(f"newfstatat({role(a[0])}, {name(a[1])}, {a[3]}){failed}")
+        elif call.name == "lseek":
+            lines.append(f"lseek({role(a[0])}, {a[1]}, {a[2]})")
         elif call.name == "pread64":
             lines.append(f"pread64({role(a[0])}, {a[2]}, {a[3]}) = {call.result}")
         elif call.name in {"pwritev", "pwritev2"}:

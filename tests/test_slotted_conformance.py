@@ -43,6 +43,7 @@ _TRACED: Final = ",".join(
         "statx",
         "read",
         "pread64",
+        "lseek",
         "preadv",
         "preadv2",
     ]
@@ -98,12 +99,13 @@ def _in_place(plan: SavePlan, steps: dict[SaveStep, list[str]]) -> list[str]:
 
 
 def slot_reads(slot_size: int, newest: int, length: int) -> list[str]:
-    """READ_SLOTS: the head (file header and the first record header), the
-    second record header, the newest record's data."""
+    """READ_SLOTS: where the file ends, the head (file header and the first
+    record header), the second record header, the newest record's data."""
     head = FILE_HEADER_SIZE + RECORD_HEADER_SIZE
     second = FILE_HEADER_SIZE + slot_size
     data_at = FILE_HEADER_SIZE + newest * slot_size + RECORD_HEADER_SIZE
     return [
+        f"lseek({_SLOTS}, 0, SEEK_END)",
         f"pread64({_SLOTS}, {head}, 0) = {head}",
         f"pread64({_SLOTS}, {RECORD_HEADER_SIZE}, {second}) = {RECORD_HEADER_SIZE}",
         f"pread64({_SLOTS}, {length}, {data_at}) = {length}",
@@ -123,7 +125,9 @@ def before_slots() -> dict[SaveStep, list[str]]:
         SaveStep.CHECK_REPLACE: [
             "newfstatat(dir, session, AT_SYMLINK_NOFOLLOW) -> ENOENT"
         ],
-        SaveStep.OPEN_SLOTS: [f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_RDWR)"],
+        SaveStep.OPEN_SLOTS: [
+            f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_NOFOLLOW|O_RDWR)"
+        ],
     }
 
 
@@ -218,7 +222,7 @@ def test_the_first_save_builds_the_file_through_the_replace_sequence(
     opened_at = plan.in_place.steps.index(SaveStep.OPEN_SLOTS)
     assert lines == [
         *_in_place(SavePlan(plan.in_place.steps[:opened_at]), before_slots()),
-        f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_RDWR) -> ENOENT",
+        f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_NOFOLLOW|O_RDWR) -> ENOENT",
         *expected_lines(plan.rebuild, len(image)),
     ]
 

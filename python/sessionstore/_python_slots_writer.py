@@ -17,7 +17,7 @@ import attrs
 from . import _errors, _python_writer
 from ._errors import CorruptCheckpointError
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
-from ._python_writer import DIR_FLAGS, READ_FLAGS, exists_at, try_lock
+from ._python_writer import DIR_FLAGS, exists_at, open_regular, try_lock
 from ._save_plan import SaveStep
 from ._slots_format import (
     FILE_HEADER_SIZE,
@@ -35,7 +35,8 @@ from ._slots_format import (
     newest_first,
 )
 
-_SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC
+# Never through a symlink: that would write into whatever file it names.
+_SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 # A save reads the slots before it writes one; with the access time left alone,
 # that read changes no metadata (each access time update is a journal entry,
 # about a sixth of the one flush's cost on ext4). Only the file's owner may ask
@@ -57,13 +58,26 @@ _CHECK_DIR_LINKED: Final = SaveStep.CHECK_DIR_LINKED.value
 
 @attrs.frozen
 class SlotsView:
-    """What a read of a slots file found: its geometry and its records."""
+    """What a read of a slots file found: its geometry, its records, its size.
+
+    ``size`` is where the file ends: a record claiming bytes beyond it is
+    damaged, and is never read (a header may claim gigabytes).
+    """
 
     header: FileHeader
     headers: tuple[RecordHeader | None, RecordHeader | None]
+    size: int
+
+    def holds(self, slot: int, record: RecordHeader) -> bool:
+        """Whether the file is long enough for all of ``record`` in ``slot``."""
+        end = self.header.slot_offset(slot) + RECORD_HEADER_SIZE + record.length
+        return end <= self.size
 
 
 def _read_view(fd: int, path: str) -> SlotsView:
+    # Where the file ends, from lseek: an fstat would ask for the file's times,
+    # which makes its next write update them (see CHECK_DIR_LINKED).
+    size = os.lseek(fd, 0, os.SEEK_END)
     block = os.pread(fd, FILE_HEADER_SIZE + RECORD_HEADER_SIZE, 0)
     try:
         header = decode_file_header(block)
@@ -73,7 +87,7 @@ def _read_view(fd: int, path: str) -> SlotsView:
     second = decode_record_header(
         os.pread(fd, RECORD_HEADER_SIZE, header.slot_offset(1)), header.slot_size
     )
-    return SlotsView(header, (first, second))
+    return SlotsView(header, (first, second), size)
 
 
 @attrs.frozen
@@ -88,7 +102,7 @@ class ValidRecord:
 def _read_record(fd: int, view: SlotsView, slot: int) -> ValidRecord | None:
     """The record in ``slot`` when it is whole, else None."""
     record = view.headers[slot]
-    if record is None:
+    if record is None or not view.holds(slot, record):
         return None
     offset = view.header.slot_offset(slot) + RECORD_HEADER_SIZE
     data = os.pread(fd, record.length, offset)
@@ -206,7 +220,7 @@ def run_on(
         if in_place_done and view and choice and written:
             headers = list(view.headers)
             headers[choice.slot] = written
-            state.view = SlotsView(view.header, (headers[0], headers[1]))
+            state.view = SlotsView(view.header, (headers[0], headers[1]), view.size)
             state.known = True
         else:
             state.view = None
@@ -280,6 +294,10 @@ def _run_steps(
                 choice = choose_slot(
                     view.header, view.headers, newest_is_valid, len(data)
                 )
+                if view.size < view.header.file_size:
+                    # Shorter than its header says: damaged, and an in-place
+                    # write could land gigabytes past its end. A new file.
+                    choice = attrs.evolve(choice, placement=Placement.REBUILD)
                 state.view = view
                 state.choice = choice
                 if choice.placement is Placement.REBUILD:
@@ -403,7 +421,7 @@ def load(path: str, previous: bool = False) -> bytes | None:
     None for ``previous`` when there is no older valid record. A file with no
     valid record at all raises CorruptCheckpointError: saves never leave one.
     """
-    fd = os.open(path, READ_FLAGS)
+    fd = open_regular(path)
     try:
         found = _settled_records(fd, path, 2 if previous else 1)
     except OSError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from typing import Final
 
 from . import _errors
@@ -27,9 +28,11 @@ from ._save_plan import SaveStep
 
 # A symlinked session is refused (ENOTDIR: the link itself is no directory), so
 # nothing is saved or unlocked through one; a symlinked checkpoint file is
-# refused by loads (ELOOP).
+# refused by loads (ELOOP). A load opens without waiting (a FIFO's open would
+# wait for a writer) and then reads only a regular file.
 DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
-READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+NOT_REGULAR: Final = "not a regular file"
 _NEXT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _NEXT_MODE: Final = 0o600
 
@@ -183,9 +186,32 @@ def _cleanup(
                 os.close(dir_fd)
 
 
+def open_regular(path: str) -> int:
+    """``path`` opened for reading, when it is a regular file.
+
+    A FIFO, a device or a socket would block a read or never end: each is
+    refused (EINVAL, "not a regular file"), a directory with EISDIR, before
+    anything is read. The error names ``path``; nothing is left open.
+    """
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError as exc:
+        raise _with_path(exc, path) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            raise OSError(errno.EINVAL, NOT_REGULAR, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def load(path: str) -> bytes:
-    """Every byte of the file at ``path``, whatever its size."""
-    fd = os.open(path, READ_FLAGS)
+    """Every byte of the regular file at ``path``, whatever its size."""
+    fd = open_regular(path)
     try:
         with open(fd, "rb", buffering=0, closefd=False) as stream:
             return stream.readall()
