@@ -13,6 +13,7 @@ from ._options import Durability, Layout
 from ._repository import SessionStorageRepository
 from ._session_info import SessionInfo
 from ._storage import SessionStorage
+from ._writer_stats import SaveLatency, WriterStats
 
 backend: Final[str] = _active.current.name
 """The writer backend in use: ``"native"`` or ``"python"``."""
@@ -25,8 +26,10 @@ __all__ = [
     "Layout",
     "LockState",
     "LockedStorageError",
+    "SaveLatency",
     "SessionInfo",
     "SessionStorage",
     "SessionStorageRepository",
+    "WriterStats",
     "backend",
 ]
