@@ -98,6 +98,7 @@ class _Handoff:
         "failures",
         "last_failure",
         "latencies",
+        "paused",
         "saves",
         "saving",
         "settled",
@@ -120,6 +121,7 @@ class _Handoff:
         self.last_failure: BaseException | None = None
         self.closed = False
         self.stopping = False
+        self.paused = False
         self.saving = False
         self.coalesced = 0
         self.bytes_saved = 0
@@ -145,7 +147,7 @@ def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
     changed = handoff.changed
     while True:
         with changed:
-            while not handoff.stopping and handoff.waiting is None:
+            while not handoff.stopping and (handoff.waiting is None or handoff.paused):
                 changed.wait()
             data = handoff.waiting
             if data is None:
@@ -308,11 +310,24 @@ class _ThreadedWorker:
         return not self._thread.is_alive()
 
     def pause(self) -> None:
-        """Nothing to do: the thread's saves are shielded calls, which a fork
-        waits for (see ``_shield``)."""
+        handoff = self._handoff
+        with handoff.changed:
+            handoff.paused = True
+            try:
+                while handoff.saving:
+                    handoff.changed.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C) before the save in flight finished: not
+                # paused, so nothing waits for a resume that never comes.
+                handoff.paused = False
+                handoff.changed.notify_all()
+                raise
 
     def resume(self) -> None:
-        pass
+        handoff = self._handoff
+        with handoff.changed:
+            handoff.paused = False
+            handoff.changed.notify_all()
 
     def stats(self) -> RawStats:
         return signals_deferred(self._stats)

@@ -23,10 +23,11 @@ in the extension), but not to forks: they are shielded all the same.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
 _T = TypeVar("_T")
@@ -45,6 +46,7 @@ _FAULTS: Final = {
 }
 DEFERRED: Final = frozenset(signal.valid_signals()) - _FAULTS
 _MAIN: Final = threading.main_thread().ident
+_sigmask: Final[Callable[[int, Iterable[int]], set[int]]] = _signal.pthread_sigmask
 
 _changed: Final = threading.Condition(threading.RLock())
 _in_flight = 0
@@ -96,17 +98,19 @@ def _deferring(call: Callable[..., _T], *args: object) -> _T:
     # The mask as it is (running any handler pending, before anything is
     # taken), then the block: pthread_sigmask runs pending handlers after it
     # changed the mask, so one raising there must not leave the block in place.
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    # _signal's own function: signal's wrapper turns each mask into a set of
+    # enum members, which costs more than the calls themselves.
+    before = _sigmask(signal.SIG_BLOCK, ())
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+        _sigmask(signal.SIG_BLOCK, DEFERRED)
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        _sigmask(signal.SIG_SETMASK, before)
         raise
     try:
         return call(*args)
     finally:
         # Delivers what arrived meanwhile: its handler runs now, after the call.
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        _sigmask(signal.SIG_SETMASK, before)
 
 
 def block_signals_in_this_thread() -> None:
