@@ -12,10 +12,11 @@
 //! the error has been taken by a caller, so nothing is saved behind the back
 //! of an error nobody has seen.
 
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::save::{Checkpoint, Save, SaveError};
 use crate::slotted::{self, SlottedSave};
@@ -92,8 +93,29 @@ pub struct Flush {
     failures: u64,
 }
 
+/// How many of the latest successful saves the latency figures cover (the
+/// fallback's `LATENCY_WINDOW`).
+pub const LATENCY_WINDOW: usize = 1024;
+
+/// The counters `stats` reports, as the fallback keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub submitted: u64,
+    pub saves: u64,
+    pub failures: u64,
+    /// Submissions replaced by a newer one before their turn.
+    pub coalesced: u64,
+    pub bytes_saved: u64,
+    pub last_failure: Option<Error>,
+    /// Durations of the latest successful saves in nanoseconds, oldest first.
+    pub latencies: Vec<u64>,
+}
+
 struct Slot<D> {
     waiting: Option<D>,
+    coalesced: u64,
+    bytes_saved: u64,
+    latencies: VecDeque<u64>,
     submitted: u64,
     durable: u64,
     settled: u64,
@@ -136,6 +158,9 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 waiting: None,
+                coalesced: 0,
+                bytes_saved: 0,
+                latencies: VecDeque::with_capacity(LATENCY_WINDOW),
                 submitted: 0,
                 durable: 0,
                 settled: 0,
@@ -172,6 +197,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
             return Err(Refused::Failed(error));
         }
         let replaced = slot.waiting.replace(data);
+        slot.coalesced += u64::from(replaced.is_some());
         slot.submitted += 1;
         drop(slot);
         self.shared.changed.notify_all();
@@ -275,6 +301,20 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
         self.shared.lock().saves
     }
 
+    /// What the thread has done so far.
+    pub fn stats(&self) -> Stats {
+        let slot = self.shared.lock();
+        Stats {
+            submitted: slot.submitted,
+            saves: slot.saves,
+            failures: slot.failures,
+            coalesced: slot.coalesced,
+            bytes_saved: slot.bytes_saved,
+            last_failure: slot.last_failure,
+            latencies: slot.latencies.iter().copied().collect(),
+        }
+    }
+
     /// Whether submissions are refused.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().closed
@@ -299,6 +339,10 @@ impl<D: AsRef<[u8]> + Send + 'static> Drop for Worker<D> {
 /// is empty. The slot is emptied before a save starts, so a submission during
 /// the save waits for the next turn instead of being lost.
 fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
+    // The thread runs no signal handler: it takes none of the process's
+    // signals, which go to a thread that handles them (the interpreter's main
+    // thread may block them for a moment; this one must not take them then).
+    crate::sys::block_signals();
     let mut slot = shared.lock();
     loop {
         slot = shared
@@ -315,10 +359,20 @@ fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
         let number = slot.submitted;
         slot.saving = true;
         drop(slot);
+        let started = Instant::now();
         let outcome = shared.plan.run(data.as_ref());
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let length = data.as_ref().len() as u64;
         drop(data);
         slot = shared.lock();
         slot.saves += 1;
+        if outcome.is_ok() {
+            slot.bytes_saved += length;
+            if slot.latencies.len() == LATENCY_WINDOW {
+                slot.latencies.pop_front();
+            }
+            slot.latencies.push_back(took);
+        }
         let dropped = match outcome {
             Ok(()) => {
                 slot.durable = number;

@@ -945,6 +945,24 @@ impl CheckpointWorker {
         self.worker.saves()
     }
 
+    /// (submitted, saves run, saves failed, coalesced, bytes saved, the latest
+    /// save error, durations of the latest successful saves in ns), as
+    /// `sessionstore._writer_stats.RawStats` reads them.
+    #[allow(clippy::type_complexity)]
+    fn stats(&self, py: Python<'_>) -> (u64, u64, u64, u64, u64, Option<PyErr>, Vec<u64>) {
+        let stats = self.worker.stats();
+        let last = stats.last_failure.map(|error| self.error(py, error));
+        (
+            stats.submitted,
+            stats.saves,
+            stats.failures,
+            stats.coalesced,
+            stats.bytes_saved,
+            last,
+            stats.latencies,
+        )
+    }
+
     #[getter]
     fn closed(&self) -> bool {
         self.worker.is_closed()

@@ -91,6 +91,27 @@ pub fn open_regular(path: &CStr) -> Result<(libc::c_int, u64), Errno> {
     }
 }
 
+/// Block, in the calling thread, every signal but the faults it could raise
+/// itself (those stay deliverable: blocked, the kernel would kill the process).
+pub fn block_signals() {
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigfillset(set.as_mut_ptr());
+        let mut set = set.assume_init();
+        for fault in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut set, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// `lseek(fd, 0, SEEK_END)`: where the file ends. Unlike `fstat`, it does not
 /// ask for the file's times (which makes its next write update them).
 pub fn lseek_end(fd: libc::c_int) -> Result<u64, Errno> {

@@ -15,6 +15,7 @@ from ._repository import SessionStorageRepository
 from ._session_contents import SessionContents
 from ._session_info import CheckpointStatus, SessionInfo
 from ._storage import SessionStorage
+from ._writer_stats import SaveLatency, WriterStats
 
 backend: Final[str] = _active.current.name
 """The writer backend in use: ``"native"`` or ``"python"``."""
@@ -40,10 +41,12 @@ __all__ = [
     "Layout",
     "LockState",
     "LockedStorageError",
+    "SaveLatency",
     "SessionContents",
     "SessionInfo",
     "SessionStorage",
     "SessionStorageRepository",
+    "WriterStats",
     "__version__",
     "backend",
 ]

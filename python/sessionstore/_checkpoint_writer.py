@@ -14,11 +14,13 @@ fallback.
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -27,7 +29,9 @@ from typing import TYPE_CHECKING, Final, Protocol
 from . import _backend
 from ._options import Layout
 from ._save_plan import plan_save, plan_slotted_save
+from ._shield import block_signals_in_this_thread, signals_deferred
 from ._storage import as_checkpoint
+from ._writer_stats import LATENCY_WINDOW, RawStats, WriterStats, writer_stats
 
 if TYPE_CHECKING:
     from ._storage import SessionStorage
@@ -37,6 +41,9 @@ log = logging.getLogger("sessionstore")
 # How long interpreter exit waits for an unclosed writer's last save: far above a
 # save on a healthy disk, and finite so a hung disk cannot hang the exit forever.
 _EXIT_WAIT: Final = 10.0
+# How long a wait of the main thread goes with signals deferred: a signal's
+# handler (Ctrl-C) runs at most this late, never while a lock is half taken.
+_SIGNAL_CHECK: Final = 0.05
 
 
 class _Worker(Protocol):
@@ -67,6 +74,9 @@ class _Worker(Protocol):
     def resume(self) -> None:
         """Let the thread save again after ``pause``."""
 
+    def stats(self) -> RawStats:
+        """The counters ``writer_stats`` reads."""
+
 
 class _Handoff:
     """What the submitting threads and the worker thread share, under ``changed``.
@@ -79,12 +89,15 @@ class _Handoff:
     """
 
     __slots__ = (
+        "bytes_saved",
         "changed",
         "closed",
+        "coalesced",
         "durable",
         "error",
         "failures",
         "last_failure",
+        "latencies",
         "paused",
         "saves",
         "saving",
@@ -110,6 +123,11 @@ class _Handoff:
         self.stopping = False
         self.paused = False
         self.saving = False
+        self.coalesced = 0
+        self.bytes_saved = 0
+        self.latencies: collections.deque[int] = collections.deque(
+            maxlen=LATENCY_WINDOW
+        )
 
     def take_error(self) -> BaseException | None:
         """The error nobody has seen yet, now counted as seen."""
@@ -122,8 +140,10 @@ def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
 
     The slot is emptied before the save starts, so a submission during the
     save waits for the next turn instead of being lost. Stopping still saves
-    what is waiting.
+    what is waiting. The thread runs no signal handler, so it takes none of
+    the process's signals (the main thread's may be deferred meanwhile).
     """
+    block_signals_in_this_thread()
     changed = handoff.changed
     while True:
         with changed:
@@ -135,6 +155,7 @@ def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
             number = handoff.submitted
             handoff.waiting = None
             handoff.saving = True
+        started = time.perf_counter_ns()
         try:
             save(data)
         except BaseException as exc:
@@ -147,9 +168,12 @@ def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
                 handoff.settled = handoff.submitted
                 changed.notify_all()
         else:
+            took = time.perf_counter_ns() - started
             with changed:
                 handoff.saving = False
                 handoff.saves += 1
+                handoff.bytes_saved += len(data)
+                handoff.latencies.append(took)
                 handoff.durable = number
                 handoff.settled = max(handoff.settled, number)
                 changed.notify_all()
@@ -181,34 +205,64 @@ class _ThreadedWorker:
     def closed(self) -> bool:
         return self._handoff.closed
 
+    # Each method's work under the handoff's lock runs with signals deferred
+    # (a handler's exception between taking and releasing the lock would leave
+    # it taken, and every later call waiting for ever); waits go in slices of
+    # _SIGNAL_CHECK so that a handler still runs while one lasts.
+
     def submit(self, data: bytes) -> None:
+        error = signals_deferred(self._take, data)
+        if error is not None:
+            raise error
+
+    def _take(self, data: bytes) -> BaseException | None:
         handoff = self._handoff
         with handoff.changed:
             if handoff.closed:
                 raise ValueError(f"checkpoint writer of {self._location} is closed")
             error = handoff.take_error()
             if error is None:
+                if handoff.waiting is not None:
+                    handoff.coalesced += 1
                 handoff.waiting = data
                 handoff.submitted += 1
                 handoff.changed.notify_all()
-        if error is not None:
-            raise error
+        return error
 
     def flush(self) -> None:
+        begun = signals_deferred(self._begin_flush)
+        if isinstance(begun, BaseException):
+            raise begun
+        outcome = None
+        while outcome is None:
+            outcome = signals_deferred(self._wait_flush, begun)
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+    def _begin_flush(self) -> BaseException | tuple[int, int]:
         handoff = self._handoff
         with handoff.changed:
             error = handoff.take_error()
-            if error is None:
-                target = handoff.submitted
-                failures = handoff.failures
-                while handoff.settled < target:
-                    handoff.changed.wait()
-                if handoff.durable < target and handoff.failures > failures:
-                    # The save this flush waited for failed: its error is owed to
-                    # this caller even when another thread's call raised it first.
-                    error = handoff.take_error() or copy.copy(handoff.last_failure)
-        if error is not None:
-            raise error
+            if error is not None:
+                return error
+            return (handoff.submitted, handoff.failures)
+
+    def _wait_flush(self, begun: tuple[int, int]) -> BaseException | bool | None:
+        """True once the flush's checkpoint is saved, its error if it failed,
+        None while it waits (after one slice of waiting)."""
+        target, failures = begun
+        handoff = self._handoff
+        with handoff.changed:
+            if handoff.settled < target:
+                handoff.changed.wait(_SIGNAL_CHECK)
+                return None
+            if handoff.durable < target and handoff.failures > failures:
+                # The save this flush waited for failed: its error is owed to
+                # this caller even when another thread's call raised it first.
+                failure = handoff.take_error() or copy.copy(handoff.last_failure)
+                if failure is not None:
+                    return failure
+            return True
 
     def close(self) -> None:
         if self._thread is threading.current_thread():
@@ -217,13 +271,7 @@ class _ThreadedWorker:
             # thread. Stopping is enough; the thread saves what waits, then ends.
             self.stop(None)
             return
-        handoff = self._handoff
-        with handoff.changed:
-            if handoff.closed:
-                error = handoff.take_error()
-            else:
-                handoff.closed = True
-                error = None
+        error = signals_deferred(self._mark_closed)
         if error is not None:
             raise error
         try:
@@ -231,16 +279,34 @@ class _ThreadedWorker:
         finally:
             self.stop(None)
 
-    def stop(self, timeout: float | None) -> bool:
+    def _mark_closed(self) -> BaseException | None:
+        handoff = self._handoff
+        with handoff.changed:
+            if handoff.closed:
+                return handoff.take_error()
+            handoff.closed = True
+            return None
+
+    def _mark_stopping(self) -> None:
         handoff = self._handoff
         with handoff.changed:
             handoff.closed = True
             handoff.stopping = True
             handoff.changed.notify_all()
+
+    def stop(self, timeout: float | None) -> bool:
+        signals_deferred(self._mark_stopping)
         if self._thread is threading.current_thread():
             # Collected by its own thread, which goes on to save what waits.
             return True
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread.is_alive():
+            left = _SIGNAL_CHECK
+            if deadline is not None:
+                left = min(left, deadline - time.monotonic())
+                if left <= 0:
+                    break
+            signals_deferred(self._thread.join, left)
         return not self._thread.is_alive()
 
     def pause(self) -> None:
@@ -263,6 +329,22 @@ class _ThreadedWorker:
             handoff.paused = False
             handoff.changed.notify_all()
 
+    def stats(self) -> RawStats:
+        return signals_deferred(self._stats)
+
+    def _stats(self) -> RawStats:
+        h = self._handoff
+        with h.changed:
+            return (
+                h.submitted,
+                h.saves,
+                h.failures,
+                h.coalesced,
+                h.bytes_saved,
+                h.last_failure,
+                list(h.latencies),
+            )
+
 
 def _native_worker(storage: SessionStorage) -> _Worker | None:
     """The native worker for ``storage``, when the active backend's save is native.
@@ -280,13 +362,13 @@ def _native_worker(storage: SessionStorage) -> _Worker | None:
             return None
         slotted = plan_slotted_save(storage.durability)
         return _native.CheckpointWorker.slotted(
-            storage.location, slotted.in_place.codes, slotted.rebuild.codes
+            storage.absolute_location, slotted.in_place.codes, slotted.rebuild.codes
         )
     if current.save is not _native.save:
         return None
     plan = plan_save(storage.durability)
     return _native.CheckpointWorker(
-        storage.location, plan.codes, plan.next_name, plan.target_name
+        storage.absolute_location, plan.codes, plan.next_name, plan.target_name
     )
 
 
@@ -326,6 +408,9 @@ class _Forked:
 
     def resume(self) -> None:
         pass
+
+    def stats(self) -> RawStats:
+        return (0, 0, 0, 0, 0, None, ())
 
 
 _live_writers: weakref.WeakSet[CheckpointWriter] = weakref.WeakSet()
@@ -442,6 +527,14 @@ class CheckpointWriter:
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
         return self._worker.closed
+
+    def stats(self) -> WriterStats:
+        """What this writer has done so far: submissions, saves (and how many
+        of them failed), checkpoints coalesced away, bytes saved, the latest
+        save error, and the latency of the latest successful saves. Counted by
+        the saving thread; ``submit()`` pays for nothing but one increment. In
+        a forked child, all zero: the parent did the work."""
+        return writer_stats(self._worker.stats())
 
     def submit(self, data: bytes | bytearray | memoryview) -> None:
         """Hand ``data`` over to be saved, replacing any checkpoint still waiting.

@@ -6,11 +6,12 @@ import os
 import threading
 import weakref
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from . import _backend
 from ._options import Layout
 from ._save_plan import plan_hold
+from ._shield import shielded
 from ._storage import as_checkpoint
 
 if TYPE_CHECKING:
@@ -36,8 +37,10 @@ class HeldSession:
     releases it. ``remove()`` does not take the lock: removing a held session
     is the caller's choice to make, and a save after it raises
     FileNotFoundError. A child forked while a session is held does not hold
-    it: a fork waits for a save in flight to end, the child closes its copies
-    of the files (the parent's lock stays), and its saves raise ValueError.
+    it: a fork waits for a save in flight to end (saves, ``hold()`` and
+    ``close()`` are shielded calls, see ``_shield``), the child closes its
+    copies of the files (the parent's lock stays), and its saves raise
+    ValueError.
     """
 
     __slots__ = (
@@ -50,27 +53,28 @@ class HeldSession:
     )
 
     def __init__(self, storage: SessionStorage) -> None:
-        plan = plan_hold(storage.durability, storage.layout)
         # No fork between taking the lock and knowing about it.
-        with _fork_lock:
-            writer = _backend.active.current.hold(
-                storage.location,
-                plan.acquire.codes,
-                plan.save.codes,
-                plan.rebuild.codes,
-                plan.release.codes,
-                storage.layout is Layout.SLOTTED,
-            )
-            self._storage = storage
-            self._writer: _backend.HeldWriter = writer
-            self._pid = os.getpid()
-            # Held by each save and by close(); a fork takes it too, so no save
-            # is in flight while the process forks. Re-entrant: a signal
-            # handler may close or save while its thread is in a save.
-            self._saving = threading.RLock()
-            self._finalizer = weakref.finalize(self, _close_writer, writer)
-            _live_sessions.add(self)
-            _open_writers[id(writer)] = writer
+        shielded(self._hold, storage)
+
+    def _hold(self, storage: SessionStorage) -> None:
+        plan = plan_hold(storage.durability, storage.layout)
+        writer = _backend.active.current.hold(
+            storage.absolute_location,
+            plan.acquire.codes,
+            plan.save.codes,
+            plan.rebuild.codes,
+            plan.release.codes,
+            storage.layout is Layout.SLOTTED,
+        )
+        self._storage = storage
+        self._writer: _backend.HeldWriter = writer
+        self._pid = os.getpid()
+        # Serialises the saves of several threads, and close() with them.
+        # Re-entrant: a finalizer may close while its thread is in a save.
+        self._saving = threading.RLock()
+        self._finalizer = weakref.finalize(self, _close_writer, writer)
+        _live_sessions.add(self)
+        _open_writers[id(writer)] = writer
 
     @property
     def storage(self) -> SessionStorage:
@@ -94,8 +98,11 @@ class HeldSession:
         buffer = as_checkpoint(data)
         if not isinstance(buffer, bytes):
             buffer = bytes(buffer)
+        shielded(self._save, buffer)
+
+    def _save(self, data: bytes) -> None:
         with self._saving:
-            self._writer.save(buffer)
+            self._writer.save(data)
 
     def load_checkpoint(self) -> bytes:
         """The last saved checkpoint (``SessionStorage.load_checkpoint``)."""
@@ -103,7 +110,10 @@ class HeldSession:
 
     def close(self) -> None:
         """Release the session: close its files, which releases the lock. Idempotent."""
-        with _fork_lock, self._saving:
+        shielded(self._close)
+
+    def _close(self) -> None:
+        with self._saving:
             self._finalizer()
 
     def __enter__(self) -> HeldSession:
@@ -155,60 +165,28 @@ class _Forked:
 
 
 _live_sessions: weakref.WeakSet[HeldSession] = weakref.WeakSet()
-# Taken by a fork from before to after, and by hold() and close(), so a child
-# never inherits a session the fork did not see or one half closed; taken
-# before any session's own lock. Re-entrant: a signal handler may hold, close
-# or fork in a thread that has it. The collector's finalizer takes it only if
-# it is free (it may run inside a save, whose session lock a fork may be
-# waiting for): a fork in the instant a collected session's writer closes
-# without it leaves the child with copies of its files until the child exits
-# or execs.
-_fork_lock: Final = threading.RLock()
-# The sessions whose saves the fork in progress holds off.
-_paused: list[HeldSession] = []
 # Every writer not closed yet, by id: also those of sessions being collected,
 # which have left _live_sessions before their finalizer closes the writer.
 _open_writers: dict[int, _backend.HeldWriter] = {}
 
 
 def _close_writer(writer: _backend.HeldWriter) -> None:
-    excluded = _fork_lock.acquire(blocking=False)
+    # Not shielded: the collector may run this anywhere, a fork hook included.
+    # A fork in the instant a collected session's writer closes leaves the
+    # child with copies of its files until the child exits or execs.
     try:
         writer.close()
     finally:
         _open_writers.pop(id(writer), None)
-        if excluded:
-            _fork_lock.release()
-
-
-def _pause_sessions_for_fork() -> None:
-    """No save is in flight while the process forks: the child can then close
-    its copies of every held session's files (a save in flight would hold the
-    writer's lock in the child for ever, and the files with it)."""
-    _fork_lock.acquire()
-    for session in list(_live_sessions):
-        session._saving.acquire()
-        _paused.append(session)
-
-
-def _resume_sessions_in_parent() -> None:
-    while _paused:
-        _paused.pop()._saving.release()
-    _fork_lock.release()
 
 
 def _orphan_sessions_in_child() -> None:
+    """No save was in flight at the fork (they are shielded calls): close the
+    child's copies of every held session's files, and refuse its saves."""
     while _open_writers:
         _open_writers.popitem()[1].forget()
-    while _paused:
-        session = _paused.pop()
+    for session in list(_live_sessions):
         session._orphan()
-        session._saving.release()
-    _fork_lock.release()
 
 
-os.register_at_fork(
-    before=_pause_sessions_for_fork,
-    after_in_parent=_resume_sessions_in_parent,
-    after_in_child=_orphan_sessions_in_child,
-)
+os.register_at_fork(after_in_child=_orphan_sessions_in_child)

@@ -26,6 +26,7 @@ from ._naming import (
 )
 from ._options import Durability, Layout
 from ._save_plan import plan_save, plan_slotted_save
+from ._shield import shielded
 
 if TYPE_CHECKING:
     from ._checkpoint_writer import CheckpointWriter
@@ -73,6 +74,18 @@ def as_checkpoint(data: object) -> bytes | bytearray | memoryview:
         f"checkpoint data must be bytes, bytearray or memoryview, "
         f"not {type(data).__name__}"
     )
+
+
+def _absolute(location: str) -> str:
+    """``location`` joined to the working directory as it is now, unnormalised
+    (``..`` keeps its meaning through symlinks); as given when there is no
+    working directory to join it to (removed), so the error comes at first use."""
+    if os.path.isabs(location):
+        return location
+    try:
+        return os.path.join(os.getcwd(), location)
+    except OSError:
+        return location
 
 
 def check_options(durability: object, layout: object) -> None:
@@ -123,12 +136,19 @@ class SessionStorage:
     """The storage of one session, at ``location``.
 
     A frozen value: two storages with the same fields are equal and hash alike.
-    Every method goes to the disk when called; nothing is cached.
+    Every method goes to the disk when called; nothing is cached but where the
+    session is: a relative ``location`` is made absolute once, when the storage
+    is made (``absolute_location``), so a later ``chdir()`` never moves its
+    saves, loads or writers elsewhere. ``location`` stays as given.
     """
 
     location: str = attrs.field(converter=as_location)
     durability: Durability = attrs.field(default=Durability.FULL, kw_only=True)
     layout: Layout = attrs.field(default=Layout.REPLACE, kw_only=True)
+    _absolute_location: str = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_absolute_location", _absolute(self.location))
 
     @durability.validator
     def _check_durability(self, _: object, value: object) -> None:
@@ -152,6 +172,12 @@ class SessionStorage:
     def paths(self) -> StoragePaths:
         """Every path of this session."""
         return StoragePaths.of(self.location)
+
+    @property
+    def absolute_location(self) -> str:
+        """The session's absolute path, fixed when this storage was made: every
+        call reads and writes there, whatever the working directory is now."""
+        return self._absolute_location
 
     @classmethod
     def create(
@@ -216,17 +242,27 @@ class SessionStorage:
         The replace layout keeps no checksum and writes the buffer as it is.
         """
         buffer = as_checkpoint(data)
+        current = _backend.active.current
         if self.layout is Layout.REPLACE:
             plan = plan_save(self.durability)
-            _backend.active.current.save(
-                self.location, buffer, plan.codes, plan.next_name, plan.target_name
+            shielded(
+                current.save,
+                self._absolute_location,
+                buffer,
+                plan.codes,
+                plan.next_name,
+                plan.target_name,
             )
         else:
             if not isinstance(buffer, bytes):
                 buffer = bytes(buffer)
             slotted = plan_slotted_save(self.durability)
-            _backend.active.current.save_slotted(
-                self.location, buffer, slotted.in_place.codes, slotted.rebuild.codes
+            shielded(
+                current.save_slotted,
+                self._absolute_location,
+                buffer,
+                slotted.in_place.codes,
+                slotted.rebuild.codes,
             )
 
     def load_checkpoint(self) -> bytes:
@@ -240,7 +276,10 @@ class SessionStorage:
         running meanwhile may move the checkpoint between the two reads; then
         both are tried again, never is ``b""`` returned for a saved session.
         """
-        paths = self.paths
+        return shielded(self._load_checkpoint)
+
+    def _load_checkpoint(self) -> bytes:
+        paths = StoragePaths.of(self._absolute_location)
         current = _backend.active.current
         for _ in range(_LOAD_ATTEMPTS):
             try:
@@ -250,7 +289,7 @@ class SessionStorage:
             try:
                 newest = current.load_slots(paths.slots, False)
             except FileNotFoundError:
-                if _holds_a_checkpoint_file(self.location):
+                if _holds_a_checkpoint_file(self._absolute_location):
                     continue
                 return b""
             return b"" if newest is None else newest
@@ -269,7 +308,10 @@ class SessionStorage:
         ``session`` that is not a regular file (a symlink, a directory) raises
         what ``load_checkpoint()`` raises for it.
         """
-        paths = self.paths
+        return shielded(self._load_previous)
+
+    def _load_previous(self) -> bytes | None:
+        paths = StoragePaths.of(self._absolute_location)
         current = _backend.active.current
         try:
             checkpoint = os.lstat(paths.checkpoint)
@@ -283,9 +325,10 @@ class SessionStorage:
         try:
             return current.load_slots(paths.slots, True)
         except FileNotFoundError:
-            if not os.path.isdir(self.location):
+            location = self._absolute_location
+            if not os.path.isdir(location):
                 raise FileNotFoundError(
-                    errno.ENOENT, "session directory is missing", self.location
+                    errno.ENOENT, "session directory is missing", location
                 ) from None
             return None
 
@@ -298,8 +341,10 @@ class SessionStorage:
         checkpoint, equal to the one before. Calling it again finishes an
         interrupted conversion.
         """
-        convert_layout(self.location, layout, self.durability)
-        return attrs.evolve(self, layout=layout)
+        shielded(convert_layout, self._absolute_location, layout, self.durability)
+        converted = attrs.evolve(self, layout=layout)
+        object.__setattr__(converted, "_absolute_location", self._absolute_location)
+        return converted
 
     def break_lock(self) -> None:
         """Remove ``session.next`` unconditionally, as plainbox does.
@@ -308,11 +353,11 @@ class SessionStorage:
         this also removes the file of a live writer. FileNotFoundError when
         there is nothing to remove.
         """
-        os.unlink(self.paths.next)
+        os.unlink(StoragePaths.of(self._absolute_location).next)
 
     def lock_state(self) -> LockState:
         """Whether the session is unlocked, held by a live writer, or left stale."""
-        return _backend.active.current.lock_state(self.location)
+        return shielded(_backend.active.current.lock_state, self._absolute_location)
 
     def holder(self) -> LockHolder | None:
         """The process holding this session's lock: pid, command line, start time.
@@ -333,7 +378,8 @@ class SessionStorage:
         True when a leftover was removed; False when there was none or a live
         writer holds the lock.
         """
-        return _backend.active.current.break_stale_lock(self.location)
+        current = _backend.active.current
+        return shielded(current.break_stale_lock, self._absolute_location)
 
     def hold(self) -> HeldSession:
         """Open and lock this session for a run of saves (see ``HeldSession``).
@@ -360,7 +406,10 @@ class SessionStorage:
         never leaves a half-removed session visible to listing. A location that
         is a symlink is refused, and nothing inside is followed out of it.
         """
-        location = self.location
+        shielded(self._remove)
+
+    def _remove(self) -> None:
+        location = self._absolute_location
         try:
             st = os.lstat(location)
         except FileNotFoundError:
