@@ -178,9 +178,13 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
             plan,
         });
         let served = Arc::clone(&shared);
-        thread::Builder::new()
-            .name(name)
-            .spawn(move || work(&served))?;
+        // The thread runs no signal handler: it takes none of the process's
+        // signals, which go to a thread that handles them.
+        crate::sys::with_signals_blocked(|| {
+            thread::Builder::new()
+                .name(name)
+                .spawn(move || work(&served))
+        })?;
         Ok(Self {
             shared,
             pid: std::process::id(),
@@ -339,10 +343,6 @@ impl<D: AsRef<[u8]> + Send + 'static> Drop for Worker<D> {
 /// is empty. The slot is emptied before a save starts, so a submission during
 /// the save waits for the next turn instead of being lost.
 fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
-    // The thread runs no signal handler: it takes none of the process's
-    // signals, which go to a thread that handles them (the interpreter's main
-    // thread may block them for a moment; this one must not take them then).
-    crate::sys::block_signals();
     let mut slot = shared.lock();
     loop {
         slot = shared

@@ -703,7 +703,14 @@ impl Drop for HeldBytes {
             .push(owner.into_ptr() as usize);
         // One pending call drains every reference queued until it runs. None
         // once the interpreter is shutting down: what is queued is then left.
-        if !RELEASE_SCHEDULED.swap(true, AtomicOrdering::AcqRel)
+        // None before Python 3.13 either: there, scheduling a call from a
+        // thread other than the main one recomputes the interpreter's "look
+        // for work" flag as that thread sees it, and clears a signal the main
+        // thread has yet to handle: its handler would then wait, for ever if
+        // the main thread never blocks. The writer's next call (and the end
+        // of every flush) drains the queue instead.
+        if PENDING_CALLS_FROM_ANY_THREAD.load(AtomicOrdering::Relaxed)
+            && !RELEASE_SCHEDULED.swap(true, AtomicOrdering::AcqRel)
             && (unsafe { pyo3::ffi::Py_IsInitialized() } == 0
                 || unsafe {
                     pyo3::ffi::Py_AddPendingCall(Some(release_queued), std::ptr::null_mut())
@@ -746,6 +753,9 @@ impl Drop for HoldingGil {
 static RELEASED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// Whether a pending call to `release_queued` is scheduled.
 static RELEASE_SCHEDULED: AtomicBool = AtomicBool::new(false);
+/// Whether the running interpreter (3.13 and later) lets a thread other than
+/// the main one schedule a pending call without losing a signal; set at import.
+static PENDING_CALLS_FROM_ANY_THREAD: AtomicBool = AtomicBool::new(false);
 
 /// Drop the references in `RELEASED`: run by the interpreter's main thread as
 /// a pending call, and at each submission. The caller holds the GIL.
@@ -891,7 +901,11 @@ impl CheckpointWorker {
             .map_err(|error| self.error(py, error))?;
         loop {
             match py.detach(|| self.worker.wait(flush, SIGNAL_CHECK)) {
-                Some(outcome) => return outcome.map_err(|error| self.error(py, error)),
+                Some(outcome) => {
+                    // What the saves that settled let go of.
+                    release_queued(std::ptr::null_mut());
+                    return outcome.map_err(|error| self.error(py, error));
+                }
                 None => py.check_signals()?,
             }
         }
@@ -908,7 +922,9 @@ impl CheckpointWorker {
         let flushed = self.flush(py);
         // The thread is stopped even when the flush raised (a signal, say): as
         // with `finally`, an error while stopping wins, the flush's as its context.
-        match (flushed, self.stop_until_ended(py)) {
+        let stopped = self.stop_until_ended(py);
+        release_queued(std::ptr::null_mut());
+        match (flushed, stopped) {
             (flushed, Ok(())) => flushed,
             (Ok(()), Err(stopping)) => Err(stopping),
             (Err(flushing), Err(stopping)) => {
@@ -950,6 +966,7 @@ impl CheckpointWorker {
     /// `sessionstore._writer_stats.RawStats` reads them.
     #[allow(clippy::type_complexity)]
     fn stats(&self, py: Python<'_>) -> (u64, u64, u64, u64, u64, Option<PyErr>, Vec<u64>) {
+        release_queued(std::ptr::null_mut());
         let stats = self.worker.stats();
         let last = stats.last_failure.map(|error| self.error(py, error));
         (
@@ -1113,6 +1130,7 @@ impl HeldWriter {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let _ = NUL_IN_PATH.set(os_nul_in_path_message(m.py())?);
+    PENDING_CALLS_FROM_ANY_THREAD.store(m.py().version_info() >= (3, 13), AtomicOrdering::Relaxed);
     m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(save_slotted, m)?)?;

@@ -91,9 +91,15 @@ pub fn open_regular(path: &CStr) -> Result<(libc::c_int, u64), Errno> {
     }
 }
 
-/// Block, in the calling thread, every signal but the faults it could raise
-/// itself (those stay deliverable: blocked, the kernel would kill the process).
-pub fn block_signals() {
+/// Run `start` with every signal blocked in the calling thread but the faults
+/// it could raise itself (blocked, those make the kernel kill the process),
+/// then restore the thread's mask. A thread started by `start` inherits the
+/// block from its first instruction: one that blocked signals itself could
+/// take one sent to the process before it did, and the interpreter, told of
+/// a signal by a thread other than its main one, may not run the handler
+/// until its main thread next waits. What arrives meanwhile stays pending and
+/// is delivered once the mask is restored.
+pub fn with_signals_blocked<T>(start: impl FnOnce() -> T) -> T {
     unsafe {
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigfillset(set.as_mut_ptr());
@@ -108,7 +114,11 @@ pub fn block_signals() {
         ] {
             libc::sigdelset(&mut set, fault);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut previous = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, previous.as_mut_ptr());
+        let started = start();
+        libc::pthread_sigmask(libc::SIG_SETMASK, previous.as_ptr(), std::ptr::null_mut());
+        started
     }
 }
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from . import _backend
 from ._options import Layout
 from ._save_plan import plan_save, plan_slotted_save
-from ._shield import block_signals_in_this_thread, signals_deferred
+from ._shield import signals_deferred, start_without_signals
 from ._storage import as_checkpoint
 from ._writer_stats import LATENCY_WINDOW, RawStats, WriterStats, writer_stats
 
@@ -140,10 +140,8 @@ def _work(handoff: _Handoff, save: Callable[[bytes], None]) -> None:
 
     The slot is emptied before the save starts, so a submission during the
     save waits for the next turn instead of being lost. Stopping still saves
-    what is waiting. The thread runs no signal handler, so it takes none of
-    the process's signals (the main thread's may be deferred meanwhile).
+    what is waiting.
     """
-    block_signals_in_this_thread()
     changed = handoff.changed
     while True:
         with changed:
@@ -195,7 +193,8 @@ class _ThreadedWorker:
             name="sessionstore-writer",
             daemon=True,
         )
-        self._thread.start()
+        # It runs no signal handler, so it takes none of the process's signals.
+        start_without_signals(self._thread)
 
     @property
     def saves(self) -> int:

@@ -113,11 +113,13 @@ def _deferring(call: Callable[..., _T], *args: object) -> _T:
         _sigmask(signal.SIG_SETMASK, before)
 
 
-def block_signals_in_this_thread() -> None:
-    """For a thread of the library's own, which never runs a Python handler:
-    a signal sent to the process is then delivered to a thread that handles
-    it, not taken by this one while the main thread blocks it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+def start_without_signals(thread: threading.Thread) -> None:
+    """Start a thread of the library's own, which never runs a Python handler,
+    with the signals a handler can catch blocked from its first instruction: a
+    thread that blocked them itself could take one sent to the process before
+    it did, and the interpreter, told of a signal by a thread other than its
+    main one, may not run the handler until its main thread next waits."""
+    _deferring(thread.start)
 
 
 def _hold_off_shielded_calls() -> None:
