@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import forked
 from holders import held_elsewhere
 from sessionstore import (
     LockedStorageError,
@@ -27,12 +28,15 @@ from sessionstore import (
     SessionStorageRepository,
 )
 from sessionstore._lock_holder import (
+    Credentials,
     LockHolder,
     describe_holder,
     format_command,
+    may_write_directory,
     owner_candidates,
     parse_boot_time,
     parse_cmdline,
+    parse_credentials,
     parse_proc_stat,
 )
 from sessionstore._lock_state import FileKey, parse_lock_owners
@@ -128,6 +132,122 @@ def test_a_save_into_a_held_session_names_the_holder(
     # The holder survives a trip through pickle, message and all.
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.holder, str(copy)) == (error.holder, str(error))
+
+
+def test_a_writer_of_the_same_user_may_write_the_session(
+    holder: tuple[SessionStorage, subprocess.Popen[str], datetime.datetime],
+) -> None:
+    storage, _, _ = holder
+    found = storage.holder()
+    assert found is not None
+    assert found.can_write is True
+    with pytest.raises(LockedStorageError) as raised:
+        storage.save_checkpoint(b"two")
+    assert "may not write" not in str(raised.value)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+@pytest.mark.skipif(
+    shutil.which("setpriv") is None or shutil.which("flock") is None,
+    reason="setpriv and flock (util-linux) are not installed",
+)
+def test_another_users_lock_on_a_readable_session_is_named_a_denial(
+    backend: str,
+) -> None:
+    """plainbox makes its session directories 0755: any user may open one and
+    take its flock. The refusal then says that the holder is no writer, and
+    how to prevent it."""
+    with forked.shared_directory() as base:
+        storage = SessionStorage.create(base)
+        storage.save_checkpoint(b"one")
+        os.chmod(storage.location, 0o755)
+        denier = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={forked.NOBODY}",
+                f"--regid={forked.NOBODY}",
+                "--clear-groups",
+                "flock",
+                "--exclusive",
+                storage.location,
+                "sh",
+                "-c",
+                f"echo locked; exec sleep 600 # {MARKER}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert denier.stdout is not None
+            assert denier.stdout.readline() == "locked\n"
+            with pytest.raises(LockedStorageError) as raised:
+                storage.save_checkpoint(b"two")
+            error = raised.value
+            assert error.holder is not None
+            assert error.holder.can_write is False
+            assert "may not write this session" in str(error)
+            assert "chmod go-r" in str(error)
+            assert storage.load_checkpoint() == b"one"
+        finally:
+            # flock's child (the shell, then sleep) shares its descriptor.
+            os.killpg(denier.pid, signal.SIGKILL)
+            denier.wait()
+        # The lock goes with the last of the group, which may die a moment later.
+        deadline = time.monotonic() + 30
+        while storage.lock_state() is not LockState.UNLOCKED:
+            assert time.monotonic() < deadline, "the denier's lock outlived it"
+            time.sleep(0.01)
+        storage.save_checkpoint(b"two")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_no_other_user_can_take_the_lock_of_a_session_the_library_made(
+    backend: str,
+) -> None:
+    with forked.shared_directory() as base:
+        storage = SessionStorage.create(base)
+
+        def lock() -> str:
+            try:
+                fd = os.open(storage.location, os.O_RDONLY | os.O_DIRECTORY)
+            except PermissionError:
+                return "refused"
+            return "opened" if fd >= 0 else "?"
+
+        assert forked.as_nobody(lock) == "refused"
+
+
+@given(
+    uid=st.integers(0, 5),
+    groups=st.frozensets(st.integers(0, 5)),
+    mode=st.integers(0, 0o777),
+    owner=st.integers(0, 5),
+    group=st.integers(0, 5),
+)
+def test_write_permission_is_decided_by_the_bits_of_the_closest_class(
+    uid: int, groups: frozenset[int], mode: int, owner: int, group: int
+) -> None:
+    allowed = may_write_directory(Credentials(uid, groups), mode, owner, group)
+    if uid == 0:
+        assert allowed
+    elif uid == owner:
+        assert allowed == (mode & 0o300 == 0o300)
+    elif group in groups:
+        assert allowed == (mode & 0o030 == 0o030)
+    else:
+        assert allowed == (mode & 0o003 == 0o003)
+
+
+def test_credentials_are_the_filesystem_ids_and_the_groups() -> None:
+    status = (
+        "Name:\tsh\nUid:\t1000\t1001\t1002\t1003\n"
+        "Gid:\t20\t21\t22\t23\nGroups:\t4 27 \n"
+    )
+    assert parse_credentials(status) == Credentials(1003, frozenset({23, 4, 27}))
+    assert parse_credentials("Name:\tsh\n") is None
 
 
 def test_a_holder_that_exits_holds_nothing(

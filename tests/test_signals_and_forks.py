@@ -384,6 +384,52 @@ def test_no_child_forked_during_an_operation_inherits_its_descriptors(
     assert counts == [0] * len(counts), set(counts)
 
 
+_FORK_WHILE_ANOTHER_THREAD_CALLS: Final = """
+import os, sys, threading
+from sessionstore import Durability, SessionStorage
+storage = SessionStorage.create(sys.argv[1], durability=Durability.NONE)
+stop = threading.Event()
+
+def busy():
+    while not stop.is_set():
+        storage.lock_state()
+
+thread = threading.Thread(target=busy)
+thread.start()
+for _ in range(200):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+stop.set()
+thread.join()
+print("forked")
+"""
+
+
+def test_a_fork_is_not_starved_by_a_thread_calling_the_library_in_a_loop(
+    backend_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A fork waits for the shielded calls in flight, not for ever: a thread
+    starting one call after another must not keep it from its turn."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-c",
+            _FORK_WHILE_ANOTHER_THREAD_CALLS,
+            str(tmp_path / "repo"),
+        ],
+        env=backend_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "forked\n"), done.stderr[-3000:]
+
+
 def test_a_session_saved_during_a_fork_is_not_held_by_the_child(
     backend: str, tmp_path: Path
 ) -> None:

@@ -18,8 +18,9 @@ class LockedStorageError(OSError):
     leftover of a writer that died (``stale`` is True: breaking it is safe).
     ``filename`` is the path of ``session.next`` in both cases. ``holder`` is
     the process holding the lock when it could be found (see
-    ``SessionStorage.holder()``), and the message names it. Raised bare (no
-    arguments) it carries none of these, and ``stale`` is False.
+    ``SessionStorage.holder()``), and the message names it (and says so when
+    that process may not write the session: a denial, not a writer). Raised
+    bare (no arguments) it carries none of these, and ``stale`` is False.
     """
 
     filename: str | None
@@ -44,6 +45,12 @@ class LockedStorageError(OSError):
             return
         if stale:
             reason = "leftover of a writer that is gone (stale lock)"
+        elif holder is not None and holder.can_write is False:
+            reason = (
+                f"held by {holder.describe()}, which may not write this session: "
+                "another user's process denies its writers the lock (a session "
+                "directory other users cannot read, `chmod go-r`, prevents it)"
+            )
         elif holder is not None:
             reason = f"held by {holder.describe()}"
         else:

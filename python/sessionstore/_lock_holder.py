@@ -49,6 +49,11 @@ class LockHolder:
     command: tuple[str, ...]
     started: datetime.datetime
     start_ticks: int
+    can_write: bool | None = None
+    """Whether the process may write the session (add and replace its files);
+    None when its credentials could not be read. A holder that may not is no
+    writer of the session: it is another user's process denying the lock to
+    the session's writers."""
 
     def describe(self, now: datetime.datetime | None = None) -> str:
         """``pid 4242 (checkbox-cli run …) since 12:03:41``, see ``describe_holder``."""
@@ -116,6 +121,51 @@ def format_command(command: Iterable[str], width: int = COMMAND_WIDTH) -> str:
     """A command line in one short piece: arguments joined, cut with ``…``."""
     text = " ".join(command)
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+@attrs.frozen
+class Credentials:
+    """What the kernel checks a process's file accesses against: its
+    filesystem user id and its groups (filesystem group id and supplementary
+    groups)."""
+
+    uid: int
+    groups: frozenset[int]
+
+
+def parse_credentials(text: str) -> Credentials | None:
+    """The credentials in the text of ``/proc/PID/status``; None if absent."""
+    fields: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    try:
+        # Uid and Gid list the real, effective, saved and filesystem ids.
+        uid = int(fields["Uid"][3])
+        gid = int(fields["Gid"][3])
+        groups = frozenset(int(group) for group in fields.get("Groups", ()))
+    except (KeyError, IndexError, ValueError):
+        return None
+    return Credentials(uid, groups | {gid})
+
+
+def may_write_directory(
+    credentials: Credentials, mode: int, owner: int, group: int
+) -> bool:
+    """Whether a process may add, replace and remove entries of a directory
+    with this mode, owner and group, by its permission bits (write and search)
+    as the kernel checks them: root may; otherwise the owner's bits, else the
+    group's, else the others'. ACLs and capabilities other than root's are
+    not read."""
+    if credentials.uid == 0:
+        return True
+    if credentials.uid == owner:
+        bits = mode >> 6
+    elif group in credentials.groups:
+        bits = mode >> 3
+    else:
+        bits = mode
+    return bits & 0o3 == 0o3
 
 
 def describe_holder(holder: LockHolder, now: datetime.datetime) -> str:
@@ -201,20 +251,31 @@ def _boot_time() -> int | None:
 
 
 def _holder_if_verified(
-    pid: int, sure: bool, dev: int, ino: int, boot_time: int
+    pid: int, sure: bool, st: os.stat_result, boot_time: int
 ) -> LockHolder | None:
     before = _stat_of(pid)
     if before is None:
         return None
-    opened = _has_open(pid, dev, ino)
+    opened = _has_open(pid, st.st_dev, st.st_ino)
     if opened is False or (opened is None and not sure):
         return None
     raw = _read(f"{_PROC}/{pid}/cmdline")
+    status = _read(f"{_PROC}/{pid}/status")
     after = _stat_of(pid)
     if raw is None or after != before:
         return None
     started = process_started(boot_time, before.start_ticks, os.sysconf("SC_CLK_TCK"))
-    return LockHolder(pid, parse_cmdline(raw, before.name), started, before.start_ticks)
+    credentials = (
+        None if status is None else parse_credentials(status.decode("utf-8", "replace"))
+    )
+    can_write = (
+        None
+        if credentials is None
+        else may_write_directory(credentials, st.st_mode, st.st_uid, st.st_gid)
+    )
+    return LockHolder(
+        pid, parse_cmdline(raw, before.name), started, before.start_ticks, can_write
+    )
 
 
 def find_holder(location: str) -> LockHolder | None:
@@ -233,7 +294,7 @@ def find_holder(location: str) -> LockHolder | None:
         return None
     key = FileKey(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     for pid, sure in owner_candidates(parse_lock_owners(text), key):
-        holder = _holder_if_verified(pid, sure, st.st_dev, st.st_ino, boot_time)
+        holder = _holder_if_verified(pid, sure, st, boot_time)
         if holder is not None:
             return holder
     return None

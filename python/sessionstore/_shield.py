@@ -51,11 +51,19 @@ _sigmask: Final[Callable[[int, Iterable[int]], set[int]]] = _signal.pthread_sigm
 _changed: Final = threading.Condition(threading.RLock())
 _in_flight = 0
 _depth: Final = threading.local()
+# The thread forking, and how deeply (a handler may fork inside the hooks):
+# while set, shielded calls of other threads wait instead of starting, so a
+# thread saving in a loop cannot keep the fork waiting for ever.
+_forker: int | None = None
+_forks = 0
 
 
 def _enter() -> None:
     global _in_flight
     with _changed:
+        me = threading.get_ident()
+        while _forker is not None and _forker != me:
+            _changed.wait()
         _in_flight += 1
     _depth.n = getattr(_depth, "n", 0) + 1
 
@@ -123,17 +131,29 @@ def start_without_signals(thread: threading.Thread) -> None:
 
 
 def _hold_off_shielded_calls() -> None:
-    """Before a fork: wait until no other thread is in a shielded call, and
-    keep the gate closed until the fork is done. A call of the forking thread
-    itself (a handler forking) cannot be waited for. A handler may run in the
-    hooks and fork again: the gate's lock is re-entrant for that."""
+    """Before a fork: close the gate to new shielded calls of other threads,
+    wait until none is in flight, and keep the gate closed until the fork is
+    done. A call of the forking thread itself (a handler forking) cannot be
+    waited for. A handler may run in the hooks and fork again: the gate's
+    lock is re-entrant for that. Two threads forking take turns."""
+    global _forker, _forks
     _changed.acquire()
+    me = threading.get_ident()
+    while _forker is not None and _forker != me:
+        _changed.wait()
+    _forker = me
+    _forks += 1
     mine = getattr(_depth, "n", 0)
     while _in_flight > mine:
         _changed.wait()
 
 
 def _open_gate() -> None:
+    global _forker, _forks
+    _forks -= 1
+    if _forks == 0:
+        _forker = None
+        _changed.notify_all()
     _changed.release()
 
 
