@@ -540,18 +540,27 @@ storage = SessionStorage(sys.argv[1], layout=Layout[sys.argv[2]])
 action = sys.argv[3]
 held = storage.hold()
 forks = []
+ticks = 0
 
 def handler(signum, frame):
+    global ticks
+    ticks += 1
     if action == "close":
-        held.close()
+        # Not the first: saves run between the signals before this one.
+        if ticks == 5:
+            held.close()
     else:
         pid = os.fork()
         if pid == 0:
             os._exit(0)
         forks.append(pid)
+    # Armed again once this handler is done: a timer firing at a fixed
+    # interval shorter than a fork would nest handlers in handlers without end,
+    # in any program.
+    signal.setitimer(signal.ITIMER_REAL, 0.001)
 
 signal.signal(signal.SIGALRM, handler)
-signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+signal.setitimer(signal.ITIMER_REAL, 0.001)
 saves = 0
 try:
     while not held.closed and (action == "close" or len(forks) < 20):
@@ -559,6 +568,7 @@ try:
         saves += 1
 except ValueError:
     pass  # closed by the handler between the check and the save
+signal.signal(signal.SIGALRM, signal.SIG_IGN)  # a handler may have re-armed it
 signal.setitimer(signal.ITIMER_REAL, 0)
 for pid in forks:
     os.waitpid(pid, 0)
@@ -571,8 +581,9 @@ print(saves, len(forks), storage.lock_state().value)
 def test_a_signal_handler_may_close_or_fork_during_held_saves(
     layout_storage: SessionStorage, backend_env: dict[str, str], action: str
 ) -> None:
-    """A SIGALRM every millisecond while the main thread saves: a handler that
-    closes the session, or forks, neither hangs nor leaves the lock held."""
+    """A SIGALRM a millisecond after the last one was handled, while the main
+    thread saves: a handler that closes the session, or forks, neither hangs
+    nor leaves the lock held."""
     done = subprocess.run(
         [sys.executable, "-c", _SIGNAL_CHILD, layout_storage.location,
          layout_storage.layout.name, action],
