@@ -58,7 +58,7 @@ class HeldSession:
 
     def _hold(self, storage: SessionStorage) -> None:
         plan = plan_hold(storage.durability, storage.layout)
-        writer = _backend.active.current.hold(
+        writer = _backend.active.current.HeldWriter(
             storage.absolute_location,
             plan.acquire.codes,
             plan.save.codes,

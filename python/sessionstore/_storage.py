@@ -15,7 +15,7 @@ import attrs
 
 from . import _backend
 from ._layout_conversion import convert_layout
-from ._lock_state import LockState
+from ._lock_state import LOCK_STATE_CODES, LockState
 from ._naming import (
     CHECKPOINT_NAME,
     SLOTS_NAME,
@@ -357,7 +357,8 @@ class SessionStorage:
 
     def lock_state(self) -> LockState:
         """Whether the session is unlocked, held by a live writer, or left stale."""
-        return shielded(_backend.active.current.lock_state, self._absolute_location)
+        code = shielded(_backend.active.current.lock_state, self._absolute_location)
+        return LOCK_STATE_CODES[code]
 
     def holder(self) -> LockHolder | None:
         """The process holding this session's lock: pid, command line, start time.

@@ -1,4 +1,4 @@
-"""The pure-Python writer for the slotted layout: same plan, same syscalls as native.
+"""The slotted layout in Python: same plan, same syscalls as the native ``slotted``.
 
 A save overwrites the slot that does not hold the newest valid record and
 flushes it with one ``fdatasync``; when there is no slots file yet, or the record
@@ -14,12 +14,11 @@ from typing import Final
 
 import attrs
 
-from . import _errors, _python_writer
-from ._errors import CorruptCheckpointError
-from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
-from ._python_writer import DIR_FLAGS, exists_at, open_regular, try_lock
-from ._save_plan import SaveStep
-from ._slots_format import (
+from .. import _errors
+from .._errors import CorruptCheckpointError
+from .._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from .._save_plan import SaveStep
+from .._slots_format import (
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
     FileHeader,
@@ -34,6 +33,8 @@ from ._slots_format import (
     encode_record_header,
     newest_first,
 )
+from .posix import DIR_FLAGS, exists_at, open_regular, try_lock
+from .save import save
 
 # Never through a symlink: that would write into whatever file it names.
 _SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -182,7 +183,7 @@ class SlotsState:
         _close(slots_fd, dir_fd)
 
 
-def save(
+def save_slotted(
     location: str,
     data: bytes | bytearray | memoryview,
     in_place: bytes,
@@ -379,7 +380,7 @@ def _rebuild(
     dir_fd = state.dir_fd
     if _CLOSE_DIR in rebuild:
         state.dir_fd = -1
-    _python_writer.save(location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=dir_fd)
+    save(location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=dir_fd)
 
 
 def _close(slots_fd: int, dir_fd: int) -> None:
@@ -415,7 +416,7 @@ def _settled_records(fd: int, path: str, wanted: int) -> list[ValidRecord]:
     return []
 
 
-def load(path: str, previous: bool = False) -> bytes | None:
+def load_slots(path: str, previous: bool = False) -> bytes | None:
     """The newest valid record of the slots file at ``path`` (or the one before).
 
     None for ``previous`` when there is no older valid record. A file with no

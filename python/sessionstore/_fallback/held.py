@@ -1,4 +1,4 @@
-"""The pure-Python writer of a held session: same plan, same syscalls as native.
+"""A held session's writer in Python: same plan, same syscalls as the native ``held``.
 
 The directory is opened and locked once, by the held plan's ``acquire`` steps;
 each save runs its ``save`` steps on the descriptors kept open (the replace
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 
-from . import _python_slots_writer, _python_writer
-from ._naming import CHECKPOINT_NAME, NEXT_NAME
-from ._python_slots_writer import SlotsState
+from .._naming import CHECKPOINT_NAME, NEXT_NAME
+from .save import save
+from .slotted import SlotsState, run_on
 
 
 class HeldWriter:
@@ -48,7 +48,7 @@ class HeldWriter:
     ) -> None:
         state = SlotsState()
         try:
-            _python_slots_writer.run_on(state, location, b"", acquire, b"")
+            run_on(state, location, b"", acquire, b"")
         except BaseException:
             state.close()
             raise
@@ -80,11 +80,9 @@ class HeldWriter:
             self._busy = True
             try:
                 if self._slotted:
-                    _python_slots_writer.run_on(
-                        state, self._location, data, self._save, self._rebuild
-                    )
+                    run_on(state, self._location, data, self._save, self._rebuild)
                 else:
-                    _python_writer.save(
+                    save(
                         self._location,
                         data,
                         self._save,
@@ -114,7 +112,7 @@ class HeldWriter:
         if state is None:
             return
         try:
-            _python_slots_writer.run_on(state, self._location, b"", self._release, b"")
+            run_on(state, self._location, b"", self._release, b"")
         finally:
             state.close()
 
