@@ -24,7 +24,6 @@ from .._slots_format import (
     FileHeader,
     Placement,
     RecordHeader,
-    SlotChoice,
     SlotsFormatError,
     build_slots_file,
     choose_slot,
@@ -33,8 +32,8 @@ from .._slots_format import (
     encode_record_header,
     newest_first,
 )
-from .posix import DIR_FLAGS, exists_at, open_regular, try_lock
-from .save import save
+from .posix import exists_at, open_regular
+from .save import REPLACE_STEPS, SaveState, Steps, run
 
 # Never through a symlink: that would write into whatever file it names.
 _SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -43,18 +42,6 @@ _SLOTS_FLAGS: Final = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 # about a sixth of the one flush's cost on ext4). Only the file's owner may ask
 # for it: anyone else opens without it (EPERM, then a second open).
 _NO_ATIME: Final = getattr(os, "O_NOATIME", 0)
-
-_OPEN_DIR: Final = SaveStep.OPEN_DIR.value
-_LOCK_DIR: Final = SaveStep.LOCK_DIR.value
-_CHECK_NEXT: Final = SaveStep.CHECK_NEXT.value
-_CHECK_REPLACE: Final = SaveStep.CHECK_REPLACE.value
-_OPEN_SLOTS: Final = SaveStep.OPEN_SLOTS.value
-_READ_SLOTS: Final = SaveStep.READ_SLOTS.value
-_WRITE_SLOT: Final = SaveStep.WRITE_SLOT.value
-_SYNC_SLOT: Final = SaveStep.SYNC_SLOT.value
-_CLOSE_SLOTS: Final = SaveStep.CLOSE_SLOTS.value
-_CLOSE_DIR: Final = SaveStep.CLOSE_DIR.value
-_CHECK_DIR_LINKED: Final = SaveStep.CHECK_DIR_LINKED.value
 
 
 @attrs.frozen
@@ -158,31 +145,6 @@ def _hide_record(fd: int, at: int, failure: OSError) -> None:
         raise failure  # noqa: B904
 
 
-class SlotsState:
-    """What a save has open and knows: one save's, or a held session's across saves.
-
-    ``known`` says ``view`` is what is on disk: true after a held session's own
-    successful save, as nobody else writes while it holds the lock.
-    """
-
-    __slots__ = ("choice", "dir_fd", "known", "previous", "slots_fd", "view", "written")
-
-    def __init__(self) -> None:
-        self.dir_fd = -1
-        self.slots_fd = -1
-        self.view: SlotsView | None = None
-        self.choice: SlotChoice | None = None
-        self.previous: tuple[int, bytes] | None = None
-        self.written: RecordHeader | None = None
-        self.known = False
-
-    def close(self) -> None:
-        """Close what is still open: the slots file, then the directory."""
-        slots_fd, self.slots_fd = self.slots_fd, -1
-        dir_fd, self.dir_fd = self.dir_fd, -1
-        _close(slots_fd, dir_fd)
-
-
 def save_slotted(
     location: str,
     data: bytes | bytearray | memoryview,
@@ -190,33 +152,39 @@ def save_slotted(
     rebuild: bytes,
 ) -> None:
     """Execute a slotted save plan: ``in_place``, or ``rebuild`` when it must."""
-    state = SlotsState()
+    state = SaveState(location, NEXT_NAME, SLOTS_NAME)
     try:
-        run_on(state, location, data, in_place, rebuild)
+        run_slotted(state, data, in_place, rebuild)
     finally:
         # A well-formed plan closed both; a plan that did not must not leak them.
         state.close()
 
 
-def run_on(
-    state: SlotsState,
-    location: str,
+def run_slotted(
+    state: SaveState,
     data: bytes | bytearray | memoryview,
     in_place: bytes,
     rebuild: bytes,
 ) -> None:
-    """Execute the plan on ``state``, which a held session keeps between saves.
+    """Execute the plan on ``state``, which a held session keeps between saves:
+    ``in_place``, then ``rebuild`` when a step found it due.
 
-    Closes nothing on failure: ``save``, or the held session's release, does.
-    After a failure the state no longer claims to know the slots, so the next
-    save reads them.
+    Closes nothing on failure: ``save_slotted``, or the held session's
+    release, does. After a failure the state no longer claims to know the
+    slots, so the next save reads them.
     """
     state.choice = None
     state.written = None
+    state.data = data
     in_place_done = False
     try:
-        in_place_done = _run_steps(state, location, data, in_place, rebuild)
+        in_place_done = run(state, in_place, STEPS)
+        if not in_place_done:
+            run(state, _CLOSE_SLOTS, STEPS)
+            _rebuild(state, data, rebuild)
     finally:
+        # A held state must not keep the checkpoint alive between saves.
+        state.data = b""
         view, choice, written = state.view, state.choice, state.written
         if in_place_done and view and choice and written:
             headers = list(view.headers)
@@ -228,135 +196,59 @@ def run_on(
             state.known = False
 
 
-def _choose_known(state: SlotsState, size: int) -> bool:
+_CLOSE_SLOTS: Final = bytes([SaveStep.CLOSE_SLOTS])
+
+
+def _rebuild(
+    state: SaveState, data: bytes | bytearray | memoryview, rebuild: bytes
+) -> None:
+    """Write a whole new slots file through the replace sequence, on the
+    directory the in-place steps opened and locked."""
+    sequence = state.choice.sequence if state.choice is not None else 1
+    previous, state.previous = state.previous, None
+    state.data = build_slots_file(data, sequence, previous)
+    run(state, rebuild, REPLACE_STEPS)
+
+
+def _choose_known(state: SaveState) -> bool:
     """Choose the slot from what a held session knows, without reading: False
     when the record does not fit, as a rebuild needs the newest record's data."""
     view = state.view
     if view is None:
         return False
-    choice = choose_slot(view.header, view.headers, True, size)
+    choice = choose_slot(view.header, view.headers, True, len(state.data))
     if choice.placement is Placement.REBUILD:
         return False
     state.choice = choice
     return True
 
 
-def _run_steps(
-    state: SlotsState,
-    location: str,
-    data: bytes | bytearray | memoryview,
-    in_place: bytes,
-    rebuild: bytes,
-) -> bool:
-    """The steps, then the rebuild when one is due: whether the record went in place."""
-    next_path = os.path.join(location, NEXT_NAME)
-    slots_path = os.path.join(location, SLOTS_NAME)
-    path = location
+def _check_next(state: SaveState) -> bool:
+    if exists_at(NEXT_NAME, state.dir_fd):
+        raise _errors.leftover(state.path(NEXT_NAME))
+    return True
+
+
+def _check_replace(state: SaveState) -> bool:
+    if exists_at(CHECKPOINT_NAME, state.dir_fd):
+        raise FileExistsError(
+            errno.EEXIST, "the session is in the replace layout; convert it first"
+        )
+    return True
+
+
+def _open_slots(state: SaveState) -> bool:
+    """Open the slots file unless it is open; False (a rebuild) when missing."""
+    if state.slots_fd >= 0:
+        return True
     try:
-        for code in in_place:
-            if code == _OPEN_DIR:
-                path = location
-                state.dir_fd = os.open(location, DIR_FLAGS)
-            elif code == _LOCK_DIR:
-                if not try_lock(state.dir_fd):
-                    raise _errors.held(next_path)
-            elif code == _CHECK_NEXT:
-                path = next_path
-                if exists_at(NEXT_NAME, state.dir_fd):
-                    raise _errors.leftover(next_path)
-            elif code == _CHECK_REPLACE:
-                path = os.path.join(location, CHECKPOINT_NAME)
-                if exists_at(CHECKPOINT_NAME, state.dir_fd):
-                    raise FileExistsError(
-                        errno.EEXIST,
-                        "the session is in the replace layout; convert it first",
-                        path,
-                    )
-            elif code == _OPEN_SLOTS:
-                if state.slots_fd >= 0:
-                    continue
-                path = slots_path
-                try:
-                    state.slots_fd = _open_slots(state.dir_fd)
-                except FileNotFoundError:
-                    break
-            elif code == _CHECK_DIR_LINKED:
-                path = location
-                if os.fstat(state.dir_fd).st_nlink == 0:
-                    raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-            elif code == _READ_SLOTS:
-                path = slots_path
-                if state.known and _choose_known(state, len(data)):
-                    continue
-                view = _read_view(state.slots_fd, slots_path)
-                order = newest_first(view.headers)
-                valid = _valid_records(state.slots_fd, view, 1)
-                newest_is_valid = bool(valid) and valid[0].slot == order[0]
-                choice = choose_slot(
-                    view.header, view.headers, newest_is_valid, len(data)
-                )
-                if view.size < view.header.file_size:
-                    # Shorter than its header says: damaged, and an in-place
-                    # write could land gigabytes past its end. A new file.
-                    choice = attrs.evolve(choice, placement=Placement.REBUILD)
-                state.view = view
-                state.choice = choice
-                if choice.placement is Placement.REBUILD:
-                    state.previous = (
-                        (valid[0].sequence, valid[0].data) if valid else None
-                    )
-                    break
-            elif code == _WRITE_SLOT:
-                path = slots_path
-                chosen, slot = state.view, state.choice
-                if chosen is None or slot is None:
-                    raise ValueError(
-                        f"slot written before it was chosen in {in_place!r}"
-                    )
-                head = encode_record_header(slot.sequence, data)
-                at = chosen.header.slot_offset(slot.slot)
-                _pwrite_all(state.slots_fd, [memoryview(head), memoryview(data)], at)
-                state.written = decode_record_header(head, chosen.header.slot_size)
-            elif code == _SYNC_SLOT:
-                path = slots_path
-                try:
-                    os.fdatasync(state.slots_fd)
-                except OSError as exc:
-                    if state.view is not None and state.choice is not None:
-                        at = state.view.header.slot_offset(state.choice.slot)
-                        _hide_record(state.slots_fd, at, exc)
-                    raise
-            elif code == _CLOSE_SLOTS:
-                if state.slots_fd < 0:
-                    continue
-                path = slots_path
-                fd, state.slots_fd = state.slots_fd, -1
-                os.close(fd)
-            elif code == _CLOSE_DIR:
-                path = location
-                fd, state.dir_fd = state.dir_fd, -1
-                os.close(fd)
-            else:
-                raise ValueError(f"unknown slotted save step {code} in {in_place!r}")
-        else:
-            return True
-        path = slots_path
-        if state.slots_fd >= 0:
-            fd, state.slots_fd = state.slots_fd, -1
-            os.close(fd)
-    except SlotsFormatError as exc:
-        raise CorruptCheckpointError(slots_path, str(exc)) from None
-    except (_errors.LockedStorageError, CorruptCheckpointError):
-        raise
-    except OSError as exc:
-        # The calls above name nothing, or a name relative to the directory:
-        # the full path replaces it.
-        raise OSError(exc.errno, exc.strerror, path) from exc
-    _rebuild(state, location, data, rebuild)
-    return False
+        state.slots_fd = _open_slots_file(state.dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
-def _open_slots(dir_fd: int) -> int:
+def _open_slots_file(dir_fd: int) -> int:
     try:
         return os.open(SLOTS_NAME, _SLOTS_FLAGS | _NO_ATIME, dir_fd=dir_fd)
     except PermissionError as exc:
@@ -365,31 +257,78 @@ def _open_slots(dir_fd: int) -> int:
         return os.open(SLOTS_NAME, _SLOTS_FLAGS, dir_fd=dir_fd)
 
 
-def _rebuild(
-    state: SlotsState,
-    location: str,
-    data: bytes | bytearray | memoryview,
-    rebuild: bytes,
-) -> None:
-    """Write a whole new slots file through the replace sequence; its errors
-    name their paths. A plan that closes the directory takes it over (a
-    one-shot save's); a held session's plan borrows it."""
-    sequence = state.choice.sequence if state.choice is not None else 1
-    previous, state.previous = state.previous, None
-    image = build_slots_file(data, sequence, previous)
-    dir_fd = state.dir_fd
-    if _CLOSE_DIR in rebuild:
-        state.dir_fd = -1
-    save(location, image, rebuild, NEXT_NAME, SLOTS_NAME, dir_fd=dir_fd)
+def _check_dir_linked(state: SaveState) -> bool:
+    if os.fstat(state.dir_fd).st_nlink == 0:
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    return True
 
 
-def _close(slots_fd: int, dir_fd: int) -> None:
+def _read_slots(state: SaveState) -> bool:
+    """Choose the slot; False when the save must rebuild the file instead."""
+    if state.known and _choose_known(state):
+        return True
+    view = _read_view(state.slots_fd, state.path(SLOTS_NAME))
+    order = newest_first(view.headers)
+    valid = _valid_records(state.slots_fd, view, 1)
+    newest_is_valid = bool(valid) and valid[0].slot == order[0]
+    choice = choose_slot(view.header, view.headers, newest_is_valid, len(state.data))
+    if view.size < view.header.file_size:
+        # Shorter than its header says: damaged, and an in-place write could
+        # land gigabytes past its end. A new file.
+        choice = attrs.evolve(choice, placement=Placement.REBUILD)
+    state.view = view
+    state.choice = choice
+    if choice.placement is Placement.REBUILD:
+        state.previous = (valid[0].sequence, valid[0].data) if valid else None
+        return False
+    return True
+
+
+def _write_slot(state: SaveState) -> bool:
+    view, choice = state.view, state.choice
+    if view is None or choice is None:
+        raise ValueError(f"slot written before it was chosen in {state.codes!r}")
+    data = state.data
+    head = encode_record_header(choice.sequence, data)
+    at = view.header.slot_offset(choice.slot)
+    _pwrite_all(state.slots_fd, [memoryview(head), memoryview(data)], at)
+    state.written = decode_record_header(head, view.header.slot_size)
+    return True
+
+
+def _sync_slot(state: SaveState) -> bool:
     try:
-        if slots_fd >= 0:
-            os.close(slots_fd)
-    finally:
-        if dir_fd >= 0:
-            os.close(dir_fd)
+        os.fdatasync(state.slots_fd)
+    except OSError as exc:
+        if state.view is not None and state.choice is not None:
+            at = state.view.header.slot_offset(state.choice.slot)
+            _hide_record(state.slots_fd, at, exc)
+        raise
+    return True
+
+
+def _close_slots(state: SaveState) -> bool:
+    if state.slots_fd >= 0:
+        fd, state.slots_fd = state.slots_fd, -1
+        os.close(fd)
+    return True
+
+
+STEPS: Final = Steps(
+    {
+        **{SaveStep(code): step for code, step in REPLACE_STEPS.functions.items()},
+        SaveStep.CHECK_NEXT: _check_next,
+        SaveStep.CHECK_REPLACE: _check_replace,
+        SaveStep.OPEN_SLOTS: _open_slots,
+        SaveStep.CHECK_DIR_LINKED: _check_dir_linked,
+        SaveStep.READ_SLOTS: _read_slots,
+        SaveStep.WRITE_SLOT: _write_slot,
+        SaveStep.SYNC_SLOT: _sync_slot,
+        SaveStep.CLOSE_SLOTS: _close_slots,
+    },
+    "unknown slotted save step {code} in {codes!r}",
+)
+"""Every step code: the replace sequence's and the slotted layout's."""
 
 
 # How often a load reads the slots again while saves keep changing them.
