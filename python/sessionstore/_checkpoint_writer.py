@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Final
 
 from . import _backend
 from ._backend import Worker
+from ._checkpoint_data import as_checkpoint
 from ._options import Layout
 from ._save_plan import plan_save, plan_slotted_save
-from ._storage import as_checkpoint
 from ._writer_stats import RawStats, WriterStats, writer_stats
 
 if TYPE_CHECKING:
