@@ -34,6 +34,8 @@ from sessionstore import (
     SessionStorage,
     _backend,
 )
+from sessionstore._fallback.checkpoint_worker import CheckpointWorker
+from sessionstore._shield import shielded
 
 OLD = b"the last good checkpoint"
 MiB = 1024 * 1024
@@ -85,7 +87,18 @@ def gated(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[GatedSave]:
     """The active backend with its first save held at a gate the test opens."""
     current = _backend.active.current
     gate = GatedSave(current.save)
-    monkeypatch.setattr(_backend.active, "current", attrs.evolve(current, save=gate))
+
+    class GatedWorker(CheckpointWorker):
+        """The threaded worker, which (unlike the native one) saves through it."""
+
+        def __init__(self, location: str, codes: bytes, next_name: str, target: str):
+            def save_one(data: bytes) -> None:
+                shielded(gate, location, data, codes, next_name, target)
+
+            super().__init__(location, codes, next_name, target, save_one=save_one)
+
+    gated = attrs.evolve(current, save=gate, CheckpointWorker=GatedWorker)
+    monkeypatch.setattr(_backend.active, "current", gated)
     yield gate
     gate.release.set()
 
@@ -672,21 +685,27 @@ def test_an_unclosed_writer_saves_its_last_checkpoint_when_collected(
 _COLLECTED_ON_ITS_OWN_THREAD = """
 import gc, sys, threading, time
 import attrs
-from sessionstore import CheckpointWriter, SessionStorage
+from sessionstore import CheckpointWriter, SessionStorage, _backend
+from sessionstore._fallback import CheckpointWorker, save
 
 gc.disable()
 
 
-@attrs.frozen
-class CollectingStorage(SessionStorage):
-    def save_checkpoint(self, data):
-        # Stands for a cyclic collection that any allocation of the worker
-        # thread may trigger in the middle of a save.
-        gc.collect()
-        super().save_checkpoint(data)
+class CollectingWorker(CheckpointWorker):
+    def __init__(self, location, codes, next_name, target):
+        def save_one(data):
+            # Stands for a cyclic collection that any allocation of the worker
+            # thread may trigger in the middle of a save.
+            gc.collect()
+            save(location, data, codes, next_name, target)
+
+        super().__init__(location, codes, next_name, target, save_one=save_one)
 
 
-storage = CollectingStorage(sys.argv[1])
+_backend.active.current = attrs.evolve(
+    _backend.active.current, CheckpointWorker=CollectingWorker
+)
+storage = SessionStorage(sys.argv[1])
 
 
 class Harness:

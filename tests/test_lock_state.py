@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 import filesystems
 from checkpoint_child import checkpoint_id
 from sessionstore import LockedStorageError, LockState, SessionStorage
-from sessionstore._lock_state import FileKey, NextFile, classify_lock, parse_proc_locks
+from sessionstore._lock_state import (
+    LOCK_STATE_CODES,
+    FileKey,
+    NextFile,
+    classify_lock,
+    parse_proc_locks,
+)
 
 CHILD = str(Path(__file__).with_name("checkpoint_child.py"))
 
@@ -340,19 +346,19 @@ def test_the_python_probe_looks_at_next_on_both_sides_of_the_lock(
     the lock and creates ``session.next``. Reading the file only after the lock
     would call that STALE.
     """
-    from sessionstore import _python_writer
+    from sessionstore._fallback import lock
 
     location = tmp_path / "race.session"
     location.mkdir()
-    real_held = _python_writer._held
+    real_held = lock._held
 
     def writer_starts_right_after(dir_fd: int, *, next_exists: bool) -> bool:
         held = real_held(dir_fd, next_exists=next_exists)
         (location / "session.next").write_bytes(b"")
         return held
 
-    monkeypatch.setattr(_python_writer, "_held", writer_starts_right_after)
-    assert _python_writer.lock_state(str(location)) is LockState.HELD
+    monkeypatch.setattr(lock, "_held", writer_starts_right_after)
+    assert LOCK_STATE_CODES[lock.lock_state(str(location))] is LockState.HELD
 
 
 def test_the_python_probe_does_not_trust_a_table_that_misses_a_holder(
@@ -364,16 +370,14 @@ def test_the_python_probe_does_not_trust_a_table_that_misses_a_holder(
     a long table can miss a writer that holds its lock all along; STALE on that
     word alone would invite breaking a live writer's lock.
     """
-    from sessionstore import _python_writer
+    from sessionstore._fallback import lock
     from sessionstore._lock_state import LockTable
 
-    monkeypatch.setattr(
-        _python_writer, "read_lock_table", lambda: LockTable(frozenset())
-    )
+    monkeypatch.setattr(lock, "read_lock_table", lambda: LockTable(frozenset()))
     storage = SessionStorage.create(tmp_path)
     holder = Holder(storage.location, create_next=True)
     try:
-        assert _python_writer.lock_state(storage.location) is LockState.HELD
+        assert LOCK_STATE_CODES[lock.lock_state(storage.location)] is LockState.HELD
     finally:
         holder.release()
-    assert _python_writer.lock_state(storage.location) is LockState.STALE
+    assert LOCK_STATE_CODES[lock.lock_state(storage.location)] is LockState.STALE

@@ -28,6 +28,7 @@ from sessionstore import (
     SessionStorage,
     _backend,
 )
+from sessionstore._lock_state import LOCK_STATE_CODES
 from sessionstore._save_plan import plan_save
 
 DURABLE: Final = plan_save(Durability.FULL)
@@ -249,13 +250,13 @@ def test_native_lock_state_reports_each_state(
     native: _backend.Backend, tmp_path: Path
 ) -> None:
     location = str(tmp_path)
-    assert native.lock_state(location) is LockState.UNLOCKED
+    assert LOCK_STATE_CODES[native.lock_state(location)] is LockState.UNLOCKED
     (tmp_path / "session.next").write_bytes(b"")
-    assert native.lock_state(location) is LockState.STALE
+    assert LOCK_STATE_CODES[native.lock_state(location)] is LockState.STALE
     fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert native.lock_state(location) is LockState.HELD
+        assert LOCK_STATE_CODES[native.lock_state(location)] is LockState.HELD
         assert native.break_stale_lock(location) is False
     finally:
         os.close(fd)

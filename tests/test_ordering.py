@@ -8,7 +8,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sessionstore._ordering import ListedSession, sort_key, youngest_first
+from sessionstore._ordering import ListedSession, in_listing_order, sort_key
 
 sessions = st.lists(
     st.builds(
@@ -26,12 +26,12 @@ def test_the_order_does_not_depend_on_the_input_order(
 ) -> None:
     shuffled = list(listed)
     shuffle.shuffle(shuffled)
-    assert youngest_first(shuffled) == youngest_first(listed)
+    assert in_listing_order(shuffled) == in_listing_order(listed)
 
 
 @given(sessions)
 def test_younger_comes_first_and_ties_go_by_name(listed: list[ListedSession]) -> None:
-    ordered = youngest_first(listed)
+    ordered = in_listing_order(listed)
     for a, b in itertools.pairwise(ordered):
         assert a.mtime_ns > b.mtime_ns or (a.mtime_ns == b.mtime_ns and a.name < b.name)
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sessionstore import CheckpointStatus, LockState, SessionInfo
-from sessionstore._prune import PrunePolicy, plan_prune, youngest_first
+from sessionstore._prune import PrunePolicy, in_prune_order, plan_prune
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -145,7 +145,7 @@ def test_a_budget_alone_removes_the_oldest_and_no_more_than_it_needs(
 ) -> None:
     removed = plan_prune(sessions, NOW, PrunePolicy(max_total_size=budget))
     left = [s for s in sessions if s not in removed]
-    sized = [s for s in youngest_first(not_held(sessions)) if s.checkpoint_size]
+    sized = [s for s in in_prune_order(not_held(sessions)) if s.checkpoint_size]
     # Met, or nothing more could go: everything left that frees space is held.
     assert total_size(left) <= budget or all(s in removed for s in sized)
     # Never more than needed: keeping the youngest one removed breaks the budget.
@@ -218,7 +218,7 @@ def test_the_answer_is_youngest_first(
     sessions: list[SessionInfo], policy: PrunePolicy
 ) -> None:
     removed = plan_prune(sessions, NOW, policy)
-    assert removed == youngest_first(removed)
+    assert removed == in_prune_order(removed)
     assert [s.modified for s in removed] == sorted(
         (s.modified for s in removed), reverse=True
     )
@@ -229,7 +229,7 @@ def test_ties_in_time_are_broken_by_location() -> None:
     b, a = (
         SessionInfo(n, f"/r/{n}.session", same, None, LockState.UNLOCKED) for n in "ba"
     )
-    assert youngest_first([b, a]) == [a, b]
+    assert in_prune_order([b, a]) == [a, b]
     assert plan_prune([b, a], NOW, PrunePolicy(keep=1)) == [b]
 
 

@@ -25,8 +25,8 @@ from sessionstore import (
     SessionStorage,
     SessionStorageRepository,
     _backend,
-    _python_listing,
 )
+from sessionstore._fallback import listing
 from sessionstore._naming import NEXT_NAME, SLOTS_NAME, plan_tombstone_name
 from sessionstore._repository import _remove_unless_held, describe
 
@@ -199,12 +199,11 @@ def test_a_session_removed_between_listing_and_inspection_is_left_out(
     gone_empty = make(tmp_path, None, age_days=3)
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        listed, _ = _python_listing._listed(str(tmp_path), dir_fd, tombstones=False)
+        listed, _ = listing._listed(str(tmp_path), dir_fd, tombstones=False)
         gone_with_checkpoint.remove()
         gone_empty.remove()
         scanned = [
-            _python_listing._scanned(str(tmp_path), dir_fd, name, st)
-            for name, st in listed
+            listing._scanned(str(tmp_path), dir_fd, name, st) for name, st in listed
         ]
     finally:
         os.close(dir_fd)

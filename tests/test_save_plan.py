@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from sessionstore import Durability, Layout
-from sessionstore._save_plan import SaveStep, plan_hold, plan_save, plan_slotted_save
+from sessionstore._save_plan import (
+    DirOwner,
+    SaveStep,
+    plan_hold,
+    plan_save,
+    plan_slotted_save,
+)
 
 
 def test_the_durable_plan_is_the_contract_sequence() -> None:
@@ -89,3 +95,18 @@ def test_no_held_save_opens_locks_or_closes_the_directory() -> None:
         for durability in Durability:
             held = plan_hold(durability, layout)
             assert lifetime.isdisjoint(held.save.steps + held.rebuild.steps)
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_the_plan_names_who_owns_the_directory(durability: Durability) -> None:
+    """A one-shot save owns its directory; a held session's plans borrow it,
+    even the release that closes it and the acquire that opens it."""
+    slotted = plan_slotted_save(durability)
+    for plan in (plan_save(durability), slotted.in_place, slotted.rebuild):
+        assert plan.dir_owner is DirOwner.SAVE
+        assert SaveStep.CLOSE_DIR in plan.steps
+    for layout in Layout:
+        held = plan_hold(durability, layout)
+        for part in (held.acquire, held.save, held.rebuild, held.release):
+            assert part.dir_owner is DirOwner.HOLDER
+        assert SaveStep.CLOSE_DIR in held.release.steps

@@ -9,10 +9,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from . import _backend
+from ._checkpoint_data import as_checkpoint
 from ._options import Layout
 from ._save_plan import plan_hold
 from ._shield import shielded
-from ._storage import as_checkpoint
 
 if TYPE_CHECKING:
     from ._storage import SessionStorage
@@ -58,7 +58,7 @@ class HeldSession:
 
     def _hold(self, storage: SessionStorage) -> None:
         plan = plan_hold(storage.durability, storage.layout)
-        writer = _backend.active.current.hold(
+        writer = _backend.active.current.HeldWriter(
             storage.absolute_location,
             plan.acquire.codes,
             plan.save.codes,

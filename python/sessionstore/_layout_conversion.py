@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 
-from . import _errors, _python_slots_writer, _python_writer
+from . import _errors, _fallback
+from ._fallback.posix import DIR_FLAGS, exists_at, try_lock
 from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
 from ._options import Durability, Layout
-from ._python_writer import DIR_FLAGS, exists_at, try_lock
 from ._save_plan import SaveStep, plan_save
 from ._slots_format import build_slots_file
 
@@ -55,10 +55,10 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
         has_replace = _exists(location, CHECKPOINT_NAME, dir_fd)
         has_slots = _exists(location, SLOTS_NAME, dir_fd)
         if layout is Layout.SLOTTED and has_replace:
-            data = _python_writer.load(os.path.join(location, CHECKPOINT_NAME))
+            data = _fallback.load(os.path.join(location, CHECKPOINT_NAME))
             image = build_slots_file(data, 1, None)
             steps = _locked_steps(durability, SLOTS_NAME)
-            _python_writer.save(
+            _fallback.save(
                 location,
                 image,
                 steps,
@@ -69,9 +69,9 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
             _remove(location, CHECKPOINT_NAME, dir_fd, durability)
         elif layout is Layout.REPLACE and has_slots:
             if not has_replace:
-                newest = _python_slots_writer.load(os.path.join(location, SLOTS_NAME))
+                newest = _fallback.load_slots(os.path.join(location, SLOTS_NAME))
                 steps = _locked_steps(durability, CHECKPOINT_NAME)
-                _python_writer.save(
+                _fallback.save(
                     location,
                     newest or b"",
                     steps,

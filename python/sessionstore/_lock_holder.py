@@ -22,8 +22,8 @@ from typing import Final
 
 import attrs
 
+from ._fallback.posix import read_proc_locks
 from ._lock_state import FileKey, parse_lock_owners
-from ._python_writer import read_proc_locks
 
 # A command line longer than this is cut, with an ellipsis, in messages.
 COMMAND_WIDTH: Final = 40

@@ -29,6 +29,10 @@ class LockState(enum.Enum):
     ``session.next`` can be ruled out; a prune treats it as held"""
 
 
+# What a writer backend's ``lock_state`` returns: the index of the state here.
+LOCK_STATE_CODES: Final = (LockState.UNLOCKED, LockState.HELD, LockState.STALE)
+
+
 @attrs.frozen
 class NextFile:
     """One look at ``session.next``: enough to tell whether it changed between looks.

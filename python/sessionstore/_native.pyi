@@ -1,9 +1,9 @@
-# The native writer backend. Signatures match sessionstore._python_writer, which
+# The native writer backend. Signatures match sessionstore._fallback, which
 # documents the behaviour; lock_state returns 0 (unlocked), 1 (held), 2 (stale).
 
 from typing import final
 
-from sessionstore._python_listing import ScannedSession
+from sessionstore._fallback.listing import ScannedSession
 
 __all__ = [
     "CheckpointWorker",
@@ -28,7 +28,7 @@ def save(
 def load(path: str) -> bytes: ...
 def lock_state(location: str) -> int: ...
 
-# The slotted layout; sessionstore._python_slots_writer documents the behaviour.
+# The slotted layout; sessionstore._fallback.slotted documents the behaviour.
 def save_slotted(
     location: str,
     data: bytes | bytearray | memoryview,
@@ -38,8 +38,8 @@ def save_slotted(
 def load_slots(path: str, previous: bool = False) -> bytes | None: ...
 def break_stale_lock(location: str) -> bool: ...
 
-# The repository listing; sessionstore._python_listing documents the behaviour.
-# A scanned session is _python_listing.ScannedSession: (name, mtime_ns, st_dev,
+# The repository listing; sessionstore._fallback.listing documents the behaviour.
+# A scanned session is _fallback.listing.ScannedSession: (name, mtime_ns, st_dev,
 # st_ino, next_ino, next_ctime_ns, errno, entries, checkpoint), a checkpoint
 # (file name, st_mode, errno, size, mtime_ns).
 
@@ -70,7 +70,7 @@ class CheckpointWorker:
         self,
     ) -> tuple[int, int, int, int, int, BaseException | None, list[int]]: ...
 
-# The writer of sessionstore.HeldSession; sessionstore._python_held_writer
+# The writer of sessionstore.HeldSession; sessionstore._fallback.held
 # documents the behaviour.
 @final
 class HeldWriter:

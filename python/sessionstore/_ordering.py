@@ -20,6 +20,6 @@ def sort_key(mtime_ns: int, name: str) -> tuple[int, str]:
     return (-mtime_ns, name)
 
 
-def youngest_first(sessions: Iterable[ListedSession]) -> list[ListedSession]:
+def in_listing_order(sessions: Iterable[ListedSession]) -> list[ListedSession]:
     """``sessions`` ordered by directory mtime, youngest first, ties by name."""
     return sorted(sessions, key=lambda s: sort_key(s.mtime_ns, s.name))

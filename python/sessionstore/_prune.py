@@ -70,7 +70,7 @@ class PrunePolicy:
             )
 
 
-def youngest_first(sessions: Iterable[SessionInfo]) -> list[SessionInfo]:
+def in_prune_order(sessions: Iterable[SessionInfo]) -> list[SessionInfo]:
     """``sessions`` by ``modified``, youngest first; equal times by location.
 
     The plan sorts for itself so that its answer depends on the set of sessions
@@ -106,7 +106,7 @@ def plan_prune(
     if now.tzinfo is None:
         raise ValueError(f"prune time must be timezone-aware, got {now!r}")
     sessions = list(sessions)
-    candidates = youngest_first(s for s in sessions if _removable(s))
+    candidates = in_prune_order(s for s in sessions if _removable(s))
     # Each limit judges the whole scan; the plan is what all of them allow.
     over_budget = (
         None

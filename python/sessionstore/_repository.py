@@ -14,18 +14,25 @@ import attrs
 
 from . import _backend
 from ._default_location import default_location
-from ._lock_holder import find_holder
-from ._lock_state import FileKey, LockState, LockTable, NextFile, classify_lock
-from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME, session_id
-from ._ordering import sort_key
-from ._prune import PrunePolicy, plan_prune
-from ._python_listing import (
+from ._fallback.listing import (
     ScannedCheckpoint,
     ScannedSession,
     scan_session,
     verified_slots_length,
 )
-from ._python_writer import read_lock_table, try_lock
+from ._fallback.posix import read_lock_table, try_lock
+from ._lock_holder import find_holder
+from ._lock_state import (
+    LOCK_STATE_CODES,
+    FileKey,
+    LockState,
+    LockTable,
+    NextFile,
+    classify_lock,
+)
+from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME, session_id
+from ._ordering import sort_key
+from ._prune import PrunePolicy, plan_prune
 from ._session_contents import RECOGNISED, tombstone_origin
 from ._session_info import CheckpointStatus, SessionInfo, file_kind, modified_at
 from ._storage import SessionStorage, remove_tree
@@ -103,7 +110,7 @@ def _lock_of(
     # a page at a time and can miss a holder, so lock_state() tries it.
     if held is None or (not held and before is not None):
         try:
-            return _backend.active.current.lock_state(session)
+            return LOCK_STATE_CODES[_backend.active.current.lock_state(session)]
         except PermissionError:
             return LockState.UNKNOWN
     after = None if before is None or held else _look_at_next(session)

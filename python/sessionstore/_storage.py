@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from . import _backend
+from ._checkpoint_data import as_checkpoint
+from ._checkpoint_writer import CheckpointWriter
+from ._held_session import HeldSession
 from ._layout_conversion import convert_layout
-from ._lock_state import LockState
+from ._lock_state import LOCK_STATE_CODES, LockState
 from ._naming import (
     CHECKPOINT_NAME,
     SLOTS_NAME,
@@ -29,8 +32,6 @@ from ._save_plan import plan_save, plan_slotted_save
 from ._shield import shielded
 
 if TYPE_CHECKING:
-    from ._checkpoint_writer import CheckpointWriter
-    from ._held_session import HeldSession
     from ._lock_holder import LockHolder
 
 # How many names create() tries before it gives up. Each is a fresh random token,
@@ -53,27 +54,6 @@ def as_location(value: str | os.PathLike[str]) -> str:
     if not path:
         raise ValueError("session location must not be empty")
     return path
-
-
-def as_checkpoint(data: object) -> bytes | bytearray | memoryview:
-    """``data`` as something every backend writes without copying, or TypeError.
-
-    A memoryview of another shape (items wider than a byte, several dimensions)
-    is cast to plain bytes; one that is not contiguous cannot be written without
-    a copy and is refused.
-    """
-    if type(data) is bytes or isinstance(data, (bytes, bytearray)):
-        return data
-    if isinstance(data, memoryview):
-        if data.format == "B" and data.ndim == 1 and data.c_contiguous:
-            return data
-        if not data.c_contiguous:
-            raise TypeError("checkpoint memoryview must be C-contiguous")
-        return data.cast("B")
-    raise TypeError(
-        f"checkpoint data must be bytes, bytearray or memoryview, "
-        f"not {type(data).__name__}"
-    )
 
 
 def _absolute(location: str) -> str:
@@ -357,7 +337,8 @@ class SessionStorage:
 
     def lock_state(self) -> LockState:
         """Whether the session is unlocked, held by a live writer, or left stale."""
-        return shielded(_backend.active.current.lock_state, self._absolute_location)
+        code = shielded(_backend.active.current.lock_state, self._absolute_location)
+        return LOCK_STATE_CODES[code]
 
     def holder(self) -> LockHolder | None:
         """The process holding this session's lock: pid, command line, start time.
@@ -388,14 +369,10 @@ class SessionStorage:
         ``session.next`` behind; for the slotted layout, FileExistsError naming
         ``session`` when the session is in the replace layout.
         """
-        from ._held_session import HeldSession
-
         return HeldSession(self)
 
     def writer(self) -> CheckpointWriter:
         """A background, coalescing saver for this storage."""
-        from ._checkpoint_writer import CheckpointWriter
-
         return CheckpointWriter(self)
 
     def remove(self) -> None:

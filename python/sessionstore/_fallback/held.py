@@ -1,4 +1,4 @@
-"""The pure-Python writer of a held session: same plan, same syscalls as native.
+"""A held session's writer in Python: same plan, same syscalls as the native ``held``.
 
 The directory is opened and locked once, by the held plan's ``acquire`` steps;
 each save runs its ``save`` steps on the descriptors kept open (the replace
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 
-from . import _python_slots_writer, _python_writer
-from ._naming import CHECKPOINT_NAME, NEXT_NAME
-from ._python_slots_writer import SlotsState
+from .._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from .save import REPLACE_STEPS, SaveState, run
+from .slotted import STEPS, run_slotted
 
 
 class HeldWriter:
@@ -46,9 +46,11 @@ class HeldWriter:
         release: bytes,
         slotted: bool,
     ) -> None:
-        state = SlotsState()
+        state = SaveState(
+            location, NEXT_NAME, SLOTS_NAME if slotted else CHECKPOINT_NAME
+        )
         try:
-            _python_slots_writer.run_on(state, location, b"", acquire, b"")
+            run(state, acquire, STEPS)
         except BaseException:
             state.close()
             raise
@@ -60,7 +62,7 @@ class HeldWriter:
         self._lock = threading.RLock()
         self._busy = False
         self._close_after = False
-        self._state: SlotsState | None = state
+        self._state: SaveState | None = state
 
     @property
     def closed(self) -> bool:
@@ -80,18 +82,14 @@ class HeldWriter:
             self._busy = True
             try:
                 if self._slotted:
-                    _python_slots_writer.run_on(
-                        state, self._location, data, self._save, self._rebuild
-                    )
+                    run_slotted(state, data, self._save, self._rebuild)
                 else:
-                    _python_writer.save(
-                        self._location,
-                        data,
-                        self._save,
-                        NEXT_NAME,
-                        CHECKPOINT_NAME,
-                        dir_fd=state.dir_fd,
-                    )
+                    state.data = data
+                    try:
+                        run(state, self._save, REPLACE_STEPS)
+                    finally:
+                        # The held state must not keep the checkpoint alive.
+                        state.data = b""
             finally:
                 self._busy = False
                 if self._close_after:
@@ -114,7 +112,7 @@ class HeldWriter:
         if state is None:
             return
         try:
-            _python_slots_writer.run_on(state, self._location, b"", self._release, b"")
+            run(state, self._release, STEPS)
         finally:
             state.close()
 

@@ -16,18 +16,18 @@ import zlib
 from operator import itemgetter
 from typing import Final, TypeAlias
 
-from ._errors import CorruptCheckpointError
-from ._naming import (
+from .._errors import CorruptCheckpointError
+from .._naming import (
     CHECKPOINT_NAME,
     NEXT_NAME,
     SLOTS_NAME,
     is_session_name,
     is_tombstone_name,
 )
-from ._ordering import sort_key
-from ._python_slots_writer import _read_view
-from ._session_contents import EntryKind
-from ._slots_format import RECORD_HEADER_SIZE, newest_first, newest_plausible_length
+from .._ordering import sort_key
+from .._session_contents import EntryKind
+from .._slots_format import RECORD_HEADER_SIZE, newest_first, newest_plausible_length
+from .slotted import _read_view
 
 ScannedCheckpoint: TypeAlias = tuple[str, int, int, int | None, int | None]
 """``(file name, st_mode, errno, size, mtime_ns)`` of the file holding a checkpoint.
