@@ -10,9 +10,8 @@
 
 use std::ffi::CString;
 
-use crate::checkpoint_worker::Error;
 use crate::save::{Checkpoint, Save};
-use crate::slotted::{Failure, SlottedSave, State, CHECKPOINT_NAME, NEXT_NAME};
+use crate::slotted::{Failure, LayoutError, SlottedSave, State, CHECKPOINT_NAME, NEXT_NAME};
 
 /// What a held session runs per save, by layout.
 pub enum Plan {
@@ -64,7 +63,7 @@ impl Held {
 
     /// One save on the held descriptors. A failed save leaves the session held
     /// and its last good checkpoint in place; the next save reads the slots again.
-    pub fn save(&mut self, data: Checkpoint) -> Result<(), Error> {
+    pub fn save(&mut self, data: Checkpoint) -> Result<(), LayoutError> {
         match &self.plan {
             Plan::Replace { save } => Save {
                 location: &self.location,
@@ -73,14 +72,14 @@ impl Held {
                 codes: save,
             }
             .run_in(self.state.dir(), data)
-            .map_err(Error::Replace),
+            .map_err(LayoutError::Replace),
             Plan::Slotted { save, rebuild } => SlottedSave {
                 location: &self.location,
                 in_place: save,
                 rebuild,
             }
             .run_on(&mut self.state, data)
-            .map_err(Error::Slotted),
+            .map_err(LayoutError::Slotted),
         }
     }
 

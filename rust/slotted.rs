@@ -60,6 +60,13 @@ pub enum At {
     Slots,
 }
 
+/// Why a save of either layout failed: the error of the plan it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutError {
+    Replace(SaveError),
+    Slotted(Failure),
+}
+
 /// Why a slotted save failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -143,6 +150,50 @@ pub fn read_view(fd: libc::c_int) -> Result<View, ReadError> {
         headers: [first, second],
         size,
     })
+}
+
+/// How often a load reads the slots again while concurrent saves change them
+/// (the fallback's `_READS`).
+pub const SLOT_READS: usize = 100;
+
+/// Up to `wanted` whole records of a slots file, newest first: `read_view`
+/// reads its headers, `read_whole` one record (the slot and its header given)
+/// into memory of its own, `Some` when the record is whole. A record the file
+/// is too short for is damaged: it is never read.
+///
+/// A load takes no lock: two saves during one load may overwrite both slots
+/// after their headers were read, so no record read is whole. Headers that
+/// changed since mean exactly that, and the load reads again; unchanged
+/// headers with no whole record mean a damaged file (nothing is found).
+pub fn newest_records<T, E>(
+    wanted: usize,
+    mut read_view: impl FnMut() -> Result<View, E>,
+    mut read_whole: impl FnMut(&View, usize, RecordHeader) -> Result<Option<T>, E>,
+) -> Result<Vec<T>, E> {
+    let mut view = read_view()?;
+    for _ in 0..SLOT_READS {
+        let mut found = Vec::new();
+        for slot in newest_first(&view.headers) {
+            let Some(record) = view.record(slot) else {
+                continue;
+            };
+            if let Some(whole) = read_whole(&view, slot, record)? {
+                found.push(whole);
+                if found.len() == wanted {
+                    break;
+                }
+            }
+        }
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let again = read_view()?;
+        if again == view {
+            break;
+        }
+        view = again;
+    }
+    Ok(Vec::new())
 }
 
 /// Read the data of the record in `slot` into `dest` and check it: whether the
@@ -650,6 +701,72 @@ mod tests {
             Err(Failure::UnknownStep(42))
         );
         assert_eq!(load(&dir.slots(), 2).unwrap(), [b"x"]);
+    }
+
+    fn view_of(path: &Path) -> View {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let fd = sys::open(&c, READ_FLAGS).unwrap();
+        let view = read_view(fd).unwrap();
+        sys::close(fd).unwrap();
+        view
+    }
+
+    #[test]
+    fn a_load_reads_again_only_while_the_headers_change() {
+        let dir = TempDir::new("slotted", "reads");
+        save(&dir.0, b"one").unwrap();
+        save(&dir.0, b"two").unwrap();
+        let view = view_of(&dir.slots());
+        let moved = View {
+            size: view.size + 1,
+            ..view
+        };
+        let newest = newest_first(&view.headers)[0];
+        // Both records read whole: the newest first, up to `wanted`.
+        let slots: Result<Vec<usize>, ()> =
+            newest_records(2, || Ok(view), |_, slot, _| Ok(Some(slot)));
+        assert_eq!(slots.unwrap().len(), 2);
+        let slots: Result<Vec<usize>, ()> =
+            newest_records(1, || Ok(view), |_, slot, _| Ok(Some(slot)));
+        assert_eq!(slots.unwrap(), [newest]);
+        // Headers that changed: read again, and the records are whole this time.
+        let mut views = [view, moved].into_iter().cycle();
+        let mut reads = 0;
+        let slots: Result<Vec<usize>, ()> = newest_records(
+            1,
+            || Ok(views.next().unwrap()),
+            |seen, slot, _| {
+                reads += 1;
+                Ok((*seen == moved).then_some(slot))
+            },
+        );
+        assert_eq!(slots.unwrap(), [newest]);
+        assert_eq!(reads, 3);
+        // Unchanged headers and no whole record: damaged, after one look again.
+        let mut looks = 0;
+        let slots: Result<Vec<usize>, ()> = newest_records(
+            1,
+            || {
+                looks += 1;
+                Ok(view)
+            },
+            |_, _, _| Ok(None),
+        );
+        assert!(slots.unwrap().is_empty());
+        assert_eq!(looks, 2);
+        // Headers that never settle: given up after `SLOT_READS` rounds.
+        let mut views = [view, moved].into_iter().cycle();
+        let mut looks = 0;
+        let slots: Result<Vec<usize>, ()> = newest_records(
+            1,
+            || {
+                looks += 1;
+                Ok(views.next().unwrap())
+            },
+            |_, _, _| Ok(None),
+        );
+        assert!(slots.unwrap().is_empty());
+        assert_eq!(looks, SLOT_READS + 1);
     }
 
     #[test]
