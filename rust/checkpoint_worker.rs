@@ -173,7 +173,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
         let served = Arc::clone(&shared);
         // The thread runs no signal handler: it takes none of the process's
         // signals, which go to a thread that handles them.
-        crate::sys::with_signals_blocked(|| {
+        crate::posix::with_signals_blocked(|| {
             thread::Builder::new()
                 .name(name)
                 .spawn(move || work(&served))

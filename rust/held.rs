@@ -128,8 +128,8 @@ pub fn slotted(save: &[u8], rebuild: &[u8]) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::posix;
     use crate::slotted;
-    use crate::sys;
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
 
@@ -155,13 +155,13 @@ mod tests {
 
     fn newest(dir: &TempDir) -> Vec<u8> {
         let path = CString::new(dir.0.join("session.slots").as_os_str().as_bytes()).unwrap();
-        let fd = sys::open(&path, slotted::READ_FLAGS).unwrap();
-        let view = slotted::read_view(fd).unwrap();
+        let fd = posix::open(&path, slotted::READ_FLAGS).unwrap();
+        let view = slotted::read_view(&fd).unwrap();
         let slot = crate::slots_format::newest_first(&view.headers)[0];
         let length = view.headers[slot].unwrap().length as usize;
         let mut data = vec![0u8; length];
-        assert!(unsafe { slotted::read_record(fd, &view, slot, data.as_mut_ptr()) }.unwrap());
-        sys::close(fd).unwrap();
+        assert!(unsafe { slotted::read_record(&fd, &view, slot, data.as_mut_ptr()) }.unwrap());
+        fd.close().unwrap();
         data
     }
 

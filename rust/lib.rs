@@ -14,10 +14,10 @@ pub mod held;
 pub mod listing;
 pub mod load;
 pub mod lock;
+pub mod posix;
 pub mod save;
 pub mod slots_format;
 pub mod slotted;
-pub mod sys;
 #[cfg(test)]
 mod test_dir;
 

@@ -7,10 +7,10 @@ use pyo3::exceptions::{PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
+use crate::posix;
 use crate::python::path::fs_name;
 use crate::save::{At, Cleanup, Failure, SaveError};
 use crate::slotted::{self, LayoutError};
-use crate::sys;
 
 /// `os.path.join(dir, name)` on bytes, so error paths read as the fallback's do.
 pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -29,7 +29,7 @@ pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 /// subclass from `errno`, exactly as for an error raised by the `os` module.
 pub fn os_error(
     py: Python<'_>,
-    errno: sys::Errno,
+    errno: posix::Errno,
     strerror: &str,
     filename: Option<&[u8]>,
     filename2: Option<&[u8]>,
@@ -51,16 +51,16 @@ pub fn os_error(
     }
 }
 
-pub fn errno_error(py: Python<'_>, errno: sys::Errno, filename: &[u8]) -> PyErr {
-    os_error(py, errno, &sys::describe(errno), Some(filename), None)
+pub fn errno_error(py: Python<'_>, errno: posix::Errno, filename: &[u8]) -> PyErr {
+    os_error(py, errno, &posix::describe(errno), Some(filename), None)
 }
 
 /// The error of a load's open or read of `filename`: "not a regular file" for
 /// a FIFO, a device or a socket, MemoryError when the memory cannot be had,
 /// as the fallback says them.
-pub fn read_error(py: Python<'_>, errno: sys::Errno, filename: &[u8]) -> PyErr {
+pub fn read_error(py: Python<'_>, errno: posix::Errno, filename: &[u8]) -> PyErr {
     match errno {
-        sys::NOT_REGULAR => os_error(py, errno, "not a regular file", Some(filename), None),
+        posix::NOT_REGULAR => os_error(py, errno, "not a regular file", Some(filename), None),
         libc::ENOMEM => PyMemoryError::new_err(()),
         _ => errno_error(py, errno, filename),
     }
@@ -99,7 +99,7 @@ pub fn save_error(
             At::Rename => os_error(
                 py,
                 errno,
-                &sys::describe(errno),
+                &posix::describe(errno),
                 Some(&next_path()),
                 Some(&join(&paths.location, &paths.target)),
             ),
@@ -125,7 +125,9 @@ pub fn save_error(
     // raised in its place.
     let secondary = match error.cleanup {
         None => None,
-        Some(Cleanup::Close(errno)) => Some(os_error(py, errno, &sys::describe(errno), None, None)),
+        Some(Cleanup::Close(errno)) => {
+            Some(os_error(py, errno, &posix::describe(errno), None, None))
+        }
         Some(Cleanup::Unlink(errno)) => Some(errno_error(py, errno, &paths.next_name)),
     };
     if secondary.is_some() {

@@ -12,7 +12,7 @@ use crate::python::error::{
 use crate::python::path::FsPath;
 use crate::save::Save;
 use crate::slotted::{self, SlottedSave};
-use crate::{load, lock, sys};
+use crate::{load, lock, posix};
 
 /// Execute a save plan (`codes`) in `location`, with the GIL released throughout.
 #[pyfunction]
@@ -67,20 +67,15 @@ pub fn load_checkpoint<'py>(
         },
         Err(_) => Err(PyMemoryError::new_err(())),
     };
-    let bytes = match bytes {
-        Ok(bytes) => bytes.cast_into::<PyBytes>()?,
-        Err(err) => {
-            let _ = sys::close(opened.fd);
-            return Err(err);
-        }
-    };
+    // On failure the file is closed as `opened` is dropped.
+    let bytes = bytes?.cast_into::<PyBytes>()?;
     let dest = unsafe {
         load::Destination::from_raw(pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast(), size)
     };
     let fd = opened.fd;
     let (filled, closed) = py.detach(move || {
-        let filled = load::fill(fd, dest);
-        (filled, sys::close(fd))
+        let filled = load::fill(&fd, dest);
+        (filled, fd.close())
     });
     let filled = filled.map_err(|errno| read_error(py, errno, path.as_bytes()))?;
     closed.map_err(|errno| errno_error(py, errno, path.as_bytes()))?;
@@ -130,13 +125,14 @@ pub fn load_slots<'py>(
     let name = path.as_bytes();
     let c = path.as_c_str();
     let fd = py
-        .detach(|| sys::open_regular(c))
+        .detach(|| posix::open_regular(c))
         .map_err(|errno| read_error(py, errno, name))?
         .0;
+    let slots = &fd;
     let found = slotted::newest_records(
         if previous { 2 } else { 1 },
         || {
-            py.detach(|| slotted::read_view(fd))
+            py.detach(|| slotted::read_view(slots))
                 .map_err(|error| match error {
                     slotted::ReadError::Os(errno) => errno_error(py, errno, name),
                     slotted::ReadError::Corrupt(reason) => {
@@ -157,14 +153,16 @@ pub fn load_slots<'py>(
                 load::Destination::from_raw(ptr, length.unsigned_abs())
             };
             let whole = py
-                .detach(move || unsafe { slotted::read_record(fd, view, slot, dest.as_mut_ptr()) })
+                .detach(move || unsafe {
+                    slotted::read_record(slots, view, slot, dest.as_mut_ptr())
+                })
                 .map_err(|errno| errno_error(py, errno, name))?;
             Ok(whole.then_some(bytes))
         },
     );
-    let closed = sys::close(fd);
+    let closed = fd.close();
     let mut found = found?;
-    closed.map_err(|errno| os_error(py, errno, &sys::describe(errno), None, None))?;
+    closed.map_err(|errno| os_error(py, errno, &posix::describe(errno), None, None))?;
     if found.is_empty() {
         return Err(corrupt_error(py, name, "no record passes its checksum"));
     }

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString};
 
-use crate::sys;
+use crate::posix;
 
 /// What the interpreter's `os` functions say of a path with a NUL inside (the
 /// wording changed in Python 3.13), asked once when the module is loaded.
@@ -42,7 +42,7 @@ fn os_nul_in_path_message(py: Python<'_>) -> PyResult<String> {
 /// A path as an owned C string; a NUL inside is refused as Python's `os`
 /// functions refuse it.
 pub fn c_path(path: &[u8]) -> PyResult<CString> {
-    sys::c_path(path).ok_or_else(nul_in_path)
+    posix::c_path(path).ok_or_else(nul_in_path)
 }
 
 /// Whether the interpreter's file system encoding is UTF-8 with surrogateescape
