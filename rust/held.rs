@@ -11,7 +11,8 @@
 use std::ffi::CString;
 
 use crate::save::{Checkpoint, Save};
-use crate::slotted::{Failure, LayoutError, SlottedSave, State, CHECKPOINT_NAME, NEXT_NAME};
+use crate::save_plan::{CHECKPOINT_NAME, NEXT_NAME};
+use crate::slotted::{Failure, LayoutError, SlottedSave, State};
 
 /// What a held session runs per save, by layout.
 pub enum Plan {

@@ -16,6 +16,7 @@ pub mod load;
 pub mod lock;
 pub mod posix;
 pub mod save;
+pub mod save_plan;
 pub mod slots_format;
 pub mod slotted;
 #[cfg(test)]
@@ -39,5 +40,6 @@ fn _native(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(python::listing::scan_sessions, m)?)?;
     m.add_class::<python::checkpoint_worker::CheckpointWorker>()?;
     m.add_class::<python::held_writer::HeldWriter>()?;
+    python::add_plan_constants(m)?;
     Ok(())
 }

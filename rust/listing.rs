@@ -7,12 +7,10 @@ use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use crate::posix::{self, Errno, Fd};
+use crate::save_plan::{CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME};
 
 const SESSION_SUFFIX: &[u8] = b".session";
 const TOMBSTONE_MARK: &[u8] = b".removing-";
-const CHECKPOINT: &[u8] = b"session";
-const NEXT: &[u8] = b"session.next";
-const SLOTS: &[u8] = b"session.slots";
 /// A FIFO opened with O_NONBLOCK for reading opens at once; the fstat after it
 /// then tells it apart from a regular file before anything is read.
 const PEEK_FLAGS: libc::c_int =
@@ -214,7 +212,7 @@ fn entry_kind(fd: &Fd, name: &[u8], d_type: u8) -> u8 {
 /// `(st_mode, errno, size)` of `session.slots` from its headers alone: two small
 /// reads whatever the checkpoint's size (`_python_listing._slots_size`).
 fn slots_size(session: &Fd) -> (libc::mode_t, Errno, Option<u64>) {
-    let fd = match posix::openat(session, c"session.slots", PEEK_FLAGS, 0) {
+    let fd = match posix::openat(session, SLOTS_NAME, PEEK_FLAGS, 0) {
         Ok(fd) => fd,
         Err(errno) => return (0, errno, None),
     };
@@ -242,7 +240,8 @@ fn slots_size(session: &Fd) -> (libc::mode_t, Errno, Option<u64>) {
 /// The one place of this backend that knows which file holds a checkpoint (the
 /// fallback's is `_python_listing._checkpoint`).
 fn checkpoint(session: &Fd, names: &[&[u8]]) -> Option<Checkpoint> {
-    for (name, c) in [(CHECKPOINT, c"session"), (SLOTS, c"session.slots")] {
+    for c in [CHECKPOINT_NAME, SLOTS_NAME] {
+        let name = c.to_bytes();
         if !names.contains(&name) {
             continue;
         }
@@ -262,7 +261,7 @@ fn checkpoint(session: &Fd, names: &[&[u8]]) -> Option<Checkpoint> {
         let mtime_ns = Some(mtime_ns(&st));
         let (mode, errno, size) = if !is_regular(st.st_mode) {
             (st.st_mode, 0, None)
-        } else if name == CHECKPOINT {
+        } else if c == CHECKPOINT_NAME {
             (st.st_mode, 0, u64::try_from(st.st_size).ok())
         } else {
             let (mode, errno, size) = slots_size(session);
@@ -317,8 +316,8 @@ fn detail(fd: &Fd, name: &[u8]) -> Result<Option<Detail>, ListError> {
         .collect();
     let names: Vec<&[u8]> = entries.iter().map(|(entry, _)| entry.as_slice()).collect();
     let mut next = None;
-    if names.contains(&NEXT) {
-        match posix::stat_at(session, c"session.next") {
+    if names.contains(&NEXT_NAME.to_bytes()) {
+        match posix::stat_at(session, NEXT_NAME) {
             Ok(st) => next = st.map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec))),
             Err(errno) => return failed(errno, entries),
         }

@@ -9,9 +9,7 @@ use std::collections::HashSet;
 use std::ffi::CStr;
 
 use crate::posix::{self, Errno, Fd};
-
-/// The name of the next file, whose presence marks a save in progress or a leftover.
-pub const NEXT_NAME: &CStr = c"session.next";
+use crate::save_plan::NEXT_NAME;
 
 const PROC_LOCKS: &str = "/proc/locks";
 const PROC_PID_NAMESPACE: &CStr = c"/proc/self/ns/pid";

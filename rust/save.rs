@@ -7,19 +7,7 @@
 use std::ffi::CStr;
 
 use crate::posix::{self, Errno, Fd};
-
-/// The step codes, as `SaveStep` numbers them.
-pub mod step {
-    pub const OPEN_DIR: u8 = 1;
-    pub const LOCK_DIR: u8 = 2;
-    pub const CREATE_NEXT: u8 = 3;
-    pub const WRITE_NEXT: u8 = 4;
-    pub const FSYNC_NEXT: u8 = 5;
-    pub const CLOSE_NEXT: u8 = 6;
-    pub const RENAME_NEXT: u8 = 7;
-    pub const FSYNC_DIR: u8 = 8;
-    pub const CLOSE_DIR: u8 = 9;
-}
+use crate::save_plan::step;
 
 const NEXT_FLAGS: libc::c_int = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
 const NEXT_MODE: libc::mode_t = 0o600;

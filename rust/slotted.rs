@@ -11,28 +11,12 @@ use std::ffi::CStr;
 
 use crate::posix::{self, Errno, Fd};
 use crate::save::{dir_step, Checkpoint, DirFailure, Save, SaveError, SessionDir};
+use crate::save_plan::{step, CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME};
 use crate::slots_format::{
     build_slots_file, choose_slot, decode_file_header, decode_record_header, encode_record_header,
     newest_first, FileHeader, FormatError, Headers, Placement, RecordHeader, SlotChoice,
     HEAD_READ_SIZE, RECORD_HEADER_SIZE,
 };
-
-/// The step codes of the in-place part, as `SaveStep` numbers them.
-pub mod step {
-    pub use crate::save::step::{CLOSE_DIR, LOCK_DIR, OPEN_DIR};
-    pub const CHECK_NEXT: u8 = 10;
-    pub const CHECK_REPLACE: u8 = 11;
-    pub const OPEN_SLOTS: u8 = 12;
-    pub const READ_SLOTS: u8 = 13;
-    pub const WRITE_SLOT: u8 = 14;
-    pub const SYNC_SLOT: u8 = 15;
-    pub const CLOSE_SLOTS: u8 = 16;
-    pub const CHECK_DIR_LINKED: u8 = 17;
-}
-
-pub const NEXT_NAME: &CStr = c"session.next";
-pub const CHECKPOINT_NAME: &CStr = c"session";
-pub const SLOTS_NAME: &CStr = c"session.slots";
 
 /// Never through a symlink: that would write into whatever file it names.
 const SLOTS_FLAGS: libc::c_int = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW;

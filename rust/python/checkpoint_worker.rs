@@ -8,7 +8,8 @@ use crate::checkpoint_worker;
 use crate::python::error::{closed_error, layout_error, SavePaths};
 use crate::python::held_bytes::{release_queued, HeldBytes, HoldingGil};
 use crate::python::path::{c_path, FsPath};
-use crate::slotted::{self, LayoutError};
+use crate::save_plan;
+use crate::slotted::LayoutError;
 
 /// How often a blocked `flush` looks for a signal (Ctrl-C) to raise.
 pub const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
@@ -84,8 +85,8 @@ impl CheckpointWorker {
     ) -> PyResult<Self> {
         let paths = SavePaths {
             location: FsPath::new(location)?.as_bytes().to_vec(),
-            next_name: slotted::NEXT_NAME.to_bytes().to_vec(),
-            target: slotted::SLOTS_NAME.to_bytes().to_vec(),
+            next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
+            target: save_plan::SLOTS_NAME.to_bytes().to_vec(),
         };
         let plan = checkpoint_worker::Plan::Slotted {
             location: c_path(&paths.location)?,

@@ -10,6 +10,7 @@ use pyo3::types::{PyBytes, PyString};
 use crate::posix;
 use crate::python::path::fs_name;
 use crate::save::{At, Cleanup, Failure, SaveError};
+use crate::save_plan;
 use crate::slotted::{self, LayoutError};
 
 /// `os.path.join(dir, name)` on bytes, so error paths read as the fallback's do.
@@ -196,9 +197,9 @@ pub fn slotted_error(
         slotted::Failure::Os { errno, at } => {
             let path = match at {
                 slotted::At::Location => location.to_vec(),
-                slotted::At::Next => path(slotted::NEXT_NAME),
-                slotted::At::Checkpoint => path(slotted::CHECKPOINT_NAME),
-                slotted::At::Slots => path(slotted::SLOTS_NAME),
+                slotted::At::Next => path(save_plan::NEXT_NAME),
+                slotted::At::Checkpoint => path(save_plan::CHECKPOINT_NAME),
+                slotted::At::Slots => path(save_plan::SLOTS_NAME),
             };
             errno_error(py, errno, &path)
         }
@@ -206,23 +207,23 @@ pub fn slotted_error(
             py,
             libc::EIO,
             "write made no progress",
-            Some(&path(slotted::SLOTS_NAME)),
+            Some(&path(save_plan::SLOTS_NAME)),
             None,
         ),
-        slotted::Failure::Held => locked_error(py, "held", &path(slotted::NEXT_NAME)),
-        slotted::Failure::Leftover => locked_error(py, "leftover", &path(slotted::NEXT_NAME)),
+        slotted::Failure::Held => locked_error(py, "held", &path(save_plan::NEXT_NAME)),
+        slotted::Failure::Leftover => locked_error(py, "leftover", &path(save_plan::NEXT_NAME)),
         slotted::Failure::ReplaceLayout => os_error(
             py,
             libc::EEXIST,
             "the session is in the replace layout; convert it first",
-            Some(&path(slotted::CHECKPOINT_NAME)),
+            Some(&path(save_plan::CHECKPOINT_NAME)),
             None,
         ),
         slotted::Failure::Corrupt(reason) => {
-            corrupt_error(py, &path(slotted::SLOTS_NAME), &reason.to_string())
+            corrupt_error(py, &path(save_plan::SLOTS_NAME), &reason.to_string())
         }
         slotted::Failure::Unsynced { errno, hide } => {
-            let slots = path(slotted::SLOTS_NAME);
+            let slots = path(save_plan::SLOTS_NAME);
             let err = errno_error(py, errno, &slots);
             // Hiding the unsynced record failed too: kept as the context of the
             // flush's error, which is still the one raised.
@@ -232,7 +233,7 @@ pub fn slotted_error(
             err
         }
         slotted::Failure::Format(reason) => {
-            corrupt_error(py, &path(slotted::SLOTS_NAME), &reason.to_string())
+            corrupt_error(py, &path(save_plan::SLOTS_NAME), &reason.to_string())
         }
         slotted::Failure::UnknownStep(code) => {
             PyValueError::new_err(format!("unknown slotted save step {code} in {}", plan()))
@@ -244,8 +245,8 @@ pub fn slotted_error(
         slotted::Failure::Rebuild(error) => {
             let paths = SavePaths {
                 location: location.to_vec(),
-                next_name: slotted::NEXT_NAME.to_bytes().to_vec(),
-                target: slotted::SLOTS_NAME.to_bytes().to_vec(),
+                next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
+                target: save_plan::SLOTS_NAME.to_bytes().to_vec(),
             };
             save_error(py, error, &paths, rebuild)
         }

@@ -11,6 +11,7 @@ use crate::python::error::{
 };
 use crate::python::path::FsPath;
 use crate::save::Save;
+use crate::save_plan;
 use crate::slotted::{self, SlottedSave};
 use crate::{load, lock, posix};
 
@@ -194,7 +195,7 @@ pub fn break_stale_lock(py: Python<'_>, location: &Bound<'_, PyAny>) -> PyResult
             lock::BreakError::Next(errno) => errno_error(
                 py,
                 errno,
-                &join(location.as_bytes(), lock::NEXT_NAME.to_bytes()),
+                &join(location.as_bytes(), save_plan::NEXT_NAME.to_bytes()),
             ),
         })
 }

@@ -9,6 +9,7 @@ use pyo3::types::PyBytes;
 use crate::python::buffer::detached_with;
 use crate::python::error::{closed_error, layout_error, slotted_error, SavePaths};
 use crate::python::path::{c_path, FsPath};
+use crate::save_plan;
 use crate::{held, slotted};
 
 /// A session held across saves (`HeldSession`'s native writer): the directory
@@ -70,13 +71,13 @@ impl HeldWriter {
     ) -> PyResult<Self> {
         let location = FsPath::new(location)?.as_bytes().to_vec();
         let target = if slotted {
-            slotted::SLOTS_NAME
+            save_plan::SLOTS_NAME
         } else {
-            slotted::CHECKPOINT_NAME
+            save_plan::CHECKPOINT_NAME
         };
         let paths = SavePaths {
             location,
-            next_name: slotted::NEXT_NAME.to_bytes().to_vec(),
+            next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
             target: target.to_bytes().to_vec(),
         };
         let plan = if slotted {
