@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::save::{Checkpoint, Save, SaveError};
-use crate::slotted::{self, SlottedSave};
+use crate::save::{Checkpoint, Save};
+use crate::slotted::{LayoutError, SlottedSave};
 
 /// Everything one save needs, owned, so the thread can keep it.
 pub enum Plan {
@@ -38,15 +38,8 @@ pub enum Plan {
     },
 }
 
-/// Why a background save failed: the error of the plan it ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    Replace(SaveError),
-    Slotted(slotted::Failure),
-}
-
 impl Plan {
-    fn run(&self, data: &[u8]) -> Result<(), Error> {
+    fn run(&self, data: &[u8]) -> Result<(), LayoutError> {
         match self {
             Self::Replace {
                 location,
@@ -60,7 +53,7 @@ impl Plan {
                 codes,
             }
             .run(Checkpoint::of(data))
-            .map_err(Error::Replace),
+            .map_err(LayoutError::Replace),
             Self::Slotted {
                 location,
                 in_place,
@@ -71,7 +64,7 @@ impl Plan {
                 rebuild,
             }
             .run(Checkpoint::of(data))
-            .map_err(Error::Slotted),
+            .map_err(LayoutError::Slotted),
         }
     }
 }
@@ -82,7 +75,7 @@ pub enum Refused {
     /// The worker was closed.
     Closed,
     /// A background save failed and nobody has seen the error yet (now taken).
-    Failed(Error),
+    Failed(LayoutError),
 }
 
 /// What a flush waits for: the newest submission when it began, and how many
@@ -106,7 +99,7 @@ pub struct Stats {
     /// Submissions replaced by a newer one before their turn.
     pub coalesced: u64,
     pub bytes_saved: u64,
-    pub last_failure: Option<Error>,
+    pub last_failure: Option<LayoutError>,
     /// Durations of the latest successful saves in nanoseconds, oldest first.
     pub latencies: Vec<u64>,
 }
@@ -121,8 +114,8 @@ struct Slot<D> {
     settled: u64,
     saves: u64,
     failures: u64,
-    error: Option<Error>,
-    last_failure: Option<Error>,
+    error: Option<LayoutError>,
+    last_failure: Option<LayoutError>,
     closed: bool,
     stopping: bool,
     running: bool,
@@ -180,7 +173,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
         let served = Arc::clone(&shared);
         // The thread runs no signal handler: it takes none of the process's
         // signals, which go to a thread that handles them.
-        crate::sys::with_signals_blocked(|| {
+        crate::posix::with_signals_blocked(|| {
             thread::Builder::new()
                 .name(name)
                 .spawn(move || work(&served))
@@ -210,7 +203,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     }
 
     /// Begin a flush: the error nobody has seen yet, or what to wait for.
-    pub fn begin_flush(&self) -> Result<Flush, Error> {
+    pub fn begin_flush(&self) -> Result<Flush, LayoutError> {
         let mut slot = self.shared.lock();
         match slot.error.take() {
             Some(error) => Err(error),
@@ -225,7 +218,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     /// has not, else whether it (or a newer one) was saved. A save that failed
     /// after the flush began is reported to it even when another caller took
     /// the error first.
-    pub fn wait(&self, flush: Flush, timeout: Duration) -> Option<Result<(), Error>> {
+    pub fn wait(&self, flush: Flush, timeout: Duration) -> Option<Result<(), LayoutError>> {
         let slot = self.shared.lock();
         let (mut slot, _) = self
             .shared
@@ -296,7 +289,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     }
 
     /// The error of a background save nobody has seen yet, now taken.
-    pub fn take_error(&self) -> Option<Error> {
+    pub fn take_error(&self) -> Option<LayoutError> {
         self.shared.lock().error.take()
     }
 
@@ -404,7 +397,8 @@ fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::save::{At, Failure};
+    use crate::save::{At, Failure, SaveError};
+    use crate::slotted;
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
@@ -425,7 +419,7 @@ mod tests {
         Worker::start(plan, "test-writer".into()).unwrap()
     }
 
-    fn flush(worker: &Worker<Vec<u8>>) -> Result<(), Error> {
+    fn flush(worker: &Worker<Vec<u8>>) -> Result<(), LayoutError> {
         let flush = worker.begin_flush()?;
         worker
             .wait(flush, PATIENCE)
@@ -456,7 +450,7 @@ mod tests {
         worker.submit(b"lost".to_vec()).unwrap();
         assert!(matches!(
             flush(&worker),
-            Err(Error::Replace(SaveError {
+            Err(LayoutError::Replace(SaveError {
                 failure: Failure::Leftover,
                 ..
             }))
@@ -486,7 +480,7 @@ mod tests {
         let refused = worker.submit(b"refused".to_vec()).unwrap_err();
         assert_eq!(
             refused,
-            Refused::Failed(Error::Replace(SaveError {
+            Refused::Failed(LayoutError::Replace(SaveError {
                 failure: Failure::Os {
                     errno: libc::ENOENT,
                     at: At::Location
@@ -536,7 +530,7 @@ mod tests {
         worker.submit(b"refused".to_vec()).unwrap();
         assert_eq!(
             flush(&worker),
-            Err(Error::Slotted(slotted::Failure::ReplaceLayout))
+            Err(LayoutError::Slotted(slotted::Failure::ReplaceLayout))
         );
     }
 

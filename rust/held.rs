@@ -10,9 +10,9 @@
 
 use std::ffi::CString;
 
-use crate::checkpoint_worker::Error;
 use crate::save::{Checkpoint, Save};
-use crate::slotted::{Failure, SlottedSave, State, CHECKPOINT_NAME, NEXT_NAME};
+use crate::save_plan::{CHECKPOINT_NAME, NEXT_NAME};
+use crate::slotted::{Failure, LayoutError, SlottedSave, State};
 
 /// What a held session runs per save, by layout.
 pub enum Plan {
@@ -64,7 +64,7 @@ impl Held {
 
     /// One save on the held descriptors. A failed save leaves the session held
     /// and its last good checkpoint in place; the next save reads the slots again.
-    pub fn save(&mut self, data: Checkpoint) -> Result<(), Error> {
+    pub fn save(&mut self, data: Checkpoint) -> Result<(), LayoutError> {
         match &self.plan {
             Plan::Replace { save } => Save {
                 location: &self.location,
@@ -73,14 +73,14 @@ impl Held {
                 codes: save,
             }
             .run_in(self.state.dir(), data)
-            .map_err(Error::Replace),
+            .map_err(LayoutError::Replace),
             Plan::Slotted { save, rebuild } => SlottedSave {
                 location: &self.location,
                 in_place: save,
                 rebuild,
             }
             .run_on(&mut self.state, data)
-            .map_err(Error::Slotted),
+            .map_err(LayoutError::Slotted),
         }
     }
 
@@ -129,8 +129,8 @@ pub fn slotted(save: &[u8], rebuild: &[u8]) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::posix;
     use crate::slotted;
-    use crate::sys;
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
 
@@ -156,13 +156,13 @@ mod tests {
 
     fn newest(dir: &TempDir) -> Vec<u8> {
         let path = CString::new(dir.0.join("session.slots").as_os_str().as_bytes()).unwrap();
-        let fd = sys::open(&path, slotted::READ_FLAGS).unwrap();
-        let view = slotted::read_view(fd).unwrap();
+        let fd = posix::open(&path, slotted::READ_FLAGS).unwrap();
+        let view = slotted::read_view(&fd).unwrap();
         let slot = crate::slots_format::newest_first(&view.headers)[0];
         let length = view.headers[slot].unwrap().length as usize;
         let mut data = vec![0u8; length];
-        assert!(unsafe { slotted::read_record(fd, &view, slot, data.as_mut_ptr()) }.unwrap());
-        sys::close(fd).unwrap();
+        assert!(unsafe { slotted::read_record(&fd, &view, slot, data.as_mut_ptr()) }.unwrap());
+        fd.close().unwrap();
         data
     }
 

@@ -6,16 +6,11 @@ use std::cmp::Ordering;
 use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
-use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-
-use crate::sys::{self, Errno};
+use crate::posix::{self, Errno, Fd};
+use crate::save_plan::{CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME};
 
 const SESSION_SUFFIX: &[u8] = b".session";
 const TOMBSTONE_MARK: &[u8] = b".removing-";
-const CHECKPOINT: &[u8] = b"session";
-const NEXT: &[u8] = b"session.next";
-const SLOTS: &[u8] = b"session.slots";
 /// A FIFO opened with O_NONBLOCK for reading opens at once; the fstat after it
 /// then tells it apart from a regular file before anything is read.
 const PEEK_FLAGS: libc::c_int =
@@ -115,11 +110,34 @@ pub enum ListError {
 }
 
 /// An open directory stream, closed (with its descriptor) on drop.
-struct Dir(*mut libc::DIR);
+struct Dir {
+    stream: *mut libc::DIR,
+    /// The stream's descriptor, for calls relative to the directory; the
+    /// stream closes it.
+    fd: std::mem::ManuallyDrop<Fd>,
+}
+
+impl Dir {
+    /// The stream over the open directory `fd`; `fd` is closed on failure.
+    fn open(fd: Fd) -> Result<Self, Errno> {
+        let stream = unsafe { libc::fdopendir(fd.raw()) };
+        if stream.is_null() {
+            return Err(posix::last_errno());
+        }
+        Ok(Self {
+            stream,
+            fd: std::mem::ManuallyDrop::new(fd),
+        })
+    }
+
+    fn fd(&self) -> &Fd {
+        &self.fd
+    }
+}
 
 impl Drop for Dir {
     fn drop(&mut self) {
-        unsafe { libc::closedir(self.0) };
+        unsafe { libc::closedir(self.stream) };
     }
 }
 
@@ -141,10 +159,10 @@ fn read_entries(dir: &Dir) -> Result<Vec<(Vec<u8>, u8)>, ListError> {
     let mut entries = Vec::new();
     loop {
         // readdir says "end" and "error" both with NULL; only errno tells them apart.
-        sys::clear_errno();
-        let entry = unsafe { libc::readdir(dir.0) };
+        posix::clear_errno();
+        let entry = unsafe { libc::readdir(dir.stream) };
         if entry.is_null() {
-            return match sys::last_errno() {
+            return match posix::last_errno() {
                 0 => Ok(entries),
                 errno => Err(ListError::Repository(errno)),
             };
@@ -161,8 +179,8 @@ fn may_be_dir(d_type: u8) -> bool {
 
 /// `fstatat` of `path` relative to the repository; ENOTDIR (an entry replaced by a
 /// file) reads as "not there", like ENOENT.
-fn look(fd: libc::c_int, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
-    match sys::stat_at(fd, &to_c(path)?) {
+fn look(fd: &Fd, path: &[u8]) -> Result<Option<libc::stat>, ListError> {
+    match posix::stat_at(fd, &to_c(path)?) {
         Ok(st) => Ok(st),
         Err(libc::ENOTDIR) => Ok(None),
         Err(errno) => Err(ListError::Entry(errno, path.to_vec())),
@@ -174,13 +192,13 @@ fn is_regular(mode: libc::mode_t) -> bool {
 }
 
 /// The `EntryKind` of an entry of the open directory `fd`; DT_UNKNOWN takes a stat.
-fn entry_kind(fd: libc::c_int, name: &[u8], d_type: u8) -> u8 {
+fn entry_kind(fd: &Fd, name: &[u8], d_type: u8) -> u8 {
     let mode = match d_type {
         libc::DT_DIR => return DIRECTORY,
         libc::DT_REG => return FILE,
         libc::DT_UNKNOWN => to_c(name)
             .ok()
-            .and_then(|c| sys::stat_at(fd, &c).ok().flatten())
+            .and_then(|c| posix::stat_at(fd, &c).ok().flatten())
             .map_or(0, |st| st.st_mode & libc::S_IFMT),
         _ => return OTHER,
     };
@@ -193,15 +211,15 @@ fn entry_kind(fd: libc::c_int, name: &[u8], d_type: u8) -> u8 {
 
 /// `(st_mode, errno, size)` of `session.slots` from its headers alone: two small
 /// reads whatever the checkpoint's size (`_python_listing._slots_size`).
-fn slots_size(session: libc::c_int) -> (libc::mode_t, Errno, Option<u64>) {
-    let fd = match sys::openat(session, c"session.slots", PEEK_FLAGS, 0) {
+fn slots_size(session: &Fd) -> (libc::mode_t, Errno, Option<u64>) {
+    let fd = match posix::openat(session, SLOTS_NAME, PEEK_FLAGS, 0) {
         Ok(fd) => fd,
         Err(errno) => return (0, errno, None),
     };
-    let found = match sys::fstat(fd) {
+    let found = match posix::fstat(&fd) {
         Err(errno) => (0, errno, None),
         Ok(st) if !is_regular(st.st_mode) => (st.st_mode, 0, None),
-        Ok(st) => match crate::slotted::read_view(fd) {
+        Ok(st) => match crate::slotted::read_view(&fd) {
             Ok(view) => {
                 let size = u64::try_from(st.st_size).unwrap_or(0);
                 let length = newest_plausible_length(&view.header, &view.headers, size);
@@ -211,7 +229,7 @@ fn slots_size(session: libc::c_int) -> (libc::mode_t, Errno, Option<u64>) {
             Err(crate::slotted::ReadError::Os(errno)) => (0, errno, None),
         },
     };
-    let _ = sys::close(fd);
+    drop(fd);
     found
 }
 
@@ -221,12 +239,13 @@ fn slots_size(session: libc::c_int) -> (libc::mode_t, Errno, Option<u64>) {
 ///
 /// The one place of this backend that knows which file holds a checkpoint (the
 /// fallback's is `_python_listing._checkpoint`).
-fn checkpoint(session: libc::c_int, names: &[&[u8]]) -> Option<Checkpoint> {
-    for (name, c) in [(CHECKPOINT, c"session"), (SLOTS, c"session.slots")] {
+fn checkpoint(session: &Fd, names: &[&[u8]]) -> Option<Checkpoint> {
+    for c in [CHECKPOINT_NAME, SLOTS_NAME] {
+        let name = c.to_bytes();
         if !names.contains(&name) {
             continue;
         }
-        let st = match sys::stat_at(session, c) {
+        let st = match posix::stat_at(session, c) {
             Ok(None) => continue,
             Ok(Some(st)) => st,
             Err(errno) => {
@@ -242,7 +261,7 @@ fn checkpoint(session: libc::c_int, names: &[&[u8]]) -> Option<Checkpoint> {
         let mtime_ns = Some(mtime_ns(&st));
         let (mode, errno, size) = if !is_regular(st.st_mode) {
             (st.st_mode, 0, None)
-        } else if name == CHECKPOINT {
+        } else if c == CHECKPOINT_NAME {
             (st.st_mode, 0, u64::try_from(st.st_size).ok())
         } else {
             let (mode, errno, size) = slots_size(session);
@@ -262,7 +281,7 @@ fn checkpoint(session: libc::c_int, names: &[&[u8]]) -> Option<Checkpoint> {
 /// What a scan reports about one session (`_python_listing._scanned`); None
 /// when it vanished. An error inside the session is that session's, reported
 /// in the detail, never the listing's.
-fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
+fn detail(fd: &Fd, name: &[u8]) -> Result<Option<Detail>, ListError> {
     let failed = |errno, entries| {
         Ok(Some(Detail {
             next: None,
@@ -271,18 +290,16 @@ fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
             checkpoint: None,
         }))
     };
-    let session = match sys::openat(fd, &to_c(name)?, sys::SESSION_DIR_FLAGS, 0) {
+    let session = match posix::openat(fd, &to_c(name)?, posix::SESSION_DIR_FLAGS, 0) {
         Ok(session) => session,
         Err(libc::ENOENT | libc::ENOTDIR) => return Ok(None),
         Err(errno) => return failed(errno, Vec::new()),
     };
-    let stream = unsafe { libc::fdopendir(session) };
-    if stream.is_null() {
-        let errno = sys::last_errno();
-        let _ = sys::close(session);
-        return failed(errno, Vec::new());
-    }
-    let dir = Dir(stream);
+    let dir = match Dir::open(session) {
+        Ok(dir) => dir,
+        Err(errno) => return failed(errno, Vec::new()),
+    };
+    let session = dir.fd();
     let raw = match read_entries(&dir) {
         Ok(raw) => raw,
         Err(ListError::Repository(errno) | ListError::Entry(errno, _)) => {
@@ -299,8 +316,8 @@ fn detail(fd: libc::c_int, name: &[u8]) -> Result<Option<Detail>, ListError> {
         .collect();
     let names: Vec<&[u8]> = entries.iter().map(|(entry, _)| entry.as_slice()).collect();
     let mut next = None;
-    if names.contains(&NEXT) {
-        match sys::stat_at(session, c"session.next") {
+    if names.contains(&NEXT_NAME.to_bytes()) {
+        match posix::stat_at(session, NEXT_NAME) {
             Ok(st) => next = st.map(|st| (st.st_ino, time_ns(st.st_ctime, st.st_ctime_nsec))),
             Err(errno) => return failed(errno, entries),
         }
@@ -339,18 +356,13 @@ fn newest_plausible_length(
 /// `details`, each session's detail, and the tombstones with theirs. An entry
 /// that vanishes meanwhile is left out.
 pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError> {
-    let fd = match sys::open(location, sys::DIR_FLAGS) {
+    let fd = match posix::open(location, posix::DIR_FLAGS) {
         Ok(fd) => fd,
         Err(libc::ENOENT) => return Ok(None),
         Err(errno) => return Err(ListError::Repository(errno)),
     };
-    let stream = unsafe { libc::fdopendir(fd) };
-    if stream.is_null() {
-        let errno = sys::last_errno();
-        let _ = sys::close(fd);
-        return Err(ListError::Repository(errno));
-    }
-    let dir = Dir(stream);
+    let dir = Dir::open(fd).map_err(ListError::Repository)?;
+    let fd = dir.fd();
     let mut candidates = Vec::new();
     let mut graves = Vec::new();
     for (name, d_type) in read_entries(&dir)? {
@@ -382,12 +394,12 @@ pub fn list(location: &CStr, details: bool) -> Result<Option<Listing>, ListError
 }
 
 /// The directories among `names`, each with what its own `lstat` says, in order.
-fn found(fd: libc::c_int, names: Vec<Vec<u8>>) -> Result<Vec<Found>, ListError> {
+fn found(fd: &Fd, names: Vec<Vec<u8>>) -> Result<Vec<Found>, ListError> {
     let looked = in_parallel(&names, |name| look(fd, name));
     let mut found = Vec::with_capacity(names.len());
     for (name, st) in names.into_iter().zip(looked) {
         if let Some(st) = st?.filter(|st| is_dir(Some(*st))) {
-            let (mtime_ns, dev, ino) = (mtime_ns(&st), sys::dev_number(st.st_dev), st.st_ino);
+            let (mtime_ns, dev, ino) = (mtime_ns(&st), posix::dev_number(st.st_dev), st.st_ino);
             found.push(Found {
                 name,
                 mtime_ns,
@@ -400,10 +412,7 @@ fn found(fd: libc::c_int, names: Vec<Vec<u8>>) -> Result<Vec<Found>, ListError> 
 }
 
 /// `sessions` with the detail of each, those that vanished left out.
-fn detailed(
-    fd: libc::c_int,
-    sessions: Vec<Found>,
-) -> Result<Vec<(Found, Option<Detail>)>, ListError> {
+fn detailed(fd: &Fd, sessions: Vec<Found>) -> Result<Vec<(Found, Option<Detail>)>, ListError> {
     let details = in_parallel(&sessions, |found| detail(fd, &found.name));
     let mut listed = Vec::with_capacity(sessions.len());
     for (found, detail) in sessions.into_iter().zip(details) {
@@ -474,146 +483,6 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
     });
     done.sort_unstable_by_key(|(block, _)| *block);
     done.into_iter().flat_map(|(_, part)| part).collect()
-}
-
-fn list_error(py: Python<'_>, error: ListError, location: &[u8]) -> PyErr {
-    match error {
-        ListError::Repository(errno) => crate::errno_error(py, errno, location),
-        ListError::Entry(errno, path) => {
-            crate::errno_error(py, errno, &crate::join(location, &path))
-        }
-    }
-}
-
-fn run(py: Python<'_>, location: &Bound<'_, PyAny>, details: bool) -> PyResult<Option<Listing>> {
-    let path = crate::FsPath::new(location)?;
-    let c = path.as_c_str();
-    py.detach(|| list(c, details))
-        .map_err(|error| list_error(py, error, path.as_bytes()))
-}
-
-/// A session of a listing with the name Python sees.
-type Named<'py, 'a> = (Bound<'py, PyString>, &'a Found, Option<&'a Detail>);
-
-/// The sessions of `listing` with their decoded names, in `sort_key` order.
-///
-/// `list` orders ties by the names' UTF-8 decoding; under another file system
-/// encoding only the interpreter's codec knows the `str` Python compares, so
-/// the ties are ordered again by those strings' code points.
-fn named<'py, 'a>(
-    py: Python<'py>,
-    sessions: &'a [(Found, Option<Detail>)],
-) -> PyResult<Vec<Named<'py, 'a>>> {
-    let named = sessions
-        .iter()
-        .map(|(found, detail)| Ok((crate::fs_name(py, &found.name)?, found, detail.as_ref())))
-        .collect::<PyResult<Vec<Named<'py, 'a>>>>()?;
-    if crate::fs_is_utf8(py) {
-        return Ok(named);
-    }
-    // UTF-32-BE bytes compare as the code points do; surrogatepass keeps the
-    // lone surrogates of undecodable bytes.
-    let mut keyed = named
-        .into_iter()
-        .map(|entry| {
-            let encoded = entry
-                .0
-                .call_method1("encode", ("utf-32-be", "surrogatepass"))?;
-            Ok((encoded.cast_into::<PyBytes>()?.as_bytes().to_vec(), entry))
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    keyed.sort_by(|(a_key, a), (b_key, b)| {
-        b.1.mtime_ns
-            .cmp(&a.1.mtime_ns)
-            .then_with(|| a_key.cmp(b_key))
-    });
-    Ok(keyed.into_iter().map(|(_, entry)| entry).collect())
-}
-
-/// One scanned session as the tuple `_python_listing.ScannedSession` describes.
-fn scanned_row<'py>(
-    py: Python<'py>,
-    name: Bound<'py, PyString>,
-    found: &Found,
-    detail: &Detail,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let (next_ino, next_ctime) = match detail.next {
-        Some((ino, ctime)) => (Some(ino), Some(ctime)),
-        None => (None, None),
-    };
-    let entries = detail
-        .entries
-        .iter()
-        .map(|(entry, kind)| Ok((crate::fs_name(py, entry)?, *kind)))
-        .collect::<PyResult<Vec<_>>>()?;
-    let checkpoint = detail
-        .checkpoint
-        .as_ref()
-        .map(|c| -> PyResult<_> {
-            Ok((
-                crate::fs_name(py, c.name)?,
-                c.mode,
-                c.errno,
-                c.size,
-                c.mtime_ns,
-            ))
-        })
-        .transpose()?;
-    let row = (
-        name,
-        found.mtime_ns,
-        found.dev,
-        found.ino,
-        next_ino,
-        next_ctime,
-        detail.errno,
-        PyList::new(py, entries)?,
-        checkpoint,
-    );
-    row.into_pyobject(py)
-}
-
-/// The names of the sessions in `location`, youngest first; None when it is missing.
-#[pyfunction]
-pub fn list_sessions<'py>(
-    py: Python<'py>,
-    location: &Bound<'py, PyAny>,
-) -> PyResult<Option<Bound<'py, PyList>>> {
-    let Some(listing) = run(py, location, false)? else {
-        return Ok(None);
-    };
-    let names = named(py, &listing.sessions)?
-        .into_iter()
-        .map(|(name, _, _)| name);
-    PyList::new(py, names).map(Some)
-}
-
-/// The sessions in `location` with their stat data, youngest first, and the
-/// tombstones' names; None when it is missing. Each session is a tuple
-/// `(name, mtime_ns, st_dev, st_ino, checkpoint_size, next_ino, next_ctime_ns)`.
-#[pyfunction]
-pub fn scan_sessions<'py>(
-    py: Python<'py>,
-    location: &Bound<'py, PyAny>,
-) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
-    let Some(listing) = run(py, location, true)? else {
-        return Ok(None);
-    };
-    let mut sessions: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(listing.sessions.len());
-    for (name, found, detail) in named(py, &listing.sessions)? {
-        let Some(detail) = detail else { continue };
-        sessions.push(scanned_row(py, name, found, detail)?);
-    }
-    let mut tombstones: Vec<Bound<'py, PyTuple>> = Vec::new();
-    for (found, detail) in &listing.tombstones {
-        let Some(detail) = detail else { continue };
-        let name = crate::fs_name(py, &found.name)?;
-        tombstones.push(scanned_row(py, name, found, detail)?);
-    }
-    Ok(Some((
-        PyList::new(py, sessions)?,
-        PyList::new(py, tombstones)?,
-    )))
 }
 
 #[cfg(test)]
@@ -693,9 +562,9 @@ mod tests {
     #[test]
     fn a_missing_repository_is_none_and_a_vanished_session_has_no_detail() {
         let (path, c) = repository("missing");
-        let fd = sys::open(&c, sys::DIR_FLAGS).unwrap();
-        let gone = detail(fd, b"gone.session");
-        sys::close(fd).unwrap();
+        let fd = posix::open(&c, posix::DIR_FLAGS).unwrap();
+        let gone = detail(&fd, b"gone.session");
+        fd.close().unwrap();
         std::fs::remove_dir_all(&path).unwrap();
         assert!(matches!(gone, Ok(None)));
         assert!(matches!(list(&c, false), Ok(None)));

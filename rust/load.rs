@@ -6,26 +6,21 @@
 
 use std::ffi::CStr;
 
-use crate::sys::{self, Errno};
+use crate::posix::{self, Errno, Fd};
 
 /// An open file and the size `fstat` gave it.
 pub struct Opened {
-    pub fd: libc::c_int,
+    pub fd: Fd,
     pub size: usize,
 }
 
 /// Open the regular file `path` for reading and learn its size (see
-/// `sys::open_regular`); nothing is left open on failure.
+/// `posix::open_regular`); nothing is left open on failure.
 pub fn open(path: &CStr) -> Result<Opened, Errno> {
-    let (fd, size) = sys::open_regular(path)?;
+    let (fd, size) = posix::open_regular(path)?;
     // A size beyond the address space (a 32-bit build) is too large to load.
-    match usize::try_from(size) {
-        Ok(size) => Ok(Opened { fd, size }),
-        Err(_) => {
-            let _ = sys::close(fd);
-            Err(libc::EFBIG)
-        }
-    }
+    let size = usize::try_from(size).map_err(|_| libc::EFBIG)?;
+    Ok(Opened { fd, size })
 }
 
 /// What `fill` read: how much of the buffer, and anything past its end.
@@ -68,10 +63,10 @@ impl Destination {
 
 /// Read `fd` to its end: first into `dest` (as many reads as the kernel needs:
 /// one read returns at most 0x7ffff000 bytes on Linux), then anything beyond.
-pub fn fill(fd: libc::c_int, dest: Destination) -> Result<Filled, Errno> {
+pub fn fill(fd: &Fd, dest: Destination) -> Result<Filled, Errno> {
     let mut read = 0;
     while read < dest.len {
-        let got = unsafe { sys::read(fd, dest.ptr.add(read), dest.len - read) }?;
+        let got = unsafe { posix::read(fd, dest.ptr.add(read), dest.len - read) }?;
         if got == 0 {
             return Ok(Filled {
                 read,
@@ -84,7 +79,7 @@ pub fn fill(fd: libc::c_int, dest: Destination) -> Result<Filled, Errno> {
     let mut beyond = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        let got = unsafe { sys::read(fd, chunk.as_mut_ptr(), chunk.len()) }?;
+        let got = unsafe { posix::read(fd, chunk.as_mut_ptr(), chunk.len()) }?;
         if got == 0 {
             return Ok(Filled { read, beyond });
         }
@@ -117,8 +112,8 @@ mod tests {
         let opened = open(&c).unwrap();
         assert_eq!(opened.size, data.len());
         let mut buf = vec![0u8; opened.size];
-        let filled = fill(opened.fd, Destination::of(&mut buf)).unwrap();
-        sys::close(opened.fd).unwrap();
+        let filled = fill(&opened.fd, Destination::of(&mut buf)).unwrap();
+        opened.fd.close().unwrap();
         fs::remove_file(path).unwrap();
         assert_eq!(filled.read, data.len());
         assert!(filled.beyond.is_empty());
@@ -131,8 +126,8 @@ mod tests {
         let (path, c) = file("grown", &data);
         let opened = open(&c).unwrap();
         let mut buf = vec![0u8; 100];
-        let filled = fill(opened.fd, Destination::of(&mut buf)).unwrap();
-        sys::close(opened.fd).unwrap();
+        let filled = fill(&opened.fd, Destination::of(&mut buf)).unwrap();
+        opened.fd.close().unwrap();
         fs::remove_file(path).unwrap();
         assert_eq!(filled.read, 100);
         assert_eq!(buf, data[..100]);
@@ -144,8 +139,8 @@ mod tests {
         let (path, c) = file("short", b"abc");
         let opened = open(&c).unwrap();
         let mut buf = vec![0u8; 10];
-        let filled = fill(opened.fd, Destination::of(&mut buf)).unwrap();
-        sys::close(opened.fd).unwrap();
+        let filled = fill(&opened.fd, Destination::of(&mut buf)).unwrap();
+        opened.fd.close().unwrap();
         fs::remove_file(path).unwrap();
         assert_eq!(filled.read, 3);
         assert_eq!(&buf[..3], b"abc");
@@ -166,6 +161,6 @@ mod tests {
 
     #[test]
     fn a_device_that_never_ends_is_refused_before_reading() {
-        assert_eq!(open(c"/dev/zero").err(), Some(sys::NOT_REGULAR));
+        assert_eq!(open(c"/dev/zero").err(), Some(posix::NOT_REGULAR));
     }
 }

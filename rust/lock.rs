@@ -8,10 +8,8 @@
 use std::collections::HashSet;
 use std::ffi::CStr;
 
-use crate::sys::{self, Errno};
-
-/// The name of the next file, whose presence marks a save in progress or a leftover.
-pub const NEXT_NAME: &CStr = c"session.next";
+use crate::posix::{self, Errno, Fd};
+use crate::save_plan::NEXT_NAME;
 
 const PROC_LOCKS: &str = "/proc/locks";
 const PROC_PID_NAMESPACE: &CStr = c"/proc/self/ns/pid";
@@ -85,8 +83,8 @@ fn parse_int(text: &str, radix: u32) -> Option<u64> {
 /// moments, which can miss a holder. Trying cannot miss one. And it is tried
 /// wherever the table cannot show every holder (read from another PID
 /// namespace than the initial one): a busy lock is then HELD, never UNLOCKED.
-fn held(dir: libc::c_int, next_exists: bool) -> Result<bool, Errno> {
-    let st = sys::fstat(dir)?;
+fn held(dir: &Fd, next_exists: bool) -> Result<bool, Errno> {
+    let st = posix::fstat(dir)?;
     // Device numbers are unsigned on Linux and `int` on the BSDs; never negative.
     let key = FileKey {
         major: libc::major(st.st_dev) as u64,
@@ -102,10 +100,10 @@ fn held(dir: libc::c_int, next_exists: bool) -> Result<bool, Errno> {
             return Ok(false);
         }
     }
-    if !sys::try_lock(dir)? {
+    if !posix::try_lock(dir)? {
         return Ok(true);
     }
-    sys::flock(dir, libc::LOCK_UN)?;
+    posix::flock(dir, libc::LOCK_UN)?;
     Ok(false)
 }
 
@@ -117,8 +115,8 @@ pub struct NextFile {
     pub ctime_ns: i128,
 }
 
-fn look_at_next(dir: libc::c_int) -> Result<Option<NextFile>, Errno> {
-    Ok(sys::stat_at(dir, NEXT_NAME)?.map(|st| NextFile {
+fn look_at_next(dir: &Fd) -> Result<Option<NextFile>, Errno> {
+    Ok(posix::stat_at(dir, NEXT_NAME)?.map(|st| NextFile {
         inode: st.st_ino,
         ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
     }))
@@ -142,14 +140,14 @@ pub fn classify(held: bool, before: Option<NextFile>, after: Option<NextFile>) -
 
 /// The lock of the session at `location`. Every error concerns the location.
 pub fn lock_state(location: &CStr) -> Result<LockState, Errno> {
-    let dir = sys::open(location, sys::SESSION_DIR_FLAGS)?;
+    let dir = posix::open(location, posix::SESSION_DIR_FLAGS)?;
     let state = (|| -> Result<LockState, Errno> {
-        let before = look_at_next(dir)?;
-        let held = held(dir, before.is_some())?;
-        let after = if held { before } else { look_at_next(dir)? };
+        let before = look_at_next(&dir)?;
+        let held = held(&dir, before.is_some())?;
+        let after = if held { before } else { look_at_next(&dir)? };
         Ok(classify(held, before, after))
     })();
-    let closed = sys::close(dir);
+    let closed = dir.close();
     let state = state?;
     closed?;
     Ok(state)
@@ -167,16 +165,16 @@ pub enum BreakError {
 /// Remove a leftover next file while holding the directory's flock; false when
 /// a live writer holds it or there is nothing to remove.
 pub fn break_stale_lock(location: &CStr) -> Result<bool, BreakError> {
-    let dir = sys::open(location, sys::SESSION_DIR_FLAGS).map_err(BreakError::Location)?;
-    let outcome = match sys::try_lock(dir) {
+    let dir = posix::open(location, posix::SESSION_DIR_FLAGS).map_err(BreakError::Location)?;
+    let outcome = match posix::try_lock(&dir) {
         Ok(false) => Ok(false),
         Err(errno) => Err(BreakError::Location(errno)),
         // Looked up first: a read-only filesystem refuses an unlink with EROFS
         // before it looks the name up; nothing to break is no error.
-        Ok(true) => match look_at_next(dir) {
+        Ok(true) => match look_at_next(&dir) {
             Ok(None) => Ok(false),
             Err(errno) => Err(BreakError::Next(errno)),
-            Ok(Some(_)) => match sys::unlinkat(dir, NEXT_NAME) {
+            Ok(Some(_)) => match posix::unlinkat(&dir, NEXT_NAME) {
                 Ok(()) => Ok(true),
                 Err(libc::ENOENT) => Ok(false),
                 Err(errno) => Err(BreakError::Next(errno)),
@@ -184,7 +182,7 @@ pub fn break_stale_lock(location: &CStr) -> Result<bool, BreakError> {
         },
     };
     // Closing releases the lock; its error matters only if nothing failed before.
-    let closed = sys::close(dir).map_err(BreakError::Location);
+    let closed = dir.close().map_err(BreakError::Location);
     let outcome = outcome?;
     closed?;
     Ok(outcome)
@@ -210,9 +208,9 @@ mod tests {
             Self(path, c)
         }
 
-        fn hold(&self) -> libc::c_int {
-            let fd = sys::open(&self.1, sys::DIR_FLAGS).unwrap();
-            sys::flock(fd, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+        fn hold(&self) -> Fd {
+            let fd = posix::open(&self.1, posix::DIR_FLAGS).unwrap();
+            posix::flock(&fd, libc::LOCK_EX | libc::LOCK_NB).unwrap();
             fd
         }
     }
@@ -279,11 +277,11 @@ mod tests {
         let fd = s.hold();
         assert_eq!(lock_state(&s.1), Ok(LockState::Held));
         // The probe must not have taken or dropped the holder's lock.
-        let other = sys::open(&s.1, sys::DIR_FLAGS).unwrap();
-        let busy = sys::flock(other, libc::LOCK_EX | libc::LOCK_NB);
-        sys::close(other).unwrap();
-        sys::close(fd).unwrap();
-        assert!(matches!(busy, Err(e) if sys::is_busy(e)));
+        let other = posix::open(&s.1, posix::DIR_FLAGS).unwrap();
+        let busy = posix::flock(&other, libc::LOCK_EX | libc::LOCK_NB);
+        other.close().unwrap();
+        fd.close().unwrap();
+        assert!(matches!(busy, Err(e) if posix::is_busy(e)));
     }
 
     #[test]
@@ -302,7 +300,7 @@ mod tests {
         fs::write(s.0.join("session.next"), b"x").unwrap();
         let fd = s.hold();
         let outcome = break_stale_lock(&s.1);
-        sys::close(fd).unwrap();
+        fd.close().unwrap();
         assert_eq!(outcome, Ok(false));
         assert!(s.0.join("session.next").exists());
     }

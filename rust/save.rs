@@ -6,20 +6,8 @@
 
 use std::ffi::CStr;
 
-use crate::sys::{self, Errno};
-
-/// The step codes, as `SaveStep` numbers them.
-pub mod step {
-    pub const OPEN_DIR: u8 = 1;
-    pub const LOCK_DIR: u8 = 2;
-    pub const CREATE_NEXT: u8 = 3;
-    pub const WRITE_NEXT: u8 = 4;
-    pub const FSYNC_NEXT: u8 = 5;
-    pub const CLOSE_NEXT: u8 = 6;
-    pub const RENAME_NEXT: u8 = 7;
-    pub const FSYNC_DIR: u8 = 8;
-    pub const CLOSE_DIR: u8 = 9;
-}
+use crate::posix::{self, Errno, Fd};
+use crate::save_plan::step;
 
 const NEXT_FLAGS: libc::c_int = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
 const NEXT_MODE: libc::mode_t = 0o600;
@@ -128,24 +116,57 @@ pub enum DirFailure {
     Held,
 }
 
+/// The session directory as a plan sees it: not open, open by the plan (which
+/// closes it), or open by someone who lends it (a held session) and closes it.
+#[derive(Debug, Default)]
+pub enum SessionDir<'a> {
+    #[default]
+    Closed,
+    Owned(Fd),
+    Lent(&'a Fd),
+}
+
+impl SessionDir<'_> {
+    /// The open directory; EBADF when it is not open, as a syscall on it says.
+    pub fn fd(&self) -> Result<&Fd, Errno> {
+        match self {
+            Self::Closed => Err(libc::EBADF),
+            Self::Owned(fd) => Ok(fd),
+            Self::Lent(fd) => Ok(fd),
+        }
+    }
+
+    /// The directory lent on, whoever owns it.
+    pub fn lend(&self) -> SessionDir<'_> {
+        self.fd().map_or(SessionDir::Closed, SessionDir::Lent)
+    }
+
+    /// Close the directory if it is this plan's; forget it either way.
+    pub fn close(&mut self) -> Result<(), Errno> {
+        match std::mem::take(self) {
+            Self::Owned(fd) => fd.close(),
+            Self::Closed | Self::Lent(_) => Ok(()),
+        }
+    }
+}
+
 /// Run `code` when it is one of the directory steps every plan shares
-/// (`OPEN_DIR`, `LOCK_DIR`, `CLOSE_DIR`) on `dir`, the session directory's
-/// descriptor (-1 when not open); None for any other step.
+/// (`OPEN_DIR`, `LOCK_DIR`, `CLOSE_DIR`) on `dir`; None for any other step.
 pub fn dir_step(
     code: u8,
     location: &CStr,
-    dir: &mut libc::c_int,
+    dir: &mut SessionDir<'_>,
 ) -> Option<Result<(), DirFailure>> {
     let outcome = match code {
-        step::OPEN_DIR => sys::open(location, sys::SESSION_DIR_FLAGS)
-            .map(|fd| *dir = fd)
+        step::OPEN_DIR => posix::open(location, posix::SESSION_DIR_FLAGS)
+            .map(|fd| *dir = SessionDir::Owned(fd))
             .map_err(DirFailure::Os),
-        step::LOCK_DIR => match sys::try_lock(*dir) {
+        step::LOCK_DIR => match dir.fd().and_then(posix::try_lock) {
             Ok(true) => Ok(()),
             Ok(false) => Err(DirFailure::Held),
             Err(errno) => Err(DirFailure::Os(errno)),
         },
-        step::CLOSE_DIR => sys::close(std::mem::replace(dir, -1)).map_err(DirFailure::Os),
+        step::CLOSE_DIR => dir.close().map_err(DirFailure::Os),
         _ => return None,
     };
     Some(outcome)
@@ -159,32 +180,28 @@ pub struct Save<'a> {
     pub codes: &'a [u8],
 }
 
-struct State {
-    dir: libc::c_int,
-    next: libc::c_int,
+struct State<'d> {
+    dir: SessionDir<'d>,
+    next: Option<Fd>,
     created: bool,
-    /// Whether the directory is this save's to close.
-    owns_dir: bool,
 }
 
 impl Save<'_> {
     /// Execute the plan; on failure, the next file this save created is gone
     /// and every descriptor it opened is closed.
     pub fn run(&self, data: Checkpoint) -> Result<(), SaveError> {
-        self.run_in(-1, data)
+        self.run_in(SessionDir::Closed, data)
     }
 
     /// Execute the plan in `dir`, a session directory the caller opened and
     /// locked (a slotted save going on with a rebuild, or a held session: the
-    /// plan starts after the lock). A plan that closes the directory owns it
-    /// from then on and closes it on failure too; one that does not (a held
-    /// session's) leaves it open either way.
-    pub fn run_in(&self, dir: libc::c_int, data: Checkpoint) -> Result<(), SaveError> {
+    /// plan starts after the lock). A directory handed over is closed on
+    /// failure too; a lent one (a held session's) stays open either way.
+    pub fn run_in(&self, dir: SessionDir<'_>, data: Checkpoint) -> Result<(), SaveError> {
         let mut state = State {
             dir,
-            next: -1,
+            next: None,
             created: false,
-            owns_dir: dir < 0 || self.codes.contains(&step::CLOSE_DIR),
         };
         let outcome = self
             .codes
@@ -203,7 +220,7 @@ impl Save<'_> {
         }
     }
 
-    fn step(&self, code: u8, data: Checkpoint, state: &mut State) -> Result<(), Failure> {
+    fn step(&self, code: u8, data: Checkpoint, state: &mut State<'_>) -> Result<(), Failure> {
         let os = |at| move |errno| Failure::Os { errno, at };
         if let Some(outcome) = dir_step(code, self.location, &mut state.dir) {
             return outcome.map_err(|failure| match failure {
@@ -213,8 +230,9 @@ impl Save<'_> {
         }
         match code {
             step::CREATE_NEXT => {
-                state.next = sys::openat(state.dir, self.next_name, NEXT_FLAGS, NEXT_MODE)
-                    .map_err(|errno| {
+                let dir = state.dir.fd().map_err(os(At::Next))?;
+                let next =
+                    posix::openat(dir, self.next_name, NEXT_FLAGS, NEXT_MODE).map_err(|errno| {
                         if errno == libc::EEXIST {
                             Failure::Leftover
                         } else {
@@ -224,45 +242,57 @@ impl Save<'_> {
                             }
                         }
                     })?;
+                state.next = Some(next);
                 state.created = true;
             }
-            step::WRITE_NEXT => write_all(state.next, data)?,
-            step::FSYNC_NEXT => sys::fsync(state.next).map_err(os(At::Next))?,
+            step::WRITE_NEXT => write_all(next(state)?, data)?,
+            step::FSYNC_NEXT => posix::fsync(next(state)?).map_err(os(At::Next))?,
             step::CLOSE_NEXT => {
-                let fd = std::mem::replace(&mut state.next, -1);
-                sys::close(fd).map_err(os(At::Next))?;
+                let fd = state.next.take().ok_or(libc::EBADF).map_err(os(At::Next))?;
+                fd.close().map_err(os(At::Next))?;
             }
             step::RENAME_NEXT => {
-                sys::renameat(state.dir, self.next_name, self.target).map_err(os(At::Rename))?;
+                let dir = state.dir.fd().map_err(os(At::Rename))?;
+                posix::renameat(dir, self.next_name, self.target).map_err(os(At::Rename))?;
                 state.created = false;
             }
-            step::FSYNC_DIR => sys::fsync(state.dir).map_err(os(At::Location))?,
+            step::FSYNC_DIR => state
+                .dir
+                .fd()
+                .and_then(posix::fsync)
+                .map_err(os(At::Location))?,
             other => return Err(Failure::UnknownStep(other)),
         }
         Ok(())
     }
 }
 
-impl State {
+/// The next file, open; EBADF when it is not, as a syscall on it says.
+fn next<'s>(state: &'s State<'_>) -> Result<&'s Fd, Failure> {
+    state.next.as_ref().ok_or(Failure::Os {
+        errno: libc::EBADF,
+        at: At::Next,
+    })
+}
+
+impl State<'_> {
     /// Close what is open and, given the next file's name, unlink it if this
     /// save created it. The first error is kept; the rest of the undo still runs.
     fn release(&mut self, unlink: Option<&CStr>) -> Option<Cleanup> {
         let mut first = None;
-        if self.next >= 0 {
-            if let Err(errno) = sys::close(std::mem::replace(&mut self.next, -1)) {
+        if let Some(next) = self.next.take() {
+            if let Err(errno) = next.close() {
                 first = Some(Cleanup::Close(errno));
             }
         }
         if let (true, Some(name)) = (self.created, unlink) {
             self.created = false;
-            if let Err(errno) = sys::unlinkat(self.dir, name) {
+            if let Err(errno) = self.dir.fd().and_then(|dir| posix::unlinkat(dir, name)) {
                 first = first.or(Some(Cleanup::Unlink(errno)));
             }
         }
-        if self.dir >= 0 && self.owns_dir {
-            if let Err(errno) = sys::close(std::mem::replace(&mut self.dir, -1)) {
-                first = first.or(Some(Cleanup::Close(errno)));
-            }
+        if let Err(errno) = self.dir.close() {
+            first = first.or(Some(Cleanup::Close(errno)));
         }
         first
     }
@@ -270,15 +300,15 @@ impl State {
 
 /// Write every byte of `data`, one `write` at least (as the fallback does, even
 /// for no bytes), continuing after short writes.
-fn write_all(fd: libc::c_int, data: Checkpoint) -> Result<(), Failure> {
+fn write_all(fd: &Fd, data: Checkpoint) -> Result<(), Failure> {
     let os = |errno| Failure::Os {
         errno,
         at: At::Next,
     };
-    let mut written = unsafe { sys::write(fd, data.ptr, data.len) }.map_err(os)?;
+    let mut written = unsafe { posix::write(fd, data.ptr, data.len) }.map_err(os)?;
     while written < data.len {
         let step =
-            unsafe { sys::write(fd, data.ptr.add(written), data.len - written) }.map_err(os)?;
+            unsafe { posix::write(fd, data.ptr.add(written), data.len - written) }.map_err(os)?;
         if step == 0 {
             return Err(Failure::NoProgress);
         }
@@ -357,10 +387,10 @@ mod tests {
     fn held_lock_is_reported_without_touching_anything() {
         let dir = TempDir::new("save", "held");
         let location = CString::new(dir.0.as_os_str().as_bytes()).unwrap();
-        let holder = sys::open(&location, sys::DIR_FLAGS).unwrap();
-        sys::flock(holder, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+        let holder = posix::open(&location, posix::DIR_FLAGS).unwrap();
+        posix::flock(&holder, libc::LOCK_EX | libc::LOCK_NB).unwrap();
         let err = save(&dir.0, DURABLE, b"new").unwrap_err();
-        sys::close(holder).unwrap();
+        holder.close().unwrap();
         assert_eq!(err.failure, Failure::Held);
         assert!(dir.entries().is_empty());
     }

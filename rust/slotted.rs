@@ -9,30 +9,14 @@
 
 use std::ffi::CStr;
 
-use crate::save::{dir_step, Checkpoint, DirFailure, Save, SaveError};
+use crate::posix::{self, Errno, Fd};
+use crate::save::{dir_step, Checkpoint, DirFailure, Save, SaveError, SessionDir};
+use crate::save_plan::{step, CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME};
 use crate::slots_format::{
     build_slots_file, choose_slot, decode_file_header, decode_record_header, encode_record_header,
     newest_first, FileHeader, FormatError, Headers, Placement, RecordHeader, SlotChoice,
     HEAD_READ_SIZE, RECORD_HEADER_SIZE,
 };
-use crate::sys::{self, Errno};
-
-/// The step codes of the in-place part, as `SaveStep` numbers them.
-pub mod step {
-    pub use crate::save::step::{CLOSE_DIR, LOCK_DIR, OPEN_DIR};
-    pub const CHECK_NEXT: u8 = 10;
-    pub const CHECK_REPLACE: u8 = 11;
-    pub const OPEN_SLOTS: u8 = 12;
-    pub const READ_SLOTS: u8 = 13;
-    pub const WRITE_SLOT: u8 = 14;
-    pub const SYNC_SLOT: u8 = 15;
-    pub const CLOSE_SLOTS: u8 = 16;
-    pub const CHECK_DIR_LINKED: u8 = 17;
-}
-
-pub const NEXT_NAME: &CStr = c"session.next";
-pub const CHECKPOINT_NAME: &CStr = c"session";
-pub const SLOTS_NAME: &CStr = c"session.slots";
 
 /// Never through a symlink: that would write into whatever file it names.
 const SLOTS_FLAGS: libc::c_int = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW;
@@ -45,7 +29,7 @@ const NO_ATIME: libc::c_int = libc::O_NOATIME;
 #[cfg(not(target_os = "linux"))]
 const NO_ATIME: libc::c_int = 0;
 /// The flags a load opens a slots file with.
-pub const READ_FLAGS: libc::c_int = sys::READ_FLAGS;
+pub const READ_FLAGS: libc::c_int = posix::READ_FLAGS;
 
 /// Which path an error concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +42,13 @@ pub enum At {
     Checkpoint,
     /// `location/session.slots`
     Slots,
+}
+
+/// Why a save of either layout failed: the error of the plan it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutError {
+    Replace(SaveError),
+    Slotted(Failure),
 }
 
 /// Why a slotted save failed.
@@ -121,11 +112,11 @@ impl View {
 
 /// Where the file ends (`lseek`), then the file header and both record
 /// headers: two `pread`s.
-pub fn read_view(fd: libc::c_int) -> Result<View, ReadError> {
-    let size = sys::lseek_end(fd).map_err(ReadError::Os)?;
+pub fn read_view(fd: &Fd) -> Result<View, ReadError> {
+    let size = posix::lseek_end(fd).map_err(ReadError::Os)?;
     let mut block = [0u8; HEAD_READ_SIZE];
     let got =
-        unsafe { sys::pread(fd, block.as_mut_ptr(), block.len(), 0) }.map_err(ReadError::Os)?;
+        unsafe { posix::pread(fd, block.as_mut_ptr(), block.len(), 0) }.map_err(ReadError::Os)?;
     let block = &block[..got];
     let header = decode_file_header(block).map_err(ReadError::Corrupt)?;
     let first = decode_record_header(
@@ -135,7 +126,7 @@ pub fn read_view(fd: libc::c_int) -> Result<View, ReadError> {
         header.slot_size,
     );
     let mut second = [0u8; RECORD_HEADER_SIZE];
-    let got = unsafe { sys::pread(fd, second.as_mut_ptr(), second.len(), header.slot_offset(1)) }
+    let got = unsafe { posix::pread(fd, second.as_mut_ptr(), second.len(), header.slot_offset(1)) }
         .map_err(ReadError::Os)?;
     let second = decode_record_header(&second[..got], header.slot_size);
     Ok(View {
@@ -145,26 +136,65 @@ pub fn read_view(fd: libc::c_int) -> Result<View, ReadError> {
     })
 }
 
+/// How often a load reads the slots again while concurrent saves change them
+/// (the fallback's `_READS`).
+pub const SLOT_READS: usize = 100;
+
+/// Up to `wanted` whole records of a slots file, newest first: `read_view`
+/// reads its headers, `read_whole` one record (the slot and its header given)
+/// into memory of its own, `Some` when the record is whole. A record the file
+/// is too short for is damaged: it is never read.
+///
+/// A load takes no lock: two saves during one load may overwrite both slots
+/// after their headers were read, so no record read is whole. Headers that
+/// changed since mean exactly that, and the load reads again; unchanged
+/// headers with no whole record mean a damaged file (nothing is found).
+pub fn newest_records<T, E>(
+    wanted: usize,
+    mut read_view: impl FnMut() -> Result<View, E>,
+    mut read_whole: impl FnMut(&View, usize, RecordHeader) -> Result<Option<T>, E>,
+) -> Result<Vec<T>, E> {
+    let mut view = read_view()?;
+    for _ in 0..SLOT_READS {
+        let mut found = Vec::new();
+        for slot in newest_first(&view.headers) {
+            let Some(record) = view.record(slot) else {
+                continue;
+            };
+            if let Some(whole) = read_whole(&view, slot, record)? {
+                found.push(whole);
+                if found.len() == wanted {
+                    break;
+                }
+            }
+        }
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let again = read_view()?;
+        if again == view {
+            break;
+        }
+        view = again;
+    }
+    Ok(Vec::new())
+}
+
 /// Read the data of the record in `slot` into `dest` and check it: whether the
 /// record is whole. Reads go on after a short one (a single read stops short of
 /// 2 GiB) and stop at the end of the file.
 ///
 /// # Safety
 /// `dest` must be valid for writes of the record's length, and unaliased.
-pub unsafe fn read_record(
-    fd: libc::c_int,
-    view: &View,
-    slot: usize,
-    dest: *mut u8,
-) -> Result<bool, Errno> {
+pub unsafe fn read_record(fd: &Fd, view: &View, slot: usize, dest: *mut u8) -> Result<bool, Errno> {
     let Some(record) = view.record(slot) else {
         return Ok(false);
     };
     let length = usize::try_from(record.length).map_err(|_| libc::EOVERFLOW)?;
     let offset = view.header.slot_offset(slot) + RECORD_HEADER_SIZE as u64;
-    let mut read = unsafe { sys::pread(fd, dest, length, offset) }?;
+    let mut read = unsafe { posix::pread(fd, dest, length, offset) }?;
     while read < length {
-        let got = unsafe { sys::pread(fd, dest.add(read), length - read, offset + read as u64) }?;
+        let got = unsafe { posix::pread(fd, dest.add(read), length - read, offset + read as u64) }?;
         if got == 0 {
             return Ok(false);
         }
@@ -181,7 +211,7 @@ struct ValidRecord {
 }
 
 /// The newest whole record, reading newest first and no more than needed.
-fn newest_valid(fd: libc::c_int, view: &View) -> Result<Option<ValidRecord>, Failure> {
+fn newest_valid(fd: &Fd, view: &View) -> Result<Option<ValidRecord>, Failure> {
     let os = |errno| Failure::Os {
         errno,
         at: At::Slots,
@@ -215,9 +245,10 @@ pub struct SlottedSave<'a> {
 }
 
 /// What a save has open and knows: one save's, or a held session's across saves.
+#[derive(Default)]
 pub struct State {
-    dir: libc::c_int,
-    slots: libc::c_int,
+    dir: SessionDir<'static>,
+    slots: Option<Fd>,
     view: Option<View>,
     choice: Option<SlotChoice>,
     previous: Option<(u64, Vec<u8>)>,
@@ -228,33 +259,16 @@ pub struct State {
     known: bool,
 }
 
-impl Default for State {
-    fn default() -> Self {
-        Self {
-            dir: -1,
-            slots: -1,
-            view: None,
-            choice: None,
-            previous: None,
-            written: None,
-            known: false,
-        }
-    }
-}
-
 impl State {
-    /// The session directory, open and locked (-1 before and after).
-    pub fn dir(&self) -> libc::c_int {
-        self.dir
+    /// The session directory, lent to a plan that goes on after the lock.
+    pub fn dir(&self) -> SessionDir<'_> {
+        self.dir.lend()
     }
 
     /// Close what is still open; errors here are secondary to what happened.
     pub fn release(&mut self) {
-        for fd in [&mut self.slots, &mut self.dir] {
-            if *fd >= 0 {
-                let _ = sys::close(std::mem::replace(fd, -1));
-            }
-        }
+        drop(self.slots.take());
+        let _ = self.dir.close();
     }
 }
 
@@ -311,8 +325,8 @@ impl SlottedSave<'_> {
     }
 
     fn rebuild(&self, state: &mut State, data: Checkpoint) -> Result<(), Failure> {
-        if state.slots >= 0 {
-            sys::close(std::mem::replace(&mut state.slots, -1)).map_err(|errno| Failure::Os {
+        if let Some(slots) = state.slots.take() {
+            slots.close().map_err(|errno| Failure::Os {
                 errno,
                 at: At::Slots,
             })?;
@@ -325,9 +339,9 @@ impl SlottedSave<'_> {
         // A plan that closes the directory takes it over (a one-shot save's);
         // a held session's plan borrows it.
         let dir = if self.rebuild.contains(&step::CLOSE_DIR) {
-            std::mem::replace(&mut state.dir, -1)
+            std::mem::take(&mut state.dir)
         } else {
-            state.dir
+            state.dir.lend()
         };
         Save {
             location: self.location,
@@ -351,7 +365,10 @@ impl SlottedSave<'_> {
         }
         match code {
             step::CHECK_NEXT => {
-                if sys::stat_at(state.dir, NEXT_NAME)
+                if state
+                    .dir
+                    .fd()
+                    .and_then(|dir| posix::stat_at(dir, NEXT_NAME))
                     .map_err(os(At::Next))?
                     .is_some()
                 {
@@ -359,27 +376,35 @@ impl SlottedSave<'_> {
                 }
             }
             step::CHECK_REPLACE => {
-                if sys::stat_at(state.dir, CHECKPOINT_NAME)
+                if state
+                    .dir
+                    .fd()
+                    .and_then(|dir| posix::stat_at(dir, CHECKPOINT_NAME))
                     .map_err(os(At::Checkpoint))?
                     .is_some()
                 {
                     return Err(Failure::ReplaceLayout);
                 }
             }
-            step::OPEN_SLOTS if state.slots >= 0 => {}
+            step::OPEN_SLOTS if state.slots.is_some() => {}
             step::OPEN_SLOTS => {
-                let mut opened = sys::openat(state.dir, SLOTS_NAME, SLOTS_FLAGS | NO_ATIME, 0);
-                if NO_ATIME != 0 && opened == Err(libc::EPERM) {
-                    opened = sys::openat(state.dir, SLOTS_NAME, SLOTS_FLAGS, 0);
+                let dir = state.dir.fd().map_err(os(At::Slots))?;
+                let mut opened = posix::openat(dir, SLOTS_NAME, SLOTS_FLAGS | NO_ATIME, 0);
+                if NO_ATIME != 0 && matches!(opened, Err(libc::EPERM)) {
+                    opened = posix::openat(dir, SLOTS_NAME, SLOTS_FLAGS, 0);
                 }
                 match opened {
-                    Ok(fd) => state.slots = fd,
+                    Ok(fd) => state.slots = Some(fd),
                     Err(libc::ENOENT) => return Ok(Then::Rebuild),
                     Err(errno) => return Err(os(At::Slots)(errno)),
                 }
             }
             step::CHECK_DIR_LINKED => {
-                let stat = sys::fstat(state.dir).map_err(os(At::Location))?;
+                let stat = state
+                    .dir
+                    .fd()
+                    .and_then(posix::fstat)
+                    .map_err(os(At::Location))?;
                 if stat.st_nlink == 0 {
                     return Err(Failure::Os {
                         errno: libc::ENOENT,
@@ -389,11 +414,12 @@ impl SlottedSave<'_> {
             }
             step::READ_SLOTS if state.known && self.choose_known(data, state)? => {}
             step::READ_SLOTS => {
-                let view = read_view(state.slots).map_err(|error| match error {
+                let slots = open_slots(state)?;
+                let view = read_view(slots).map_err(|error| match error {
                     ReadError::Os(errno) => os(At::Slots)(errno),
                     ReadError::Corrupt(reason) => Failure::Corrupt(reason),
                 })?;
-                let newest = newest_valid(state.slots, &view)?;
+                let newest = newest_valid(slots, &view)?;
                 let order = newest_first(&view.headers);
                 let newest_is_valid = newest
                     .as_ref()
@@ -423,7 +449,7 @@ impl SlottedSave<'_> {
                 };
                 let head = encode_record_header(choice.sequence, unsafe { data.as_slice() });
                 pwrite_all(
-                    state.slots,
+                    open_slots(state)?,
                     &head,
                     data,
                     view.header.slot_offset(choice.slot),
@@ -431,20 +457,21 @@ impl SlottedSave<'_> {
                 state.written = decode_record_header(&head, view.header.slot_size);
             }
             step::SYNC_SLOT => {
-                if let Err(errno) = sys::fdatasync(state.slots) {
+                let slots = open_slots(state)?;
+                if let Err(errno) = posix::fdatasync(slots) {
                     let hide = match (state.view, state.choice) {
                         (Some(view), Some(choice)) => {
-                            hide_record(state.slots, view.header.slot_offset(choice.slot)).err()
+                            hide_record(slots, view.header.slot_offset(choice.slot)).err()
                         }
                         _ => None,
                     };
                     return Err(Failure::Unsynced { errno, hide });
                 }
             }
-            step::CLOSE_SLOTS if state.slots < 0 => {}
             step::CLOSE_SLOTS => {
-                let fd = std::mem::replace(&mut state.slots, -1);
-                sys::close(fd).map_err(os(At::Slots))?;
+                if let Some(slots) = state.slots.take() {
+                    slots.close().map_err(os(At::Slots))?;
+                }
             }
             other => return Err(Failure::UnknownStep(other)),
         }
@@ -469,11 +496,19 @@ impl SlottedSave<'_> {
     }
 }
 
+/// The slots file, open; EBADF when it is not, as a syscall on it says.
+fn open_slots(state: &State) -> Result<&Fd, Failure> {
+    state.slots.as_ref().ok_or(Failure::Os {
+        errno: libc::EBADF,
+        at: At::Slots,
+    })
+}
+
 /// Zero the header of the record at `at`: a record whose flush failed may not be
 /// on disk, so no load may return it (the other slot's record loads instead).
-fn hide_record(fd: libc::c_int, at: u64) -> Result<(), Errno> {
+fn hide_record(fd: &Fd, at: u64) -> Result<(), Errno> {
     let zeroes = [0u8; RECORD_HEADER_SIZE];
-    match sys::pwrite(fd, &zeroes, at)? {
+    match posix::pwrite(fd, &zeroes, at)? {
         RECORD_HEADER_SIZE => Ok(()),
         _ => Err(libc::EIO),
     }
@@ -481,7 +516,7 @@ fn hide_record(fd: libc::c_int, at: u64) -> Result<(), Errno> {
 
 /// Write the record header then the data from offset `at`: one `pwritev`, and
 /// more only after a short write.
-fn pwrite_all(fd: libc::c_int, head: &[u8], data: Checkpoint, mut at: u64) -> Result<(), Failure> {
+fn pwrite_all(fd: &Fd, head: &[u8], data: Checkpoint, mut at: u64) -> Result<(), Failure> {
     let mut parts = [
         libc::iovec {
             iov_base: head.as_ptr() as *mut libc::c_void,
@@ -495,7 +530,7 @@ fn pwrite_all(fd: libc::c_int, head: &[u8], data: Checkpoint, mut at: u64) -> Re
     let mut first = 0;
     while first < parts.len() {
         let mut step =
-            unsafe { sys::pwritev(fd, &parts[first..], at) }.map_err(|errno| Failure::Os {
+            unsafe { posix::pwritev(fd, &parts[first..], at) }.map_err(|errno| Failure::Os {
                 errno,
                 at: At::Slots,
             })?;
@@ -547,19 +582,19 @@ mod tests {
     /// The valid records of a slots file, newest first (what a load sees).
     fn load(path: &Path, wanted: usize) -> Result<Vec<Vec<u8>>, ReadError> {
         let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        let fd = sys::open(&c, READ_FLAGS).map_err(ReadError::Os)?;
-        let view = read_view(fd)?;
+        let fd = posix::open(&c, READ_FLAGS).map_err(ReadError::Os)?;
+        let view = read_view(&fd)?;
         let mut found = Vec::new();
         for slot in newest_first(&view.headers) {
             let mut data = vec![0u8; view.headers[slot].unwrap().length as usize];
-            if unsafe { read_record(fd, &view, slot, data.as_mut_ptr()) }.unwrap() {
+            if unsafe { read_record(&fd, &view, slot, data.as_mut_ptr()) }.unwrap() {
                 found.push(data);
                 if found.len() == wanted {
                     break;
                 }
             }
         }
-        sys::close(fd).unwrap();
+        fd.close().unwrap();
         Ok(found)
     }
 
@@ -615,10 +650,10 @@ mod tests {
         assert_eq!(save(&dir.0, b"new"), Err(Failure::ReplaceLayout));
         fs::remove_file(dir.0.join("session")).unwrap();
         let location = CString::new(dir.0.as_os_str().as_bytes()).unwrap();
-        let holder = sys::open(&location, sys::DIR_FLAGS).unwrap();
-        sys::flock(holder, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+        let holder = posix::open(&location, posix::DIR_FLAGS).unwrap();
+        posix::flock(&holder, libc::LOCK_EX | libc::LOCK_NB).unwrap();
         let held = save(&dir.0, b"new");
-        sys::close(holder).unwrap();
+        holder.close().unwrap();
         assert_eq!(held, Err(Failure::Held));
         assert_eq!(load(&dir.slots(), 2).unwrap(), [b"kept"]);
     }
@@ -650,6 +685,72 @@ mod tests {
             Err(Failure::UnknownStep(42))
         );
         assert_eq!(load(&dir.slots(), 2).unwrap(), [b"x"]);
+    }
+
+    fn view_of(path: &Path) -> View {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let fd = posix::open(&c, READ_FLAGS).unwrap();
+        let view = read_view(&fd).unwrap();
+        fd.close().unwrap();
+        view
+    }
+
+    #[test]
+    fn a_load_reads_again_only_while_the_headers_change() {
+        let dir = TempDir::new("slotted", "reads");
+        save(&dir.0, b"one").unwrap();
+        save(&dir.0, b"two").unwrap();
+        let view = view_of(&dir.slots());
+        let moved = View {
+            size: view.size + 1,
+            ..view
+        };
+        let newest = newest_first(&view.headers)[0];
+        // Both records read whole: the newest first, up to `wanted`.
+        let slots: Result<Vec<usize>, ()> =
+            newest_records(2, || Ok(view), |_, slot, _| Ok(Some(slot)));
+        assert_eq!(slots.unwrap().len(), 2);
+        let slots: Result<Vec<usize>, ()> =
+            newest_records(1, || Ok(view), |_, slot, _| Ok(Some(slot)));
+        assert_eq!(slots.unwrap(), [newest]);
+        // Headers that changed: read again, and the records are whole this time.
+        let mut views = [view, moved].into_iter().cycle();
+        let mut reads = 0;
+        let slots: Result<Vec<usize>, ()> = newest_records(
+            1,
+            || Ok(views.next().unwrap()),
+            |seen, slot, _| {
+                reads += 1;
+                Ok((*seen == moved).then_some(slot))
+            },
+        );
+        assert_eq!(slots.unwrap(), [newest]);
+        assert_eq!(reads, 3);
+        // Unchanged headers and no whole record: damaged, after one look again.
+        let mut looks = 0;
+        let slots: Result<Vec<usize>, ()> = newest_records(
+            1,
+            || {
+                looks += 1;
+                Ok(view)
+            },
+            |_, _, _| Ok(None),
+        );
+        assert!(slots.unwrap().is_empty());
+        assert_eq!(looks, 2);
+        // Headers that never settle: given up after `SLOT_READS` rounds.
+        let mut views = [view, moved].into_iter().cycle();
+        let mut looks = 0;
+        let slots: Result<Vec<usize>, ()> = newest_records(
+            1,
+            || {
+                looks += 1;
+                Ok(views.next().unwrap())
+            },
+            |_, _, _| Ok(None),
+        );
+        assert!(slots.unwrap().is_empty());
+        assert_eq!(looks, SLOT_READS + 1);
     }
 
     #[test]

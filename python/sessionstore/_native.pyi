@@ -1,11 +1,31 @@
 # The native writer backend. Signatures match sessionstore._fallback, which
 # documents the behaviour; lock_state returns 0 (unlocked), 1 (held), 2 (stale).
 
-from typing import final
+from typing import Final, final
 
 from sessionstore._fallback.listing import ScannedSession
 
 __all__ = [
+    "CHECKPOINT_NAME",
+    "CHECK_DIR_LINKED",
+    "CHECK_NEXT",
+    "CHECK_REPLACE",
+    "CLOSE_DIR",
+    "CLOSE_NEXT",
+    "CLOSE_SLOTS",
+    "CREATE_NEXT",
+    "FSYNC_DIR",
+    "FSYNC_NEXT",
+    "LOCK_DIR",
+    "NEXT_NAME",
+    "OPEN_DIR",
+    "OPEN_SLOTS",
+    "READ_SLOTS",
+    "RENAME_NEXT",
+    "SLOTS_NAME",
+    "SYNC_SLOT",
+    "WRITE_NEXT",
+    "WRITE_SLOT",
     "CheckpointWorker",
     "HeldWriter",
     "break_stale_lock",
@@ -17,6 +37,29 @@ __all__ = [
     "save_slotted",
     "scan_sessions",
 ]
+
+# The step codes of sessionstore._save_plan.SaveStep and the file names of
+# sessionstore._naming, as the extension's core spells them.
+OPEN_DIR: Final[int]
+LOCK_DIR: Final[int]
+CREATE_NEXT: Final[int]
+WRITE_NEXT: Final[int]
+FSYNC_NEXT: Final[int]
+CLOSE_NEXT: Final[int]
+RENAME_NEXT: Final[int]
+FSYNC_DIR: Final[int]
+CLOSE_DIR: Final[int]
+CHECK_NEXT: Final[int]
+CHECK_REPLACE: Final[int]
+OPEN_SLOTS: Final[int]
+READ_SLOTS: Final[int]
+WRITE_SLOT: Final[int]
+SYNC_SLOT: Final[int]
+CLOSE_SLOTS: Final[int]
+CHECK_DIR_LINKED: Final[int]
+CHECKPOINT_NAME: Final[str]
+NEXT_NAME: Final[str]
+SLOTS_NAME: Final[str]
 
 def save(
     location: str,

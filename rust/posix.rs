@@ -1,4 +1,5 @@
-//! The few syscalls the writer issues, as small safe functions returning `errno`.
+//! The few syscalls the writer issues, as small safe functions returning `errno`,
+//! and `Fd`, an open descriptor that closes itself.
 //!
 //! Each function is one syscall (retried on EINTR where Python's `os` module
 //! retries it too), so the traces of both backends stay comparable call by call.
@@ -42,6 +43,48 @@ pub fn clear_errno() {
     unsafe { *cell = 0 };
 }
 
+/// An open file descriptor, owned: dropped, it is closed and an error of that
+/// `close` is lost. Where the error matters (a file's data, a lock's release),
+/// `close` says it.
+#[derive(Debug)]
+pub struct Fd(libc::c_int);
+
+impl Fd {
+    /// Own `fd`.
+    ///
+    /// # Safety
+    /// `fd` must be an open descriptor nothing else closes.
+    pub unsafe fn from_raw(fd: libc::c_int) -> Self {
+        Self(fd)
+    }
+
+    /// The descriptor's number, for a syscall.
+    pub fn raw(&self) -> libc::c_int {
+        self.0
+    }
+
+    /// Give up ownership: the caller closes the descriptor now.
+    pub fn into_raw(self) -> libc::c_int {
+        std::mem::ManuallyDrop::new(self).0
+    }
+
+    /// `close(fd)`, checked and never retried: on Linux the descriptor is gone
+    /// even when close reports an error, so a retry could close someone else's.
+    pub fn close(self) -> Result<(), Errno> {
+        if unsafe { libc::close(self.into_raw()) } == 0 {
+            Ok(())
+        } else {
+            Err(last_errno())
+        }
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        unsafe { libc::close(self.0) };
+    }
+}
+
 /// Calls `f` until it stops failing with EINTR; `Err(errno)` for any other failure.
 fn retrying(mut f: impl FnMut() -> libc::c_int) -> Result<libc::c_int, Errno> {
     loop {
@@ -74,21 +117,16 @@ pub const NOT_REGULAR: Errno = libc::EINVAL;
 /// `path` opened with `READ_FLAGS`, and its size, when it is a regular file: a
 /// FIFO, a device or a socket would block a read or never end, so each is
 /// refused with `NOT_REGULAR` (a directory with EISDIR) before anything is read.
-/// Nothing is left open on failure.
-pub fn open_regular(path: &CStr) -> Result<(libc::c_int, u64), Errno> {
+/// Nothing is left open on failure (the descriptor is dropped).
+pub fn open_regular(path: &CStr) -> Result<(Fd, u64), Errno> {
     let fd = open(path, READ_FLAGS)?;
-    let checked = fstat(fd).and_then(|st| match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => u64::try_from(st.st_size).map_err(|_| libc::EOVERFLOW),
-        libc::S_IFDIR => Err(libc::EISDIR),
-        _ => Err(NOT_REGULAR),
-    });
-    match checked {
-        Ok(size) => Ok((fd, size)),
-        Err(errno) => {
-            let _ = close(fd);
-            Err(errno)
-        }
-    }
+    let st = fstat(&fd)?;
+    let size = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => u64::try_from(st.st_size).map_err(|_| libc::EOVERFLOW)?,
+        libc::S_IFDIR => return Err(libc::EISDIR),
+        _ => return Err(NOT_REGULAR),
+    };
+    Ok((fd, size))
 }
 
 /// Run `start` with every signal blocked in the calling thread but the faults
@@ -124,29 +162,25 @@ pub fn with_signals_blocked<T>(start: impl FnOnce() -> T) -> T {
 
 /// `lseek(fd, 0, SEEK_END)`: where the file ends. Unlike `fstat`, it does not
 /// ask for the file's times (which makes its next write update them).
-pub fn lseek_end(fd: libc::c_int) -> Result<u64, Errno> {
-    let end = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+pub fn lseek_end(fd: &Fd) -> Result<u64, Errno> {
+    let end = unsafe { libc::lseek(fd.0, 0, libc::SEEK_END) };
     u64::try_from(end).map_err(|_| last_errno())
 }
 
 /// `open(path, flags)`; relative paths resolve against the working directory.
-pub fn open(path: &CStr, flags: libc::c_int) -> Result<libc::c_int, Errno> {
-    retrying(|| unsafe { libc::open(path.as_ptr(), flags) })
+pub fn open(path: &CStr, flags: libc::c_int) -> Result<Fd, Errno> {
+    retrying(|| unsafe { libc::open(path.as_ptr(), flags) }).map(Fd)
 }
 
 /// `openat(dir, name, flags, mode)`.
-pub fn openat(
-    dir: libc::c_int,
-    name: &CStr,
-    flags: libc::c_int,
-    mode: libc::mode_t,
-) -> Result<libc::c_int, Errno> {
-    retrying(|| unsafe { libc::openat(dir, name.as_ptr(), flags, libc::c_uint::from(mode)) })
+pub fn openat(dir: &Fd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> Result<Fd, Errno> {
+    retrying(|| unsafe { libc::openat(dir.0, name.as_ptr(), flags, libc::c_uint::from(mode)) })
+        .map(Fd)
 }
 
 /// `flock(fd, operation)`.
-pub fn flock(fd: libc::c_int, operation: libc::c_int) -> Result<(), Errno> {
-    retrying(|| unsafe { libc::flock(fd, operation) }).map(drop)
+pub fn flock(fd: &Fd, operation: libc::c_int) -> Result<(), Errno> {
+    retrying(|| unsafe { libc::flock(fd.0, operation) }).map(drop)
 }
 
 /// Whether a failed `flock(LOCK_NB)` means another holder has the lock.
@@ -156,7 +190,7 @@ pub fn is_busy(errno: Errno) -> bool {
 
 /// Take the session directory's flock without waiting: false when a live writer
 /// holds it, any other failure as its errno (the fallback's `try_lock`).
-pub fn try_lock(dir: libc::c_int) -> Result<bool, Errno> {
+pub fn try_lock(dir: &Fd) -> Result<bool, Errno> {
     match flock(dir, libc::LOCK_EX | libc::LOCK_NB) {
         Ok(()) => Ok(true),
         Err(errno) if is_busy(errno) => Ok(false),
@@ -168,9 +202,9 @@ pub fn try_lock(dir: libc::c_int) -> Result<bool, Errno> {
 ///
 /// # Safety
 /// `data` must be valid for reads of `len` bytes for the whole call.
-pub unsafe fn write(fd: libc::c_int, data: *const u8, len: usize) -> Result<usize, Errno> {
+pub unsafe fn write(fd: &Fd, data: *const u8, len: usize) -> Result<usize, Errno> {
     loop {
-        let ret = unsafe { libc::write(fd, data.cast(), len) };
+        let ret = unsafe { libc::write(fd.0, data.cast(), len) };
         if ret >= 0 {
             return Ok(ret.unsigned_abs());
         }
@@ -185,9 +219,9 @@ pub unsafe fn write(fd: libc::c_int, data: *const u8, len: usize) -> Result<usiz
 ///
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes for the whole call.
-pub unsafe fn read(fd: libc::c_int, buf: *mut u8, len: usize) -> Result<usize, Errno> {
+pub unsafe fn read(fd: &Fd, buf: *mut u8, len: usize) -> Result<usize, Errno> {
     loop {
-        let ret = unsafe { libc::read(fd, buf.cast(), len) };
+        let ret = unsafe { libc::read(fd.0, buf.cast(), len) };
         if ret >= 0 {
             return Ok(ret.unsigned_abs());
         }
@@ -202,15 +236,10 @@ pub unsafe fn read(fd: libc::c_int, buf: *mut u8, len: usize) -> Result<usize, E
 ///
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes for the whole call.
-pub unsafe fn pread(
-    fd: libc::c_int,
-    buf: *mut u8,
-    len: usize,
-    offset: u64,
-) -> Result<usize, Errno> {
+pub unsafe fn pread(fd: &Fd, buf: *mut u8, len: usize, offset: u64) -> Result<usize, Errno> {
     let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
     loop {
-        let ret = unsafe { libc::pread(fd, buf.cast(), len, offset) };
+        let ret = unsafe { libc::pread(fd.0, buf.cast(), len, offset) };
         if ret >= 0 {
             return Ok(ret.unsigned_abs());
         }
@@ -222,10 +251,10 @@ pub unsafe fn pread(
 }
 
 /// One `pwrite(fd, buf, offset)`: the count the kernel accepted, retried on EINTR.
-pub fn pwrite(fd: libc::c_int, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+pub fn pwrite(fd: &Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
     let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
     loop {
-        let ret = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset) };
+        let ret = unsafe { libc::pwrite(fd.0, buf.as_ptr().cast(), buf.len(), offset) };
         if ret >= 0 {
             return Ok(ret.unsigned_abs());
         }
@@ -242,14 +271,14 @@ pub fn pwrite(fd: libc::c_int, buf: &[u8], offset: u64) -> Result<usize, Errno> 
 ///
 /// # Safety
 /// Every `iovec` must point at memory valid for reads of its length for the whole call.
-pub unsafe fn pwritev(fd: libc::c_int, iov: &[libc::iovec], offset: u64) -> Result<usize, Errno> {
+pub unsafe fn pwritev(fd: &Fd, iov: &[libc::iovec], offset: u64) -> Result<usize, Errno> {
     let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
     let count = libc::c_int::try_from(iov.len()).map_err(|_| libc::EINVAL)?;
     loop {
         #[cfg(target_os = "linux")]
-        let ret = unsafe { libc::pwritev2(fd, iov.as_ptr(), count, offset, 0) };
+        let ret = unsafe { libc::pwritev2(fd.0, iov.as_ptr(), count, offset, 0) };
         #[cfg(not(target_os = "linux"))]
-        let ret = unsafe { libc::pwritev(fd, iov.as_ptr(), count, offset) };
+        let ret = unsafe { libc::pwritev(fd.0, iov.as_ptr(), count, offset) };
         if ret >= 0 {
             return Ok(ret.unsigned_abs());
         }
@@ -262,31 +291,21 @@ pub unsafe fn pwritev(fd: libc::c_int, iov: &[libc::iovec], offset: u64) -> Resu
 
 /// `fdatasync(fd)`: the data and what reading it back needs, not the times.
 /// Where the C library has no `fdatasync` (Apple's), `fsync`, which does more.
-pub fn fdatasync(fd: libc::c_int) -> Result<(), Errno> {
+pub fn fdatasync(fd: &Fd) -> Result<(), Errno> {
     #[cfg(not(target_vendor = "apple"))]
-    return retrying(|| unsafe { libc::fdatasync(fd) }).map(drop);
+    return retrying(|| unsafe { libc::fdatasync(fd.0) }).map(drop);
     #[cfg(target_vendor = "apple")]
     return fsync(fd);
 }
 
 /// `fsync(fd)`.
-pub fn fsync(fd: libc::c_int) -> Result<(), Errno> {
-    retrying(|| unsafe { libc::fsync(fd) }).map(drop)
-}
-
-/// `close(fd)`, checked and never retried: on Linux the descriptor is gone
-/// even when close reports an error, so a retry could close someone else's.
-pub fn close(fd: libc::c_int) -> Result<(), Errno> {
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(last_errno())
-    }
+pub fn fsync(fd: &Fd) -> Result<(), Errno> {
+    retrying(|| unsafe { libc::fsync(fd.0) }).map(drop)
 }
 
 /// `renameat(dir, from, dir, to)`.
-pub fn renameat(dir: libc::c_int, from: &CStr, to: &CStr) -> Result<(), Errno> {
-    if unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) } == 0 {
+pub fn renameat(dir: &Fd, from: &CStr, to: &CStr) -> Result<(), Errno> {
+    if unsafe { libc::renameat(dir.0, from.as_ptr(), dir.0, to.as_ptr()) } == 0 {
         Ok(())
     } else {
         Err(last_errno())
@@ -294,8 +313,8 @@ pub fn renameat(dir: libc::c_int, from: &CStr, to: &CStr) -> Result<(), Errno> {
 }
 
 /// `unlinkat(dir, name, 0)`.
-pub fn unlinkat(dir: libc::c_int, name: &CStr) -> Result<(), Errno> {
-    if unsafe { libc::unlinkat(dir, name.as_ptr(), 0) } == 0 {
+pub fn unlinkat(dir: &Fd, name: &CStr) -> Result<(), Errno> {
+    if unsafe { libc::unlinkat(dir.0, name.as_ptr(), 0) } == 0 {
         Ok(())
     } else {
         Err(last_errno())
@@ -310,9 +329,9 @@ pub fn dev_number(dev: libc::dev_t) -> u64 {
 }
 
 /// `fstat(fd)`.
-pub fn fstat(fd: libc::c_int) -> Result<libc::stat, Errno> {
+pub fn fstat(fd: &Fd) -> Result<libc::stat, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0 {
+    if unsafe { libc::fstat(fd.0, st.as_mut_ptr()) } == 0 {
         Ok(unsafe { st.assume_init() })
     } else {
         Err(last_errno())
@@ -320,10 +339,10 @@ pub fn fstat(fd: libc::c_int) -> Result<libc::stat, Errno> {
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; None when there is no such entry.
-pub fn stat_at(dir: libc::c_int, name: &CStr) -> Result<Option<libc::stat>, Errno> {
+pub fn stat_at(dir: &Fd, name: &CStr) -> Result<Option<libc::stat>, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     let flags = libc::AT_SYMLINK_NOFOLLOW;
-    if unsafe { libc::fstatat(dir, name.as_ptr(), st.as_mut_ptr(), flags) } == 0 {
+    if unsafe { libc::fstatat(dir.0, name.as_ptr(), st.as_mut_ptr(), flags) } == 0 {
         return Ok(Some(unsafe { st.assume_init() }));
     }
     match last_errno() {
@@ -373,7 +392,7 @@ mod tests {
 
     #[test]
     fn errno_is_cleared_and_read_back() {
-        assert_eq!(close(-1), Err(libc::EBADF));
+        assert_eq!(unsafe { Fd::from_raw(-1) }.close(), Err(libc::EBADF));
         assert_eq!(last_errno(), libc::EBADF);
         clear_errno();
         assert_eq!(last_errno(), 0);
@@ -381,6 +400,6 @@ mod tests {
 
     #[test]
     fn close_reports_a_bad_descriptor() {
-        assert_eq!(close(-1), Err(libc::EBADF));
+        assert_eq!(unsafe { Fd::from_raw(-1) }.close(), Err(libc::EBADF));
     }
 }
