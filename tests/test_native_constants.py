@@ -32,3 +32,13 @@ def test_every_step_code_is_the_core_one() -> None:
 def test_every_file_name_is_the_core_one() -> None:
     for name in FILE_NAMES:
         assert getattr(native, name) == getattr(_naming, name), name
+
+
+def test_the_fallback_exports_exactly_the_extensions_names() -> None:
+    from sessionstore import _fallback
+
+    public = {name for name in vars(native) if not name.startswith("_")}
+    assert set(_fallback.__all__) == public
+    for name in public:
+        if name.isupper():
+            assert getattr(_fallback, name) == getattr(native, name), name
