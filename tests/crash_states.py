@@ -11,9 +11,10 @@ old one or None, never anything torn; ``lock_state()`` is UNLOCKED, or STALE
 exactly when ``session.next`` is there; after ``break_stale_lock()`` a save
 works (and, slotted, keeps what was recovered as the previous generation).
 
-It explores ``convert_layout()`` the same way (``plan_conversion()``: the
-library's own replace steps copying the checkpoint into the new layout's file,
-then the unlink of the old one and a directory flush): at every cut the same
+It explores ``convert_layout()`` the same way, running the plan the library
+runs (``plan_conversion()``: the replace steps copying the checkpoint into the
+new layout's file, then the unlink of the old one and a directory flush),
+with the work the plan chooses from the files it finds: at every cut the same
 checkpoint loads, whole; once the conversion has returned only the new
 layout's file is left; calling ``convert_layout()`` again (after
 ``break_stale_lock()``) finishes the job.
@@ -86,9 +87,15 @@ from typing import Final
 
 import attrs
 
-from sessionstore import Durability, Layout, LockState, SessionStorage
-from sessionstore._layout_conversion import _locked_steps
-from sessionstore._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from sessionstore import Layout, LockState, SessionStorage
+from sessionstore._conversion_plan import (
+    FILE_OF,
+    SURVEYED,
+    ConversionPlan,
+    ConversionStep,
+    Step,
+)
+from sessionstore._naming import CHECKPOINT_NAME, NEXT_NAME
 from sessionstore._save_plan import SavePlan, SaveStep, SlottedPlan
 from sessionstore._slots_format import (
     RECORD_HEADER_SIZE,
@@ -110,8 +117,6 @@ SECTOR: Final = 512
 MAX_TORN_SECTORS: Final = 8
 # The object a directory flush makes durable; inodes are numbered from 1.
 DIRECTORY: Final = 0
-# The file that holds a session's checkpoint in each layout.
-FILE_OF: Final = {Layout.REPLACE: CHECKPOINT_NAME, Layout.SLOTTED: SLOTS_NAME}
 
 
 @attrs.frozen
@@ -279,52 +284,6 @@ class Flush:
 # -- what each step does ----------------------------------------------------------
 
 
-class ConversionStep(enum.Enum):
-    """What a layout conversion does besides the replace sequence's steps."""
-
-    REMOVE_OLD = "unlink the old layout's file"
-
-
-Step = SaveStep | ConversionStep
-
-
-@attrs.frozen
-class ConversionPlan:
-    """The steps of ``convert_layout()`` from one layout's file to the other's.
-
-    It copies the checkpoint with the library's own replace steps
-    (``_layout_conversion._locked_steps``) and removes ``old_name`` after them.
-    """
-
-    steps: tuple[Step, ...]
-    target_name: str
-    old_name: str
-    next_name: str = NEXT_NAME
-
-
-def plan_conversion(layout: Layout, durability: Durability) -> ConversionPlan:
-    """The conversion to ``layout`` as ``_layout_conversion`` runs it."""
-    target = FILE_OF[layout]
-    copy = [SaveStep(code) for code in _locked_steps(durability, target)]
-    removal: list[Step] = [ConversionStep.REMOVE_OLD]
-    if durability is Durability.FULL:
-        removal.append(SaveStep.FSYNC_DIR)
-    return ConversionPlan(
-        steps=(
-            SaveStep.OPEN_DIR,
-            SaveStep.LOCK_DIR,
-            SaveStep.CHECK_NEXT,
-            *copy,
-            *removal,
-            SaveStep.CLOSE_DIR,
-        ),
-        target_name=target,
-        old_name=FILE_OF[
-            Layout.REPLACE if layout is Layout.SLOTTED else Layout.SLOTTED
-        ],
-    )
-
-
 @attrs.define
 class Execution:
     """The program's side of a save in progress: what a step model reads and changes."""
@@ -345,8 +304,8 @@ class Execution:
     """open files by role (``"next"``, ``"slots"``), as inode numbers"""
     record: Write | None = None
     """the slot write ``READ_SLOTS`` decided on"""
-    diverted: SavePlan | None = None
-    """set by a step after which the save goes on with another plan"""
+    diverted: tuple[Step, ...] | None = None
+    """set by a step after which the program goes on with these steps instead"""
 
     def new_inode(self) -> int:
         number = max([DIRECTORY, *self.disk.inodes]) + 1
@@ -358,7 +317,8 @@ class Execution:
         if self.rebuild is None:
             raise ValueError("the save must rebuild the slots file; no plan to do it")
         self.payload = image
-        self.diverted = self.rebuild
+        self.plan = self.rebuild
+        self.diverted = self.rebuild.steps
 
 
 StepModel = Callable[[Execution], Sequence[Effect | Flush]]
@@ -498,15 +458,33 @@ def slotted_steps(choose: SlotChooser = choose_slot) -> Mapping[Step, StepModel]
 SLOTTED_STEPS: Final = slotted_steps()
 
 
-def _remove_old(run: Execution) -> Sequence[Effect | Flush]:
-    assert isinstance(run.plan, ConversionPlan)
-    return [Unlink(run.plan.old_name)]
+def _conversion(run: Execution) -> ConversionPlan:
+    if not isinstance(run.plan, ConversionPlan):
+        raise ValueError(f"a conversion's step in {run.plan}")
+    return run.plan
+
+
+def _find_files(run: Execution) -> Sequence[Effect | Flush]:
+    """``FIND_FILES``: the conversion goes on with the work what it finds calls for."""
+    plan = _conversion(run)
+    found = {name for name in SURVEYED if name in run.disk.entries}
+    run.diverted = plan.unfold(plan.work(found) + plan.release)
+    return []
+
+
+def _read_old(run: Execution) -> Sequence[Effect | Flush]:
+    """``READ_OLD`` reads the checkpoint; the copy writes it in the new layout."""
+    run.payload = _conversion(run).copied(run.checkpoint)
+    return []
 
 
 CONVERSION_STEPS: Final[Mapping[Step, StepModel]] = {
     **REPLACE_STEPS,
     SaveStep.CHECK_NEXT: _must_be_absent(NEXT_NAME),
-    ConversionStep.REMOVE_OLD: _remove_old,
+    ConversionStep.FIND_FILES: _find_files,
+    ConversionStep.READ_OLD: _read_old,
+    ConversionStep.DUP_DIR: _nothing_on_disk,
+    ConversionStep.REMOVE_OLD: lambda run: [Unlink(_conversion(run).old_name)],
 }
 """The on-disk effects of a conversion's steps."""
 
@@ -590,25 +568,27 @@ def explore(
     ``before`` is the durable disk when the save starts; ``checkpoint`` is what
     is saved. A slotted plan runs its in-place steps and, where the program
     would (no slots file, or a record that does not fit), goes on with its
-    rebuild steps. A conversion writes ``checkpoint`` as its copy (the whole
-    slots file, for one to the slotted layout). ``steps`` defaults to the table
-    of the plan's kind. States
+    rebuild steps. A conversion runs its survey, then the work what it finds
+    calls for; ``checkpoint`` is what its ``READ_OLD`` reads from the old
+    layout's file. ``steps`` defaults to the table of the plan's kind. States
     that look alike on disk and agree on whether the save had returned are
     reported once.
     """
     first: SavePlan | ConversionPlan
+    start: tuple[Step, ...]
     every: tuple[Step, ...]
     if isinstance(plan, SlottedPlan):
         first, rebuild = plan.in_place, plan.rebuild
         table = SLOTTED_STEPS if steps is None else steps
-        every = first.steps + rebuild.steps
+        start, every = first.steps, first.steps + rebuild.steps
+    elif isinstance(plan, ConversionPlan):
+        first, rebuild = plan, None
+        table = CONVERSION_STEPS if steps is None else steps
+        start, every = plan.unfold(plan.survey), plan.steps
     else:
         first, rebuild = plan, None
-        default = (
-            CONVERSION_STEPS if isinstance(plan, ConversionPlan) else REPLACE_STEPS
-        )
-        table = default if steps is None else steps
-        every = first.steps
+        table = REPLACE_STEPS if steps is None else steps
+        start, every = plan.steps, plan.steps
     unknown = [step for step in dict.fromkeys(every) if step not in table]
     if unknown:
         raise ValueError(f"no model of the on-disk effects of {unknown}")
@@ -623,7 +603,7 @@ def explore(
             found.setdefault(state)
 
     cut("before the save", returned=False)
-    queue = list(first.steps)
+    queue = list(start)
     while queue:
         step = queue.pop(0)
         for effect in table[step](run):
@@ -634,8 +614,7 @@ def explore(
                 pending.append(effect)
                 run.disk = effect.apply(run.disk)
         if run.diverted is not None:
-            run.plan, run.diverted = run.diverted, None
-            queue = list(run.plan.steps)
+            queue, run.diverted = list(run.diverted), None
         cut(f"after {step.name}", returned=not queue)
     return list(found)
 

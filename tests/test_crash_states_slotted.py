@@ -19,7 +19,6 @@ from crash_states import (
     CrashState,
     Disk,
     Problem,
-    Step,
     StepModel,
     Violation,
     check_all,
@@ -28,6 +27,7 @@ from crash_states import (
     slotted_steps,
 )
 from sessionstore import Durability, Layout, SessionStorage
+from sessionstore._conversion_plan import Step
 from sessionstore._naming import NEXT_NAME, SLOTS_NAME
 from sessionstore._save_plan import (
     SavePlan,
