@@ -12,15 +12,10 @@ from pathlib import Path
 
 import attrs
 import pytest
+from disk_model import Disk
+from explorer import CrashState, explore
+from recovery_checks import Problem, Violation, check_conversions
 
-from crash_states import (
-    CrashState,
-    Disk,
-    Problem,
-    Violation,
-    check_conversions,
-    explore,
-)
 from sessionstore import Durability, Layout, SessionStorage
 from sessionstore._conversion_plan import (
     FILE_OF,
