@@ -26,7 +26,7 @@ from checkpoint_child import checkpoint_id
 from sessionstore import LockedStorageError, LockState, SessionStorage
 from sessionstore._lock_state import FileKey, NextFile, classify_lock, parse_proc_locks
 
-CHILD = str(Path(__file__).with_name("checkpoint_child.py"))
+CHILD = str(Path(__file__).parents[1] / "checkpoint_child.py")
 
 # Takes the directory's flock as a save does, optionally creates session.next,
 # says so, and then either holds both until stdin closes or dies by SIGKILL.
