@@ -1,113 +1,128 @@
 """Moving a session's checkpoint from one layout to the other, crash-safely.
 
-The rule that makes every intermediate state safe: while both ``session`` and
-``session.slots`` exist, ``session`` is the checkpoint. So a conversion to the
-slotted layout puts ``session.slots`` in place (holding the same checkpoint)
-before it removes ``session``, and a conversion to the replace layout renames
-``session`` into place first, then removes ``session.slots``. The directory's
-lock is held throughout, so no save interleaves.
+This executes ``plan_conversion()`` step by step; the plan's module says why
+every state between two steps is safe.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from . import _errors, _fallback
+from ._conversion_plan import (
+    SURVEYED,
+    ConversionPlan,
+    ConversionStep,
+    Step,
+    plan_conversion,
+)
 from ._fallback.posix import DIR_FLAGS, exists_at, try_lock
-from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from ._naming import CHECKPOINT_NAME
 from ._options import Durability, Layout
-from ._save_plan import SaveStep, plan_save
-from ._slots_format import build_slots_file
+from ._save_plan import SaveStep
 
-
-def _locked_steps(durability: Durability, target: str) -> bytes:
-    """The replace sequence for a directory already open and locked.
-
-    The writer owns the descriptor it is given and closes it, also when it
-    fails: it gets a duplicate, so the lock (held by the open directory both
-    share) stays held by the caller's until the old layout's file is removed.
-    """
-    plan = plan_save(durability, target)
-    return bytes(plan.steps[plan.steps.index(SaveStep.CREATE_NEXT) :])
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def convert_layout(location: str, layout: Layout, durability: Durability) -> None:
-    """Make ``location`` hold its checkpoint in ``layout`` (see the module's docstring).
+    """Make ``location`` hold its checkpoint in ``layout`` (see ``ConversionPlan``).
 
     A session with no checkpoint needs nothing: its layout is whatever the
     first save writes. LockedStorageError when a writer holds the lock or left
     ``session.next`` behind.
     """
-    next_path = os.path.join(location, NEXT_NAME)
+    plan = plan_conversion(layout, durability)
+    conversion = _Conversion(location, plan)
     try:
-        dir_fd = os.open(location, DIR_FLAGS)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, location) from exc
-    try:
-        try:
-            locked = try_lock(dir_fd)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, location) from exc
-        if not locked:
-            raise _errors.held(next_path)
-        if _exists(location, NEXT_NAME, dir_fd):
-            raise _errors.leftover(next_path)
-        has_replace = _exists(location, CHECKPOINT_NAME, dir_fd)
-        has_slots = _exists(location, SLOTS_NAME, dir_fd)
-        if layout is Layout.SLOTTED and has_replace:
-            data = _fallback.load(os.path.join(location, CHECKPOINT_NAME))
-            image = build_slots_file(data, 1, None)
-            steps = _locked_steps(durability, SLOTS_NAME)
-            _fallback.save(
-                location,
-                image,
-                steps,
-                NEXT_NAME,
-                SLOTS_NAME,
-                dir_fd=_dup(location, dir_fd),
-            )
-            _remove(location, CHECKPOINT_NAME, dir_fd, durability)
-        elif layout is Layout.REPLACE and has_slots:
-            if not has_replace:
-                newest = _fallback.load_slots(os.path.join(location, SLOTS_NAME))
-                steps = _locked_steps(durability, CHECKPOINT_NAME)
-                _fallback.save(
-                    location,
-                    newest or b"",
-                    steps,
-                    NEXT_NAME,
-                    CHECKPOINT_NAME,
-                    dir_fd=_dup(location, dir_fd),
-                )
-            _remove(location, SLOTS_NAME, dir_fd, durability)
+        for step in plan.survey:
+            conversion.run(step)
+        for step in plan.work(conversion.found):
+            conversion.run(step)
     finally:
-        os.close(dir_fd)
+        if conversion.dir_fd is not None:
+            for step in plan.release:
+                conversion.run(step)
 
 
-def _exists(location: str, name: str, dir_fd: int) -> bool:
-    """Whether ``name`` is in the open session directory; errors name its path."""
+class _Conversion:
+    """One conversion in progress: its directory descriptor and what it learnt."""
+
+    def __init__(self, location: str, plan: ConversionPlan) -> None:
+        self.location = location
+        self.plan = plan
+        self.dir_fd: int | None = None
+        self.found: frozenset[str] = frozenset()
+        self.checkpoint = b""
+        self.copy_fd: int | None = None
+
+    def run(self, step: Step) -> None:
+        if step is SaveStep.OPEN_DIR:
+            self.dir_fd = _named(self.location, os.open, self.location, DIR_FLAGS)
+        elif step is SaveStep.LOCK_DIR:
+            if not _named(self.location, try_lock, self._dir()):
+                raise _errors.held(self._path(self.plan.next_name))
+        elif step is SaveStep.CHECK_NEXT:
+            if self._exists(self.plan.next_name):
+                raise _errors.leftover(self._path(self.plan.next_name))
+        elif step is ConversionStep.FIND_FILES:
+            self.found = frozenset(name for name in SURVEYED if self._exists(name))
+        elif step is ConversionStep.READ_OLD:
+            self.checkpoint = self._read(self.plan.old_name)
+        elif step is ConversionStep.DUP_DIR:
+            self.copy_fd = _named(self.location, os.dup, self._dir())
+        elif step is ConversionStep.SAVE_COPY:
+            self._save_copy()
+        elif step is ConversionStep.REMOVE_OLD:
+            name = self.plan.old_name
+            _named(self._path(name), os.unlink, name, dir_fd=self._dir())
+        elif step is SaveStep.FSYNC_DIR:
+            _named(self.location, os.fsync, self._dir())
+        elif step is SaveStep.CLOSE_DIR:
+            dir_fd, self.dir_fd = self._dir(), None
+            os.close(dir_fd)
+        else:
+            raise ValueError(f"{step!r} is not a step of a conversion")
+
+    def _save_copy(self) -> None:
+        if self.copy_fd is None:
+            raise ValueError("SAVE_COPY before DUP_DIR")
+        copy_fd, self.copy_fd = self.copy_fd, None
+        save = self.plan.copy_save
+        _fallback.save(
+            self.location,
+            self.plan.copied(self.checkpoint),
+            save.codes,
+            save.next_name,
+            save.target_name,
+            dir_fd=copy_fd,
+        )
+
+    def _read(self, name: str) -> bytes:
+        path = self._path(name)
+        if name == CHECKPOINT_NAME:
+            return _fallback.load(path)
+        return _fallback.load_slots(path) or b""
+
+    def _dir(self) -> int:
+        if self.dir_fd is None:
+            raise ValueError("a step on the session directory before OPEN_DIR")
+        return self.dir_fd
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    def _exists(self, name: str) -> bool:
+        return _named(self._path(name), exists_at, name, self._dir())
+
+
+def _named(
+    path: str, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """``call(*args, **kwargs)``, its OSError naming ``path``."""
     try:
-        return exists_at(name, dir_fd)
+        return call(*args, **kwargs)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, os.path.join(location, name)) from exc
-
-
-def _dup(location: str, dir_fd: int) -> int:
-    """A second descriptor of the session directory, for the writer to own."""
-    try:
-        return os.dup(dir_fd)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, location) from exc
-
-
-def _remove(location: str, name: str, dir_fd: int, durability: Durability) -> None:
-    """Unlink the old layout's file and, when durable, flush the directory."""
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, os.path.join(location, name)) from exc
-    if durability is Durability.FULL:
-        try:
-            os.fsync(dir_fd)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, location) from exc
+        raise OSError(exc.errno, exc.strerror, path) from exc

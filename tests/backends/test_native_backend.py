@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-
 from backend_parity import both_backends, listing, outcome
+
 from sessionstore import (
     CorruptCheckpointError,
     Durability,

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-
 from backend_parity import both_backends, listing, outcome
+from syscall_traces import TRACED, expected_lines, marked_save_script, run_traced
+
 from sessionstore import Durability, Layout, SessionStorage, _backend
 from sessionstore._save_plan import SavePlan, SaveStep, plan_slotted_save
 from sessionstore._slots_format import (
@@ -32,7 +33,6 @@ from sessionstore._slots_format import (
     decode_file_header,
     plan_slot_size,
 )
-from syscall_traces import TRACED, expected_lines, marked_save_script, run_traced
 
 # The calls the replace layout's conformance test traces, and the reads and
 # lookups of a slotted save.

@@ -14,20 +14,13 @@ from pathlib import Path
 
 import attrs
 import pytest
+from disk_model import Disk
+from explorer import CrashState, explore
+from recovery_checks import Problem, Violation, check_all
+from step_tables import StepModel, read_records, slotted_steps
 
-from crash_states import (
-    CrashState,
-    Disk,
-    Problem,
-    Step,
-    StepModel,
-    Violation,
-    check_all,
-    explore,
-    read_records,
-    slotted_steps,
-)
 from sessionstore import Durability, Layout, SessionStorage
+from sessionstore._conversion_plan import Step
 from sessionstore._naming import NEXT_NAME, SLOTS_NAME
 from sessionstore._save_plan import (
     SavePlan,

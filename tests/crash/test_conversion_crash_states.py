@@ -12,24 +12,19 @@ from pathlib import Path
 
 import attrs
 import pytest
+from disk_model import Disk
+from explorer import CrashState, explore
+from recovery_checks import Problem, Violation, check_conversions
 
-from crash_states import (
+from sessionstore import Durability, Layout, SessionStorage
+from sessionstore._conversion_plan import (
     FILE_OF,
     ConversionPlan,
     ConversionStep,
-    CrashState,
-    Disk,
-    Problem,
-    Step,
-    Violation,
-    check_conversions,
-    explore,
     plan_conversion,
 )
-from sessionstore import Durability, Layout, SessionStorage
 from sessionstore._naming import NEXT_NAME
 from sessionstore._save_plan import SaveStep
-from sessionstore._slots_format import build_slots_file
 
 OLDER = b"older " * 100
 OLD = bytes(range(256)) * 4 + b"old" * 25
@@ -51,15 +46,10 @@ def build(layout: Layout, tmp_path: Path, name: str) -> Disk:
     return Disk.read(Path(storage.location))
 
 
-def copy_of(layout: Layout) -> bytes:
-    """What the conversion writes: the slots file (one record), or the checkpoint."""
-    return build_slots_file(OLD, 1, None) if layout is Layout.SLOTTED else OLD
-
-
 def violations_of(
     plan: ConversionPlan, layout: Layout, tmp_path: Path
 ) -> tuple[list[CrashState], list[Violation]]:
-    states = explore(plan, build(layout, tmp_path, "template"), copy_of(layout))
+    states = explore(plan, build(layout, tmp_path, "template"), OLD)
     found = check_conversions(
         states, tmp_path / "states", checkpoint=OLD, layout=layout
     )
@@ -90,7 +80,7 @@ def test_the_model_of_a_conversion_leaves_what_the_library_leaves(
     backend: str, layout: Layout, tmp_path: Path
 ) -> None:
     plan = plan_conversion(layout, Durability.FULL)
-    states = explore(plan, build(layout, tmp_path, "a"), copy_of(layout))
+    states = explore(plan, build(layout, tmp_path, "a"), OLD)
     real = build(layout, tmp_path, "b")
     after = tmp_path / "after.session"
     CrashState.of(real, returned=True, cut="", landed=[]).materialize(after)
@@ -103,11 +93,11 @@ def test_removing_the_old_file_before_the_rename_is_durable_is_caught(
     backend: str, layout: Layout, tmp_path: Path
 ) -> None:
     plan = plan_conversion(layout, Durability.FULL)
-    steps = list(plan.steps)
     # The directory flush after the rename: without it the unlink may land
     # while the rename does not.
-    del steps[steps.index(SaveStep.RENAME_NEXT) + 1]
-    broken = attrs.evolve(plan, steps=tuple(steps))
+    copy_save = plan.copy_save
+    unflushed = tuple(s for s in copy_save.steps if s is not SaveStep.FSYNC_DIR)
+    broken = attrs.evolve(plan, copy_save=attrs.evolve(copy_save, steps=unflushed))
     _, violations = violations_of(broken, layout, tmp_path)
     torn = [v for v in violations if v.problem is Problem.TORN]
     assert torn, report(violations)
@@ -118,11 +108,12 @@ def test_removing_the_old_file_first_is_caught(
     backend: str, layout: Layout, tmp_path: Path
 ) -> None:
     plan = plan_conversion(layout, Durability.FULL)
-    steps: list[Step] = [s for s in plan.steps if s is not ConversionStep.REMOVE_OLD]
-    steps.insert(steps.index(SaveStep.CREATE_NEXT), ConversionStep.REMOVE_OLD)
-    _, violations = violations_of(
-        attrs.evolve(plan, steps=tuple(steps)), layout, tmp_path
+    first = attrs.evolve(
+        plan,
+        copy=(ConversionStep.REMOVE_OLD, *plan.copy),
+        removal=tuple(s for s in plan.removal if s is not ConversionStep.REMOVE_OLD),
     )
+    _, violations = violations_of(first, layout, tmp_path)
     assert Problem.TORN in {v.problem for v in violations}, report(violations)
 
 

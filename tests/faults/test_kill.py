@@ -37,7 +37,7 @@ from checkpoint_child import TornCheckpoint, checkpoint_id, random_checkpoint
 from sessionstore import Durability, Layout, LockState, SessionStorage
 from sessionstore._naming import CHECKPOINT_NAME, SLOTS_NAME
 
-CHILD: Final = str(Path(__file__).with_name("checkpoint_child.py"))
+CHILD: Final = str(Path(__file__).parents[1] / "checkpoint_child.py")
 LONG: Final = os.environ.get("SESSIONSTORE_LONG") == "1"
 ROUNDS: Final = 2000 if LONG else 200
 # Each conversion round also saves and converts once more in the parent.

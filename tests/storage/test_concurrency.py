@@ -24,7 +24,7 @@ import pytest
 from checkpoint_child import TornCheckpoint, checkpoint_id
 from sessionstore import Layout, LockState, SessionStorage
 
-CHILD: Final = str(Path(__file__).with_name("checkpoint_child.py"))
+CHILD: Final = str(Path(__file__).parents[1] / "checkpoint_child.py")
 WRITERS: Final = 4
 SAVES: Final = 200
 MAX_SIZE: Final = 64 * 1024

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from syscall_traces import expected_lines, marked_save_script, run_traced
+from test_slotted_conformance import _TRACED, before_slots, slot_reads
 
 from sessionstore import (
     Durability,
@@ -37,8 +39,6 @@ from sessionstore._slots_format import (
     RECORD_HEADER_SIZE,
     plan_slot_size,
 )
-from syscall_traces import expected_lines, marked_save_script, run_traced
-from test_slotted_conformance import _TRACED, before_slots, slot_reads
 
 _SLOTS: Final = "session.slots"
 
@@ -381,6 +381,7 @@ def test_a_failed_flush_hides_the_record_and_the_held_session_saves_on(
 
 def test_both_backends_write_the_same_bytes(native: object, tmp_path: Path) -> None:
     from backend_parity import both_backends
+
     from sessionstore import _backend
 
     images = {}

@@ -2,7 +2,7 @@
 
 The fallback's syscalls go through ``os`` and ``fcntl``, so each step's failure is
 injected by replacing one function. The native backend runs the same cases under
-``strace`` fault injection in ``test_save_faults_injected.py``.
+``strace`` fault injection in ``test_save_failures_injected_by_strace.py``.
 """
 
 from __future__ import annotations

@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-
-from sessionstore import Durability, SessionStorage
-from sessionstore._save_plan import SaveStep, plan_save
 from syscall_traces import (
     TRACED,
     between_markers,
@@ -24,6 +21,9 @@ from syscall_traces import (
     parse_trace,
     run_traced,
 )
+
+from sessionstore import Durability, SessionStorage
+from sessionstore._save_plan import SaveStep, plan_save
 
 _CHILD: Final = marked_save_script(
     """

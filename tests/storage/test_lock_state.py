@@ -32,7 +32,7 @@ from sessionstore._lock_state import (
     parse_proc_locks,
 )
 
-CHILD = str(Path(__file__).with_name("checkpoint_child.py"))
+CHILD = str(Path(__file__).parents[1] / "checkpoint_child.py")
 
 # Takes the directory's flock as a save does, optionally creates session.next,
 # says so, and then either holds both until stdin closes or dies by SIGKILL.

@@ -27,7 +27,7 @@ from sessionstore import Layout, SessionStorage
 from sessionstore._naming import SLOTS_NAME
 from sessionstore._slots_format import RECORD_HEADER_SIZE, encode_file_header
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+ROOT: Final = Path(__file__).resolve().parents[2]
 # Far below what reading a claimed 8 GiB (or a device with no end) needs, far
 # above what a checkpoint of a few KiB and the interpreter need.
 _MEMORY_LIMIT: Final = 1 << 30
