@@ -1,6 +1,6 @@
 //! Listing a session repository: one pass over the directory, one `fstatat` per
 //! session, sorted as `sessionstore._ordering.sort_key` sorts, with the GIL
-//! released. `sessionstore._python_listing` is the fallback with the same answers.
+//! released. `sessionstore._fallback.listing` is the fallback with the same answers.
 
 use std::cmp::Ordering;
 use std::ffi::{CStr, CString};
@@ -73,7 +73,7 @@ pub struct Found {
     pub ino: u64,
 }
 
-/// The file holding a session's checkpoint, as `_python_listing.ScannedCheckpoint`.
+/// The file holding a session's checkpoint, as `_fallback.listing.ScannedCheckpoint`.
 pub struct Checkpoint {
     pub name: &'static [u8],
     /// `st_mode` of its `lstat` (or of the open file), 0 when that failed
@@ -210,7 +210,7 @@ fn entry_kind(fd: &Fd, name: &[u8], d_type: u8) -> u8 {
 }
 
 /// `(st_mode, errno, size)` of `session.slots` from its headers alone: two small
-/// reads whatever the checkpoint's size (`_python_listing._slots_size`).
+/// reads whatever the checkpoint's size (`_fallback.listing._slots_size`).
 fn slots_size(session: &Fd) -> (libc::mode_t, Errno, Option<u64>) {
     let fd = match posix::openat(session, SLOTS_NAME, PEEK_FLAGS, 0) {
         Ok(fd) => fd,
@@ -238,7 +238,7 @@ fn slots_size(session: &Fd) -> (libc::mode_t, Errno, Option<u64>) {
 /// `session.slots`; one that vanished since makes way for the other.
 ///
 /// The one place of this backend that knows which file holds a checkpoint (the
-/// fallback's is `_python_listing._checkpoint`).
+/// fallback's is `_fallback.listing._checkpoint`).
 fn checkpoint(session: &Fd, names: &[&[u8]]) -> Option<Checkpoint> {
     for c in [CHECKPOINT_NAME, SLOTS_NAME] {
         let name = c.to_bytes();
@@ -278,7 +278,7 @@ fn checkpoint(session: &Fd, names: &[&[u8]]) -> Option<Checkpoint> {
     None
 }
 
-/// What a scan reports about one session (`_python_listing._scanned`); None
+/// What a scan reports about one session (`_fallback.listing._scanned`); None
 /// when it vanished. An error inside the session is that session's, reported
 /// in the detail, never the listing's.
 fn detail(fd: &Fd, name: &[u8]) -> Result<Option<Detail>, ListError> {

@@ -1,6 +1,6 @@
 //! The lock of a session: probing it without taking it, and breaking a stale one.
 //!
-//! The same algorithm as `sessionstore._python_writer` (and the same parser as
+//! The same algorithm as `sessionstore._fallback.lock` (and the same parser as
 //! `sessionstore._lock_state.parse_proc_locks`): the kernel's lock table says
 //! whether a live process holds the directory's flock, so looking never makes a
 //! writer's `flock` fail; only where the table cannot answer is the lock tried.

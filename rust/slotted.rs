@@ -1,4 +1,4 @@
-//! The slotted layout's save and load: `sessionstore._python_slots_writer` in Rust.
+//! The slotted layout's save and load: `sessionstore._fallback.slotted` in Rust.
 //!
 //! A save executes the in-place codes of `SlottedPlan` (the same `SaveStep`
 //! numbers): the new record goes over the slot that does not hold the newest

@@ -1,5 +1,5 @@
 //! The listing functions over `crate::listing`: names decoded as `os.fsdecode`
-//! decodes them, rows as `_python_listing` builds them.
+//! decodes them, rows as `_fallback.listing` builds them.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
@@ -60,7 +60,7 @@ fn named<'py, 'a>(
     Ok(keyed.into_iter().map(|(_, entry)| entry).collect())
 }
 
-/// One scanned session as the tuple `_python_listing.ScannedSession` describes.
+/// One scanned session as the tuple `_fallback.listing.ScannedSession` describes.
 fn scanned_row<'py>(
     py: Python<'py>,
     name: Bound<'py, PyString>,
