@@ -1,15 +1,18 @@
-"""The guest kit: a Debian kernel, busybox and an initramfs, built once and cached.
+"""The guest kit: a Debian kernel, busybox and initramfs images, built once and cached.
 
 Nothing is installed on the host: ``apt-get download`` fetches the current
 ``linux-image-*-amd64`` and ``busybox-static`` packages, ``dpkg -x`` unpacks
-them into the cache, and the initramfs is assembled from them here: busybox,
-the kernel modules the guest needs (in the order ``modules.dep`` gives), and
-an ``/init`` script. The host's Python and this package reach the guest over
-virtio-9p, so the kit holds no Python of its own.
+them into the cache, and an initramfs per filesystem is assembled from them
+here: busybox, the kernel modules a guest on that filesystem needs (in the
+order ``modules.dep`` gives), and an ``/init`` script. The kernel boots
+uncompressed through its PVH entry point where it has one: under emulation,
+unpacking it and its real-mode start cost seconds a round. The host's Python
+and this package reach the guest over virtio-9p, so the kit holds no Python
+of its own.
 
 Everything lives in ``cache_dir()`` (outside the repository): the ``.deb``
-files, the unpacked trees, the initramfs. A kit whose inputs have not changed
-is reused.
+files, the unpacked trees, the kernel, the initramfs images. A kit whose
+inputs have not changed is reused.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -31,22 +35,25 @@ from typing import Final
 import attrs
 
 # The modules /init loads, each after what modules.dep says it needs: the
-# virtio transport and disk, 9p over virtio, and the three filesystems. The
-# crc32c implementation is a soft dependency (requested by name at run time,
-# which needs a modprobe the initramfs does not have), so it is listed itself.
-WANTED_MODULES: Final = (
+# virtio transport and disk, 9p over virtio, and the round's filesystem (only
+# it: loading the others costs seconds under emulation, btrfs's raid6_pq
+# benchmarking its algorithms as it loads). The crc32c implementation is a
+# soft dependency (requested by name at run time, which needs a modprobe the
+# initramfs does not have), so it is listed itself.
+BASE_MODULES: Final = (
     "crc32c_generic",
     "virtio_pci",
     "virtio_blk",
     "9pnet_virtio",
     "9p",
-    "ext4",
-    "xfs",
-    "btrfs",
 )
+FILESYSTEM_MODULES: Final = {"ext4": ("ext4",), "xfs": ("xfs",), "btrfs": ("btrfs",)}
 # Part of the kit's cache key: a change to /init or to how the kit is built
 # makes a new initramfs.
-KIT_FORMAT: Final = "3"
+KIT_FORMAT: Final = "4"
+# The ELF note of a kernel's PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY), which
+# lets qemu start an uncompressed kernel directly in 32-bit protected mode.
+_PVH_NOTE: Final = (b"Xen\0", 18)
 
 
 class KitUnavailable(Exception):
@@ -55,10 +62,10 @@ class KitUnavailable(Exception):
 
 @attrs.frozen
 class Kit:
-    """A bootable guest: its kernel, its initramfs and the kernel release."""
+    """A bootable guest: its kernel, an initramfs per filesystem, the kernel release."""
 
     kernel: Path
-    initramfs: Path
+    initramfs: dict[str, Path]
     release: str
 
 
@@ -326,13 +333,16 @@ def _symlinks_to_usr() -> dict[str, str]:
     return links
 
 
-def build(release: str, kernel_tree: Path, busybox_tree: Path) -> bytes:
-    """The initramfs: busybox, the ordered modules and /init."""
+def build(release: str, kernel_tree: Path, busybox_tree: Path, fs: str) -> bytes:
+    """The initramfs for guests on ``fs``: busybox, the ordered modules and /init."""
     modules_root = kernel_tree / "lib" / "modules" / release
     dep_file = modules_root / "modules.dep"
     if not dep_file.is_file():
         dep_file.write_text(modules_dep(modules_root))
-    order = load_order(parse_modules_dep(dep_file.read_text()), WANTED_MODULES)
+    order = load_order(
+        parse_modules_dep(dep_file.read_text()),
+        (*BASE_MODULES, *FILESYSTEM_MODULES[fs]),
+    )
     busybox = busybox_tree / "bin" / "busybox"
     if not busybox.is_file():
         raise KitUnavailable(f"busybox-static has no {busybox}")
@@ -355,7 +365,8 @@ def build(release: str, kernel_tree: Path, busybox_tree: Path) -> bytes:
         loaded.append(name)
     image.file("modules.order", ("\n".join(loaded) + "\n").encode())
     image.file("init", INIT_SCRIPT.encode(), 0o755)
-    return gzip.compress(image.finish(), compresslevel=1, mtime=0)
+    # Uncompressed: under emulation the guest would take a second to unzip it.
+    return image.finish()
 
 
 def prepare() -> Kit:
@@ -378,12 +389,86 @@ def prepare() -> Kit:
     kernel = kernel_tree / "boot" / f"vmlinuz-{release}"
     if not kernel.is_file():
         raise KitUnavailable(f"{package} holds no {kernel.name}")
-    key = hashlib.sha256(
-        f"{KIT_FORMAT}\n{kernel_tree.name}\n{busybox_tree.name}\n{INIT_SCRIPT}".encode()
-    ).hexdigest()[:16]
-    initramfs = root / f"initramfs-{key}.cpio.gz"
-    if not initramfs.is_file():
-        partial = initramfs.with_suffix(".partial")
-        partial.write_bytes(build(release, kernel_tree, busybox_tree))
-        partial.rename(initramfs)
-    return Kit(kernel, initramfs, release)
+    initramfs = {}
+    for fs in FILESYSTEM_MODULES:
+        key = hashlib.sha256(
+            f"{KIT_FORMAT}\n{kernel_tree.name}\n{busybox_tree.name}\n{fs}\n"
+            f"{INIT_SCRIPT}".encode()
+        ).hexdigest()[:16]
+        initramfs[fs] = root / f"initramfs-{fs}-{key}.cpio"
+        if not initramfs[fs].is_file():
+            partial = initramfs[fs].with_suffix(".partial")
+            partial.write_bytes(build(release, kernel_tree, busybox_tree, fs))
+            partial.rename(initramfs[fs])
+    return Kit(pvh_kernel(kernel) or kernel, initramfs, release)
+
+
+def elf_notes(elf: bytes) -> list[tuple[bytes, int, bytes]]:
+    """The notes of an ELF64 little-endian executable: (name, type, description)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise KitUnavailable("the kernel is not a 64-bit little-endian ELF")
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    notes = []
+    for index in range(phnum):
+        kind, _flags, offset, _vaddr, _paddr, size = struct.unpack_from(
+            "<IIQQQQ", elf, phoff + index * phentsize
+        )
+        if kind != 4:  # PT_NOTE
+            continue
+        at, end = offset, offset + size
+        while at + 12 <= end:
+            namesz, descsz, note_type = struct.unpack_from("<III", elf, at)
+            name_at = at + 12
+            desc_at = name_at + (namesz + 3) // 4 * 4
+            notes.append(
+                (
+                    elf[name_at : name_at + namesz],
+                    note_type,
+                    elf[desc_at : desc_at + descsz],
+                )
+            )
+            at = desc_at + (descsz + 3) // 4 * 4
+    return notes
+
+
+def _decompressed(magic: bytes, data: bytes) -> bytes:
+    """The stream at the start of ``data``, decompressed; b"" if it is not one."""
+    try:
+        if magic.startswith(b"\xfd7zXZ"):
+            return lzma.LZMADecompressor().decompress(data)
+        return zlib.decompressobj(31).decompress(data)
+    except (lzma.LZMAError, zlib.error):
+        return b""
+
+
+def uncompressed_kernel(bzimage: bytes) -> bytes | None:
+    """The ELF kernel inside a bzImage compressed with xz or gzip, or None."""
+    for magic in (b"\xfd7zXZ\0", b"\x1f\x8b\x08\0"):
+        at = bzimage.find(magic)
+        while at >= 0:
+            elf = _decompressed(magic, bzimage[at:])
+            if elf[:4] == b"\x7fELF":
+                return elf
+            at = bzimage.find(magic, at + 1)
+    return None
+
+
+def pvh_kernel(bzimage: Path) -> Path | None:
+    """The kernel uncompressed, cached beside ``bzimage``, if it has a PVH entry.
+
+    None when it cannot be taken out of the bzImage or has no PVH entry point:
+    the bzImage then boots as it is, only slower.
+    """
+    vmlinux = bzimage.with_name(bzimage.name.replace("vmlinuz", "vmlinux", 1) + ".pvh")
+    if vmlinux.is_file():
+        return vmlinux
+    elf = uncompressed_kernel(bzimage.read_bytes())
+    if elf is None or not any(
+        (name, kind) == _PVH_NOTE for name, kind, _ in elf_notes(elf)
+    ):
+        return None
+    partial = vmlinux.with_suffix(".partial")
+    partial.write_bytes(elf)
+    partial.rename(vmlinux)
+    return vmlinux

@@ -2,12 +2,14 @@
 
 The disk keeps only what was flushed (a small NBD client speaks to
 ``VolatileDisk`` the way qemu does: fixed newstyle, ``NBD_OPT_GO``), the kit
-loads modules after what they need, and the console reader takes no
-acknowledgement the kill cut short. These run in the main test command.
+loads modules after what they need and finds the kernel's PVH entry, and
+the console reader takes no acknowledgement the kill cut short. These run
+in the main test command.
 """
 
 from __future__ import annotations
 
+import lzma
 import random
 import socket
 import struct
@@ -17,7 +19,13 @@ from pathlib import Path
 
 import pytest
 from power_cut import Console
-from powercut_kit import load_order, module_name, parse_modules_dep
+from powercut_kit import (
+    elf_notes,
+    load_order,
+    module_name,
+    parse_modules_dep,
+    uncompressed_kernel,
+)
 from volatile_disk import BLOCK, Drop, VolatileDisk
 
 SIZE = 16 * BLOCK
@@ -181,6 +189,32 @@ def test_modules_load_after_what_they_need() -> None:
         "kernel/fs/xfs/xfs.ko.xz",
     ]
     assert module_name("kernel/net/9p/9pnet-virtio.ko.zst") == "9pnet_virtio"
+
+
+def _elf_with_notes(*notes: tuple[bytes, int, bytes]) -> bytes:
+    """A minimal ELF64 executable with one PT_NOTE segment holding ``notes``."""
+    body = b""
+    for name, kind, desc in notes:
+        body += struct.pack("<III", len(name), len(desc), kind)
+        body += name + bytes(-len(name) % 4) + desc + bytes(-len(desc) % 4)
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x20, 64)  # program headers right after
+    struct.pack_into("<HH", header, 0x36, 56, 1)
+    segment = struct.pack("<IIQQQQQQ", 4, 0, 64 + 56, 0, 0, len(body), len(body), 4)
+    return bytes(header) + segment + body
+
+
+def test_the_kernel_and_its_pvh_note_come_out_of_a_bzimage() -> None:
+    pvh = (b"Xen\0", 18, struct.pack("<I", 0x1000000))
+    elf = _elf_with_notes((b"Linux\0", 6, b"6.1"), pvh)
+    # A bzImage: set-up code, then the compressed kernel, then trailing data;
+    # a stray xz magic before the real stream is no kernel.
+    bzimage = b"MZ" + bytes(500) + b"\xfd7zXZ\0junk" + lzma.compress(elf) + bytes(64)
+    found = uncompressed_kernel(bzimage)
+    assert found == elf
+    assert elf_notes(found) == [(b"Linux\0", 6, b"6.1"), pvh]
+    assert uncompressed_kernel(b"MZ" + bytes(500)) is None
 
 
 def test_a_line_cut_short_by_the_kill_is_not_read() -> None:
