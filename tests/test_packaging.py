@@ -16,6 +16,28 @@ def test_the_version_is_the_installed_distributions() -> None:
     assert sessionstore.__version__ == importlib.metadata.version("sessionstore")
 
 
+def test_importing_the_package_reads_no_distribution_metadata() -> None:
+    """The version is looked up when asked for, not by ``import sessionstore``:
+    importlib.metadata costs about a third of the import."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, sessionstore; print('importlib.metadata' in sys.modules);"
+            " print(sessionstore.__version__ == sessionstore.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "False\nTrue\n"), done.stderr
+
+
+def test_an_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        sessionstore.nonexistent  # noqa: B018
+
+
 def test_version_flag_prints_the_version_and_exits_0(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._backend import active as _active
 from ._checkpoint_writer import CheckpointWriter
@@ -21,16 +20,26 @@ backend: Final[str] = _active.current.name
 """The writer backend in use: ``"native"`` or ``"python"``."""
 
 
-def _installed_version() -> str:
+if TYPE_CHECKING:
+    __version__: str
+    """The version of the installed distribution, from its metadata."""
+
+
+def __getattr__(name: str) -> str:
+    # The version is read from the distribution's metadata when first asked
+    # for: importlib.metadata costs about a third of the package's import.
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return version("sessionstore")
+        found = version("sessionstore")
     except PackageNotFoundError:
         # Imported from a source tree that was never installed: no metadata.
-        return "0+unknown"
+        found = "0+unknown"
+    globals()["__version__"] = found
+    return found
 
-
-__version__: Final[str] = _installed_version()
-"""The version of the installed distribution, from its metadata."""
 
 __all__ = [
     "CheckpointStatus",
