@@ -349,7 +349,11 @@ def test_a_reused_pid_is_not_taken_for_the_holder(backend: str, tmp_path: Path) 
             pytest.skip(f"clone3 with set_tid refused: {spawned.stderr.strip()}")
         impostor = int(spawned.stdout)
         assert impostor == taker_pid
-        assert Path(f"/proc/{impostor}/cmdline").read_bytes().startswith(b"sleep\0")
+        # The child execs sleep after its pid was printed: wait for the exec.
+        deadline = time.monotonic() + 30
+        while not Path(f"/proc/{impostor}/cmdline").read_bytes().startswith(b"sleep\0"):
+            assert time.monotonic() < deadline, "the impostor never ran sleep"
+            time.sleep(0.01)
         assert _pid_of_lock(storage) == impostor
         assert storage.lock_state() is LockState.HELD
         assert storage.holder() is None
