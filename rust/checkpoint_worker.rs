@@ -3,7 +3,7 @@
 //! Plain Rust, without Python: the thread never needs the interpreter, so the
 //! harness keeps running while a save writes and flushes. Submissions land in a
 //! one-place slot (latest wins); the thread empties the slot, runs the same
-//! save plan as a direct save (`save::Save`, or `slotted::SlottedSave` for the
+//! save plan as a direct save (`save::save`, or `slotted::save_slotted` for the
 //! slotted layout), and records the outcome.
 //!
 //! Checkpoints are numbered in submission order. `settled` is the newest number
@@ -18,19 +18,19 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::save::{Checkpoint, Save};
-use crate::slotted::{LayoutError, SlottedSave};
+use crate::save::{self, Checkpoint, Names, SaveError};
+use crate::slotted::save_slotted;
 
 /// Everything one save needs, owned, so the thread can keep it.
 pub enum Plan {
-    /// The replace layout's plan, as `save::Save` runs it.
+    /// The replace layout's plan, as `save::save` runs it.
     Replace {
         location: CString,
         next_name: CString,
         target: CString,
         codes: Vec<u8>,
     },
-    /// The slotted layout's plan, as `slotted::SlottedSave` runs it.
+    /// The slotted layout's plan, as `slotted::save_slotted` runs it.
     Slotted {
         location: CString,
         in_place: Vec<u8>,
@@ -39,32 +39,26 @@ pub enum Plan {
 }
 
 impl Plan {
-    fn run(&self, data: &[u8]) -> Result<(), LayoutError> {
+    fn run(&self, data: &[u8]) -> Result<(), SaveError> {
         match self {
             Self::Replace {
                 location,
                 next_name,
                 target,
                 codes,
-            } => Save {
-                location,
-                next_name,
-                target,
-                codes,
+            } => {
+                let names = Names {
+                    location,
+                    next_name,
+                    target,
+                };
+                save::save(&names, codes, Checkpoint::of(data))
             }
-            .run(Checkpoint::of(data))
-            .map_err(LayoutError::Replace),
             Self::Slotted {
                 location,
                 in_place,
                 rebuild,
-            } => SlottedSave {
-                location,
-                in_place,
-                rebuild,
-            }
-            .run(Checkpoint::of(data))
-            .map_err(LayoutError::Slotted),
+            } => save_slotted(location, in_place, rebuild, Checkpoint::of(data)),
         }
     }
 }
@@ -75,7 +69,7 @@ pub enum Refused {
     /// The worker was closed.
     Closed,
     /// A background save failed and nobody has seen the error yet (now taken).
-    Failed(LayoutError),
+    Failed(SaveError),
 }
 
 /// What a flush waits for: the newest submission when it began, and how many
@@ -99,7 +93,7 @@ pub struct Stats {
     /// Submissions replaced by a newer one before their turn.
     pub coalesced: u64,
     pub bytes_saved: u64,
-    pub last_failure: Option<LayoutError>,
+    pub last_failure: Option<SaveError>,
     /// Durations of the latest successful saves in nanoseconds, oldest first.
     pub latencies: Vec<u64>,
 }
@@ -114,8 +108,8 @@ struct Slot<D> {
     settled: u64,
     saves: u64,
     failures: u64,
-    error: Option<LayoutError>,
-    last_failure: Option<LayoutError>,
+    error: Option<SaveError>,
+    last_failure: Option<SaveError>,
     closed: bool,
     stopping: bool,
     running: bool,
@@ -203,7 +197,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     }
 
     /// Begin a flush: the error nobody has seen yet, or what to wait for.
-    pub fn begin_flush(&self) -> Result<Flush, LayoutError> {
+    pub fn begin_flush(&self) -> Result<Flush, SaveError> {
         let mut slot = self.shared.lock();
         match slot.error.take() {
             Some(error) => Err(error),
@@ -218,7 +212,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     /// has not, else whether it (or a newer one) was saved. A save that failed
     /// after the flush began is reported to it even when another caller took
     /// the error first.
-    pub fn wait(&self, flush: Flush, timeout: Duration) -> Option<Result<(), LayoutError>> {
+    pub fn wait(&self, flush: Flush, timeout: Duration) -> Option<Result<(), SaveError>> {
         let slot = self.shared.lock();
         let (mut slot, _) = self
             .shared
@@ -289,7 +283,7 @@ impl<D: AsRef<[u8]> + Send + 'static> Worker<D> {
     }
 
     /// The error of a background save nobody has seen yet, now taken.
-    pub fn take_error(&self) -> Option<LayoutError> {
+    pub fn take_error(&self) -> Option<SaveError> {
         self.shared.lock().error.take()
     }
 
@@ -397,8 +391,7 @@ fn work<D: AsRef<[u8]>>(shared: &Shared<D>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::save::{At, Failure, SaveError};
-    use crate::slotted;
+    use crate::save::{At, Failure, Part, Steps};
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
@@ -419,7 +412,7 @@ mod tests {
         Worker::start(plan, "test-writer".into()).unwrap()
     }
 
-    fn flush(worker: &Worker<Vec<u8>>) -> Result<(), LayoutError> {
+    fn flush(worker: &Worker<Vec<u8>>) -> Result<(), SaveError> {
         let flush = worker.begin_flush()?;
         worker
             .wait(flush, PATIENCE)
@@ -450,10 +443,10 @@ mod tests {
         worker.submit(b"lost".to_vec()).unwrap();
         assert!(matches!(
             flush(&worker),
-            Err(LayoutError::Replace(SaveError {
+            Err(SaveError {
                 failure: Failure::Leftover,
                 ..
-            }))
+            })
         ));
         assert_eq!(flush(&worker), Ok(()));
         fs::remove_file(dir.0.join("session.next")).unwrap();
@@ -480,13 +473,15 @@ mod tests {
         let refused = worker.submit(b"refused".to_vec()).unwrap_err();
         assert_eq!(
             refused,
-            Refused::Failed(LayoutError::Replace(SaveError {
+            Refused::Failed(SaveError {
                 failure: Failure::Os {
                     errno: libc::ENOENT,
                     at: At::Location
                 },
+                steps: Steps::Replace,
+                part: Part::Plan,
                 cleanup: None
-            }))
+            })
         );
         assert_eq!(worker.begin_flush().map(drop), Ok(()));
         assert_eq!(worker.take_error(), None);
@@ -529,8 +524,8 @@ mod tests {
         fs::write(dir.0.join("session"), b"").unwrap();
         worker.submit(b"refused".to_vec()).unwrap();
         assert_eq!(
-            flush(&worker),
-            Err(LayoutError::Slotted(slotted::Failure::ReplaceLayout))
+            flush(&worker).map_err(|error| error.failure),
+            Err(Failure::ReplaceLayout)
         );
     }
 

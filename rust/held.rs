@@ -8,11 +8,11 @@
 //! the session removed?), one `pwritev` and one `fdatasync`. Plain Rust,
 //! without Python: the extension runs it with the GIL released.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
-use crate::save::{Checkpoint, Save};
-use crate::save_plan::{CHECKPOINT_NAME, NEXT_NAME};
-use crate::slotted::{Failure, LayoutError, SlottedSave, State};
+use crate::save::{self, Checkpoint, Names, SaveError, State, Steps};
+use crate::save_plan::{CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME};
+use crate::slotted::run_slotted;
 
 /// What a held session runs per save, by layout.
 pub enum Plan {
@@ -21,6 +21,16 @@ pub enum Plan {
     /// The slotted in-place steps after the lock, and the rebuild for a record
     /// that does not fit, neither closing the directory.
     Slotted { save: Vec<u8>, rebuild: Vec<u8> },
+}
+
+impl Plan {
+    /// The file a save of this layout writes.
+    fn target(&self) -> &'static CStr {
+        match self {
+            Self::Replace { .. } => CHECKPOINT_NAME,
+            Self::Slotted { .. } => SLOTS_NAME,
+        }
+    }
 }
 
 /// A held session: its directory open and locked, its slots file open once used.
@@ -38,62 +48,66 @@ impl Held {
         acquire: &[u8],
         plan: Plan,
         release: Vec<u8>,
-    ) -> Result<Self, Failure> {
-        let mut state = State::default();
-        let outcome = SlottedSave {
-            location: &location,
-            in_place: acquire,
-            rebuild: &[],
-        }
-        .run_on(&mut state, Checkpoint::of(&[]));
-        if let Err(failure) = outcome {
-            state.release();
-            return Err(failure);
-        }
-        Ok(Self {
+    ) -> Result<Self, SaveError> {
+        let mut held = Self {
             location,
             plan,
             release,
-            state,
-        })
+            state: State::default(),
+        };
+        held.run(acquire)?;
+        Ok(held)
     }
 
     pub fn location(&self) -> &CString {
         &self.location
     }
 
+    /// Run `codes` that save nothing (the acquire and the release); on failure
+    /// close what is open.
+    fn run(&mut self, codes: &[u8]) -> Result<(), SaveError> {
+        let names = Names {
+            location: &self.location,
+            next_name: NEXT_NAME,
+            target: self.plan.target(),
+        };
+        let outcome = save::run(
+            &names,
+            &mut self.state,
+            codes,
+            Steps::Slotted,
+            Checkpoint::of(&[]),
+        );
+        if outcome.is_err() {
+            let _ = self.state.close();
+        }
+        outcome.map(drop)
+    }
+
     /// One save on the held descriptors. A failed save leaves the session held
     /// and its last good checkpoint in place; the next save reads the slots again.
-    pub fn save(&mut self, data: Checkpoint) -> Result<(), LayoutError> {
+    pub fn save(&mut self, data: Checkpoint) -> Result<(), SaveError> {
         match &self.plan {
-            Plan::Replace { save } => Save {
-                location: &self.location,
-                next_name: NEXT_NAME,
-                target: CHECKPOINT_NAME,
-                codes: save,
+            Plan::Replace { save } => {
+                let names = Names {
+                    location: &self.location,
+                    next_name: NEXT_NAME,
+                    target: CHECKPOINT_NAME,
+                };
+                save::run(&names, &mut self.state, save, Steps::Replace, data).map(drop)
             }
-            .run_in(self.state.dir(), data)
-            .map_err(LayoutError::Replace),
-            Plan::Slotted { save, rebuild } => SlottedSave {
-                location: &self.location,
-                in_place: save,
-                rebuild,
+            Plan::Slotted { save, rebuild } => {
+                run_slotted(&self.location, &mut self.state, save, rebuild, data)
             }
-            .run_on(&mut self.state, data)
-            .map_err(LayoutError::Slotted),
         }
     }
 
     /// Run `release`, which closes the descriptors and so releases the lock.
     /// Whatever it leaves open (a failed close) is closed anyway.
-    pub fn release(&mut self) -> Result<(), Failure> {
-        let outcome = SlottedSave {
-            location: &self.location,
-            in_place: &self.release,
-            rebuild: &[],
-        }
-        .run_on(&mut self.state, Checkpoint::of(&[]));
-        self.state.release();
+    pub fn release(&mut self) -> Result<(), SaveError> {
+        let release = std::mem::take(&mut self.release);
+        let outcome = self.run(&release);
+        let _ = self.state.close();
         outcome
     }
 
@@ -101,13 +115,13 @@ impl Held {
     /// whose closing leaves the parent's lock alone (the lock belongs to the
     /// open directory both share, and the parent's stays open).
     pub fn forget(&mut self) {
-        self.state.release();
+        let _ = self.state.close();
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.state.release();
+        let _ = self.state.close();
     }
 }
 
@@ -130,7 +144,7 @@ pub fn slotted(save: &[u8], rebuild: &[u8]) -> Plan {
 mod tests {
     use super::*;
     use crate::posix;
-    use crate::slotted;
+    use crate::save::Failure;
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
 
@@ -152,16 +166,19 @@ mod tests {
             slotted(SAVE_SLOTTED, REBUILD),
             RELEASE_SLOTTED.to_vec(),
         )
+        .map_err(|error| error.failure)
     }
 
     fn newest(dir: &TempDir) -> Vec<u8> {
         let path = CString::new(dir.0.join("session.slots").as_os_str().as_bytes()).unwrap();
-        let fd = posix::open(&path, slotted::READ_FLAGS).unwrap();
-        let view = slotted::read_view(&fd).unwrap();
+        let fd = posix::open(&path, crate::slotted::READ_FLAGS).unwrap();
+        let view = crate::slotted::read_view(&fd).unwrap();
         let slot = crate::slots_format::newest_first(&view.headers)[0];
         let length = view.headers[slot].unwrap().length as usize;
         let mut data = vec![0u8; length];
-        assert!(unsafe { slotted::read_record(&fd, &view, slot, data.as_mut_ptr()) }.unwrap());
+        assert!(
+            unsafe { crate::slotted::read_record(&fd, &view, slot, data.as_mut_ptr()) }.unwrap()
+        );
         fd.close().unwrap();
         data
     }

@@ -1,13 +1,25 @@
-//! Executing a save plan: the codes of `sessionstore._save_plan.SaveStep`, in order.
+//! The step runner: a plan's codes executed in Rust, and the replace sequence.
 //!
-//! This is the replace layout's save sequence (docs/formats.md) as plain Rust, without Python, so the
-//! extension can run all of it with the GIL released and `cargo test` can run it
-//! at all. Errors name the path they concern by role; the caller spells it.
+//! One runner executes every plan (replace, slotted, held) over one `State`:
+//! each step code has one arm in `step`, its body here or in `slotted`, and one
+//! place it acts at (`At`), which names the path in its errors. The same plans,
+//! the same syscalls as the fallback's `save` module. Plain Rust, without
+//! Python, so the extension runs all of it with the GIL released and
+//! `cargo test` can run it at all.
+//!
+//! The descriptors belong to the state and to whoever made it: a one-shot save
+//! closes what is left open when it ends, success or failure; a held session
+//! keeps them from its acquire to its release. A failed run undoes only what it
+//! did to the next file (closes it, and unlinks it when it created it), so a
+//! failed save never leaves a lock behind and never touches the previous
+//! checkpoint.
 
 use std::ffi::CStr;
 
 use crate::posix::{self, Errno, Fd};
 use crate::save_plan::step;
+use crate::slots_format::{FormatError, RecordHeader, SlotChoice};
+use crate::slotted::{self, View};
 
 const NEXT_FLAGS: libc::c_int = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
 const NEXT_MODE: libc::mode_t = 0o600;
@@ -68,30 +80,54 @@ impl Checkpoint {
     }
 }
 
-/// Which path an error concerns.
+/// What a step acts on: the path its errors name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum At {
     /// the session directory
     Location,
     /// `location/next_name`
     Next,
-    /// the rename, from `location/next_name` to `location/target`
+    /// the rename, from `location/next_name` to `location/target`: both paths
     Rename,
+    /// `location/session`, the replace layout's checkpoint
+    Checkpoint,
+    /// `location/session.slots`
+    Slots,
 }
 
-/// Why a save failed.
+/// Why a step failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// A syscall failed with `errno`.
     Os { errno: Errno, at: At },
-    /// `write` accepted nothing although bytes were left (EIO, as the fallback says).
-    NoProgress,
+    /// A write accepted nothing although bytes were left (EIO, as the fallback says).
+    NoProgress { at: At },
     /// `flock` found a live writer holding the lock.
     Held,
     /// The next file exists: the leftover of a writer that died.
     Leftover,
-    /// The plan holds a code that is not a step.
+    /// `session` exists: the session is in the replace layout.
+    ReplaceLayout,
+    /// The slots file is not one this version reads.
+    Corrupt(FormatError),
+    /// The file is fine but no save can go on (sequence numbers exhausted).
+    Format(FormatError),
+    /// The plan holds a code that is not one of its steps.
     UnknownStep(u8),
+    /// `WRITE_SLOT` came before `READ_SLOTS` chose the slot.
+    NotChosen,
+    /// `fdatasync` of the written record failed (`errno`); the record was then
+    /// hidden, or hiding it failed too (`hide`, secondary to the failure).
+    Unsynced { errno: Errno, hide: Option<Errno> },
+    /// The memory for the previous record or the rebuilt file cannot be had.
+    NoMemory,
+}
+
+impl Failure {
+    /// The failure of a syscall acting at `at`, from its errno.
+    pub fn os(at: At) -> impl Fn(Errno) -> Self + Copy {
+        move |errno| Self::Os { errno, at }
+    }
 }
 
 /// What went wrong undoing a failed save (secondary to the failure itself).
@@ -101,216 +137,245 @@ pub enum Cleanup {
     Unlink(Errno),
 }
 
-/// A failed save: the failure, and whatever failed while undoing it.
+/// The step codes a plan may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steps {
+    /// The replace sequence's, `OPEN_DIR` to `CLOSE_DIR`.
+    Replace,
+    /// Every step: the replace sequence's and the slotted layout's.
+    Slotted,
+}
+
+impl Steps {
+    fn has(self, code: u8) -> bool {
+        let last = match self {
+            Self::Replace => step::CLOSE_DIR,
+            Self::Slotted => step::CHECK_DIR_LINKED,
+        };
+        (step::OPEN_DIR..=last).contains(&code)
+    }
+}
+
+/// Which codes of a save were running when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The plan the save was given.
+    Plan,
+    /// A slotted save's rebuild of the whole file.
+    Rebuild,
+}
+
+/// A failed save: the failure, the steps and part that ran, and whatever
+/// failed while undoing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaveError {
     pub failure: Failure,
+    pub steps: Steps,
+    pub part: Part,
     pub cleanup: Option<Cleanup>,
 }
 
-/// Why a step on the session directory failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirFailure {
-    Os(Errno),
-    /// `flock` found a live writer holding the lock.
-    Held,
-}
-
-/// The session directory as a plan sees it: not open, open by the plan (which
-/// closes it), or open by someone who lends it (a held session) and closes it.
-#[derive(Debug, Default)]
-pub enum SessionDir<'a> {
-    #[default]
-    Closed,
-    Owned(Fd),
-    Lent(&'a Fd),
-}
-
-impl SessionDir<'_> {
-    /// The open directory; EBADF when it is not open, as a syscall on it says.
-    pub fn fd(&self) -> Result<&Fd, Errno> {
-        match self {
-            Self::Closed => Err(libc::EBADF),
-            Self::Owned(fd) => Ok(fd),
-            Self::Lent(fd) => Ok(fd),
-        }
-    }
-
-    /// The directory lent on, whoever owns it.
-    pub fn lend(&self) -> SessionDir<'_> {
-        self.fd().map_or(SessionDir::Closed, SessionDir::Lent)
-    }
-
-    /// Close the directory if it is this plan's; forget it either way.
-    pub fn close(&mut self) -> Result<(), Errno> {
-        match std::mem::take(self) {
-            Self::Owned(fd) => fd.close(),
-            Self::Closed | Self::Lent(_) => Ok(()),
-        }
-    }
-}
-
-/// Run `code` when it is one of the directory steps every plan shares
-/// (`OPEN_DIR`, `LOCK_DIR`, `CLOSE_DIR`) on `dir`; None for any other step.
-pub fn dir_step(
-    code: u8,
-    location: &CStr,
-    dir: &mut SessionDir<'_>,
-) -> Option<Result<(), DirFailure>> {
-    let outcome = match code {
-        step::OPEN_DIR => posix::open(location, posix::SESSION_DIR_FLAGS)
-            .map(|fd| *dir = SessionDir::Owned(fd))
-            .map_err(DirFailure::Os),
-        step::LOCK_DIR => match dir.fd().and_then(posix::try_lock) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(DirFailure::Held),
-            Err(errno) => Err(DirFailure::Os(errno)),
-        },
-        step::CLOSE_DIR => dir.close().map_err(DirFailure::Os),
-        _ => return None,
-    };
-    Some(outcome)
-}
-
-/// One save: the names it acts on and the plan it executes.
-pub struct Save<'a> {
+/// The names a run acts on.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
     pub location: &'a CStr,
     pub next_name: &'a CStr,
     pub target: &'a CStr,
-    pub codes: &'a [u8],
 }
 
-struct State<'d> {
-    dir: SessionDir<'d>,
+/// What a run of steps has open and knows: one save's, or a held session's
+/// across saves (`known` says `view` is what is on disk: true after a held
+/// session's own successful save, as nobody else writes while it holds the
+/// lock).
+#[derive(Debug, Default)]
+pub struct State {
+    pub(crate) dir: Option<Fd>,
     next: Option<Fd>,
+    /// Whether this run created the next file and has not renamed it yet.
     created: bool,
+    pub(crate) slots: Option<Fd>,
+    pub(crate) view: Option<View>,
+    pub(crate) choice: Option<SlotChoice>,
+    pub(crate) previous: Option<(u64, Vec<u8>)>,
+    /// The record header the save wrote, once written.
+    pub(crate) written: Option<RecordHeader>,
+    pub(crate) known: bool,
 }
 
-impl Save<'_> {
-    /// Execute the plan; on failure, the next file this save created is gone
-    /// and every descriptor it opened is closed.
-    pub fn run(&self, data: Checkpoint) -> Result<(), SaveError> {
-        self.run_in(SessionDir::Closed, data)
+impl State {
+    /// The open session directory; EBADF at `at` when it is not, as a syscall
+    /// on it says.
+    pub(crate) fn dir(&self, at: At) -> Result<&Fd, Failure> {
+        self.dir.as_ref().ok_or(Failure::Os {
+            errno: libc::EBADF,
+            at,
+        })
     }
 
-    /// Execute the plan in `dir`, a session directory the caller opened and
-    /// locked (a slotted save going on with a rebuild, or a held session: the
-    /// plan starts after the lock). A directory handed over is closed on
-    /// failure too; a lent one (a held session's) stays open either way.
-    pub fn run_in(&self, dir: SessionDir<'_>, data: Checkpoint) -> Result<(), SaveError> {
-        let mut state = State {
-            dir,
-            next: None,
-            created: false,
-        };
-        let outcome = self
-            .codes
-            .iter()
-            .try_for_each(|&code| self.step(code, data, &mut state));
-        match outcome {
-            Ok(()) => {
-                // A well-formed plan closed both; a plan that did not must not leak them.
-                let _ = state.release(None);
-                Ok(())
-            }
-            Err(failure) => Err(SaveError {
-                failure,
-                cleanup: state.release(Some(self.next_name)),
-            }),
+    /// Close what is still open: the next file, the slots file, then the
+    /// directory (which releases the lock). Every close runs; the first error
+    /// is kept.
+    pub fn close(&mut self) -> Result<(), Errno> {
+        let mut first = Ok(());
+        for fd in [self.next.take(), self.slots.take(), self.dir.take()]
+            .into_iter()
+            .flatten()
+        {
+            first = first.and(fd.close());
         }
+        first
     }
 
-    fn step(&self, code: u8, data: Checkpoint, state: &mut State<'_>) -> Result<(), Failure> {
-        let os = |at| move |errno| Failure::Os { errno, at };
-        if let Some(outcome) = dir_step(code, self.location, &mut state.dir) {
-            return outcome.map_err(|failure| match failure {
-                DirFailure::Os(errno) => os(At::Location)(errno),
-                DirFailure::Held => Failure::Held,
-            });
-        }
-        match code {
-            step::CREATE_NEXT => {
-                let dir = state.dir.fd().map_err(os(At::Next))?;
-                let next =
-                    posix::openat(dir, self.next_name, NEXT_FLAGS, NEXT_MODE).map_err(|errno| {
-                        if errno == libc::EEXIST {
-                            Failure::Leftover
-                        } else {
-                            Failure::Os {
-                                errno,
-                                at: At::Next,
-                            }
-                        }
-                    })?;
-                state.next = Some(next);
-                state.created = true;
-            }
-            step::WRITE_NEXT => write_all(next(state)?, data)?,
-            step::FSYNC_NEXT => posix::fsync(next(state)?).map_err(os(At::Next))?,
-            step::CLOSE_NEXT => {
-                let fd = state.next.take().ok_or(libc::EBADF).map_err(os(At::Next))?;
-                fd.close().map_err(os(At::Next))?;
-            }
-            step::RENAME_NEXT => {
-                let dir = state.dir.fd().map_err(os(At::Rename))?;
-                posix::renameat(dir, self.next_name, self.target).map_err(os(At::Rename))?;
-                state.created = false;
-            }
-            step::FSYNC_DIR => state
-                .dir
-                .fd()
-                .and_then(posix::fsync)
-                .map_err(os(At::Location))?,
-            other => return Err(Failure::UnknownStep(other)),
-        }
-        Ok(())
-    }
-}
-
-/// The next file, open; EBADF when it is not, as a syscall on it says.
-fn next<'s>(state: &'s State<'_>) -> Result<&'s Fd, Failure> {
-    state.next.as_ref().ok_or(Failure::Os {
-        errno: libc::EBADF,
-        at: At::Next,
-    })
-}
-
-impl State<'_> {
-    /// Close what is open and, given the next file's name, unlink it if this
-    /// save created it. The first error is kept; the rest of the undo still runs.
-    fn release(&mut self, unlink: Option<&CStr>) -> Option<Cleanup> {
+    /// Close the next file a failed run left open, and unlink it when the run
+    /// created it. The first error is kept; the rest of the undo still runs.
+    fn undo(&mut self, next_name: &CStr) -> Option<Cleanup> {
         let mut first = None;
         if let Some(next) = self.next.take() {
             if let Err(errno) = next.close() {
                 first = Some(Cleanup::Close(errno));
             }
         }
-        if let (true, Some(name)) = (self.created, unlink) {
-            self.created = false;
-            if let Err(errno) = self.dir.fd().and_then(|dir| posix::unlinkat(dir, name)) {
+        if std::mem::take(&mut self.created) {
+            let dir = self.dir.as_ref().ok_or(libc::EBADF);
+            if let Err(errno) = dir.and_then(|dir| posix::unlinkat(dir, next_name)) {
                 first = first.or(Some(Cleanup::Unlink(errno)));
             }
-        }
-        if let Err(errno) = self.dir.close() {
-            first = first.or(Some(Cleanup::Close(errno)));
         }
         first
     }
 }
 
+/// Execute `codes` on `state`, each of `steps`: true when every step ran,
+/// false when one ended the plan early (a slotted save going on with a
+/// rebuild). A failure undoes what the run did to the next file.
+pub fn run(
+    names: &Names<'_>,
+    state: &mut State,
+    codes: &[u8],
+    steps: Steps,
+    data: Checkpoint,
+) -> Result<bool, SaveError> {
+    for &code in codes {
+        match step(names, state, code, steps, data) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(failure) => {
+                return Err(SaveError {
+                    failure,
+                    steps,
+                    part: Part::Plan,
+                    cleanup: state.undo(names.next_name),
+                })
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Run `save` on a state of its own, then close what it left open: a
+/// well-formed plan closed everything, and one that did not must not leak. A
+/// close that fails after a failed save is kept as the save's cleanup error.
+pub fn one_shot(save: impl FnOnce(&mut State) -> Result<(), SaveError>) -> Result<(), SaveError> {
+    let mut state = State::default();
+    let outcome = save(&mut state);
+    let closed = state.close();
+    outcome.map_err(|mut error| {
+        if let Err(errno) = closed {
+            error.cleanup = error.cleanup.or(Some(Cleanup::Close(errno)));
+        }
+        error
+    })
+}
+
+/// Execute a replace plan (`codes`) in `names.location`; on failure the next
+/// file this save created is gone and every descriptor it opened is closed.
+pub fn save(names: &Names<'_>, codes: &[u8], data: Checkpoint) -> Result<(), SaveError> {
+    one_shot(|state| run(names, state, codes, Steps::Replace, data).map(drop))
+}
+
+/// One step's syscalls: false ends the plan early, true goes on.
+fn step(
+    names: &Names<'_>,
+    state: &mut State,
+    code: u8,
+    steps: Steps,
+    data: Checkpoint,
+) -> Result<bool, Failure> {
+    let os = Failure::os;
+    if !steps.has(code) {
+        return Err(Failure::UnknownStep(code));
+    }
+    match code {
+        step::OPEN_DIR => {
+            let dir = posix::open(names.location, posix::SESSION_DIR_FLAGS);
+            state.dir = Some(dir.map_err(os(At::Location))?);
+        }
+        step::LOCK_DIR => {
+            let dir = state.dir(At::Location)?;
+            if !posix::try_lock(dir).map_err(os(At::Location))? {
+                return Err(Failure::Held);
+            }
+        }
+        step::CREATE_NEXT => {
+            let dir = state.dir(At::Next)?;
+            let next =
+                posix::openat(dir, names.next_name, NEXT_FLAGS, NEXT_MODE).map_err(|errno| {
+                    match errno {
+                        libc::EEXIST => Failure::Leftover,
+                        errno => os(At::Next)(errno),
+                    }
+                })?;
+            state.next = Some(next);
+            state.created = true;
+        }
+        step::WRITE_NEXT => write_all(next(state)?, data)?,
+        step::FSYNC_NEXT => posix::fsync(next(state)?).map_err(os(At::Next))?,
+        step::CLOSE_NEXT => {
+            let fd = state.next.take().ok_or(libc::EBADF).map_err(os(At::Next))?;
+            fd.close().map_err(os(At::Next))?;
+        }
+        step::RENAME_NEXT => {
+            let dir = state.dir(At::Rename)?;
+            posix::renameat(dir, names.next_name, names.target).map_err(os(At::Rename))?;
+            state.created = false;
+        }
+        step::FSYNC_DIR => posix::fsync(state.dir(At::Location)?).map_err(os(At::Location))?,
+        step::CLOSE_DIR => {
+            if let Some(dir) = state.dir.take() {
+                dir.close().map_err(os(At::Location))?;
+            }
+        }
+        step::CHECK_NEXT => slotted::check_next(state)?,
+        step::CHECK_REPLACE => slotted::check_replace(state)?,
+        step::OPEN_SLOTS => return slotted::open_slots(state),
+        step::READ_SLOTS => return slotted::read_slots(state, data),
+        step::WRITE_SLOT => slotted::write_slot(state, data)?,
+        step::SYNC_SLOT => slotted::sync_slot(state)?,
+        step::CLOSE_SLOTS => slotted::close_slots(state)?,
+        step::CHECK_DIR_LINKED => slotted::check_dir_linked(state)?,
+        other => return Err(Failure::UnknownStep(other)),
+    }
+    Ok(true)
+}
+
+/// The next file, open; EBADF when it is not, as a syscall on it says.
+fn next(state: &State) -> Result<&Fd, Failure> {
+    state.next.as_ref().ok_or(Failure::Os {
+        errno: libc::EBADF,
+        at: At::Next,
+    })
+}
+
 /// Write every byte of `data`, one `write` at least (as the fallback does, even
 /// for no bytes), continuing after short writes.
 fn write_all(fd: &Fd, data: Checkpoint) -> Result<(), Failure> {
-    let os = |errno| Failure::Os {
-        errno,
-        at: At::Next,
-    };
+    let os = Failure::os(At::Next);
     let mut written = unsafe { posix::write(fd, data.ptr, data.len) }.map_err(os)?;
     while written < data.len {
         let step =
             unsafe { posix::write(fd, data.ptr.add(written), data.len - written) }.map_err(os)?;
         if step == 0 {
-            return Err(Failure::NoProgress);
+            return Err(Failure::NoProgress { at: At::Next });
         }
         written += step;
     }
@@ -333,13 +398,12 @@ mod tests {
 
     fn save(location: &Path, codes: &[u8], data: &[u8]) -> Result<(), SaveError> {
         let location = CString::new(location.as_os_str().as_bytes()).unwrap();
-        Save {
+        let names = Names {
             location: &location,
             next_name: c"session.next",
             target: c"session",
-            codes,
-        }
-        .run(Checkpoint::of(data))
+        };
+        super::save(&names, codes, Checkpoint::of(data))
     }
 
     #[test]

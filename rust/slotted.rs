@@ -1,21 +1,23 @@
 //! The slotted layout's save and load: `sessionstore._fallback.slotted` in Rust.
 //!
 //! A save executes the in-place codes of `SlottedPlan` (the same `SaveStep`
-//! numbers): the new record goes over the slot that does not hold the newest
-//! valid record, then one `fdatasync`. When there is no slots file yet, or the
-//! record does not fit, the save goes on, still holding the directory's lock,
-//! with the rebuild codes run by `save::Save` on a whole new file. Plain Rust,
-//! without Python, so the extension runs all of it with the GIL released.
+//! numbers, run by `save::run`; the slotted steps' bodies are here): the new
+//! record goes over the slot that does not hold the newest valid record, then
+//! one `fdatasync`. When there is no slots file yet, or the record does not
+//! fit, the save goes on, still holding the directory's lock, with the rebuild
+//! codes run on a whole new file. Plain Rust, without Python, so the extension
+//! runs all of it with the GIL released.
 
 use std::ffi::CStr;
 
 use crate::posix::{self, Errno, Fd};
-use crate::save::{dir_step, Checkpoint, DirFailure, Save, SaveError, SessionDir};
+use crate::save::{self, At, Checkpoint, Failure, Names, Part, SaveError, State, Steps};
 use crate::save_plan::{step, CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME};
+
 use crate::slots_format::{
     build_slots_file, choose_slot, decode_file_header, decode_record_header, encode_record_header,
-    newest_first, FileHeader, FormatError, Headers, Placement, RecordHeader, SlotChoice,
-    HEAD_READ_SIZE, RECORD_HEADER_SIZE,
+    newest_first, FileHeader, FormatError, Headers, Placement, RecordHeader, HEAD_READ_SIZE,
+    RECORD_HEADER_SIZE,
 };
 
 /// Never through a symlink: that would write into whatever file it names.
@@ -30,56 +32,6 @@ const NO_ATIME: libc::c_int = libc::O_NOATIME;
 const NO_ATIME: libc::c_int = 0;
 /// The flags a load opens a slots file with.
 pub const READ_FLAGS: libc::c_int = posix::READ_FLAGS;
-
-/// Which path an error concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum At {
-    /// the session directory
-    Location,
-    /// `location/session.next`
-    Next,
-    /// `location/session`, the replace layout's checkpoint
-    Checkpoint,
-    /// `location/session.slots`
-    Slots,
-}
-
-/// Why a save of either layout failed: the error of the plan it ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayoutError {
-    Replace(SaveError),
-    Slotted(Failure),
-}
-
-/// Why a slotted save failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// A syscall failed with `errno`.
-    Os { errno: Errno, at: At },
-    /// `pwritev` accepted nothing although bytes were left.
-    NoProgress,
-    /// `flock` found a live writer holding the lock.
-    Held,
-    /// `session.next` exists: the leftover of a writer that died.
-    Leftover,
-    /// `session` exists: the session is in the replace layout.
-    ReplaceLayout,
-    /// The slots file is not one this version reads.
-    Corrupt(FormatError),
-    /// The file is fine but no save can go on (sequence numbers exhausted).
-    Format(FormatError),
-    /// The in-place plan holds a code that is not one of its steps.
-    UnknownStep(u8),
-    /// `WRITE_SLOT` came before `READ_SLOTS` chose the slot.
-    NotChosen,
-    /// The rebuild failed; its error says where.
-    Rebuild(SaveError),
-    /// `fdatasync` of the written record failed (`errno`); the record was then
-    /// hidden, or hiding it failed too (`hide`, secondary to the failure).
-    Unsynced { errno: Errno, hide: Option<Errno> },
-    /// The memory for the previous record or the rebuilt file cannot be had.
-    NoMemory,
-}
 
 /// Why reading a slots file failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,10 +164,7 @@ struct ValidRecord {
 
 /// The newest whole record, reading newest first and no more than needed.
 fn newest_valid(fd: &Fd, view: &View) -> Result<Option<ValidRecord>, Failure> {
-    let os = |errno| Failure::Os {
-        errno,
-        at: At::Slots,
-    };
+    let os = Failure::os(At::Slots);
     for slot in newest_first(&view.headers) {
         let Some(record) = view.record(slot) else {
             continue;
@@ -237,267 +186,233 @@ fn newest_valid(fd: &Fd, view: &View) -> Result<Option<ValidRecord>, Failure> {
     Ok(None)
 }
 
-/// One slotted save: the session and the two parts of its plan.
-pub struct SlottedSave<'a> {
-    pub location: &'a CStr,
-    pub in_place: &'a [u8],
-    pub rebuild: &'a [u8],
+/// Execute a slotted save plan in `location`: `in_place`, or `rebuild` when it
+/// must. On failure every descriptor it opened is closed, and nothing it did is
+/// left behind (a rebuild unlinks its next file).
+pub fn save_slotted(
+    location: &CStr,
+    in_place: &[u8],
+    rebuild: &[u8],
+    data: Checkpoint,
+) -> Result<(), SaveError> {
+    save::one_shot(|state| run_slotted(location, state, in_place, rebuild, data))
 }
 
-/// What a save has open and knows: one save's, or a held session's across saves.
-#[derive(Default)]
-pub struct State {
-    dir: SessionDir<'static>,
-    slots: Option<Fd>,
-    view: Option<View>,
-    choice: Option<SlotChoice>,
-    previous: Option<(u64, Vec<u8>)>,
-    /// The record header the save wrote, once written.
-    written: Option<RecordHeader>,
-    /// Whether `view` is what is on disk: true after a held session's own
-    /// successful save, as nobody else writes while it holds the lock.
-    known: bool,
-}
-
-impl State {
-    /// The session directory, lent to a plan that goes on after the lock.
-    pub fn dir(&self) -> SessionDir<'_> {
-        self.dir.lend()
-    }
-
-    /// Close what is still open; errors here are secondary to what happened.
-    pub fn release(&mut self) {
-        drop(self.slots.take());
-        let _ = self.dir.close();
+/// The names a slotted save acts on.
+pub fn names(location: &CStr) -> Names<'_> {
+    Names {
+        location,
+        next_name: NEXT_NAME,
+        target: SLOTS_NAME,
     }
 }
 
-/// What the save does after a step.
-enum Then {
-    GoOn,
-    Rebuild,
-}
-
-impl SlottedSave<'_> {
-    /// Execute the plan; on failure every descriptor it opened is closed, and
-    /// nothing it did is left behind (a rebuild unlinks its next file).
-    pub fn run(&self, data: Checkpoint) -> Result<(), Failure> {
-        let mut state = State::default();
-        let outcome = self.run_on(&mut state, data);
-        // A well-formed plan closed both; a plan that did not must not leak them.
-        state.release();
-        outcome
-    }
-
-    /// Execute the plan on `state`, which a held session keeps between saves
-    /// (its plan neither opens nor closes the directory). Closes nothing on
-    /// failure: `run`, or the held session's release, does. After a failure
-    /// the state no longer claims to know the slots, so the next save reads them.
-    pub fn run_on(&self, state: &mut State, data: Checkpoint) -> Result<(), Failure> {
-        state.choice = None;
-        state.written = None;
-        let outcome = self.run_steps(state, data);
-        match (&outcome, state.view.as_mut(), state.choice, state.written) {
-            (Ok(true), Some(view), Some(choice), Some(written)) => {
-                view.headers[choice.slot] = Some(written);
-                state.known = true;
-            }
-            _ => {
-                state.view = None;
-                state.known = false;
-            }
+/// Execute the plan on `state`, which a held session keeps between saves:
+/// `in_place`, then `rebuild` when a step found it due. Closes nothing on
+/// failure: `save_slotted`, or the held session's release, does. After a
+/// failure the state no longer claims to know the slots, so the next save
+/// reads them.
+pub fn run_slotted(
+    location: &CStr,
+    state: &mut State,
+    in_place: &[u8],
+    rebuild: &[u8],
+    data: Checkpoint,
+) -> Result<(), SaveError> {
+    state.choice = None;
+    state.written = None;
+    let outcome = run_in_place_or_rebuild(&names(location), state, in_place, rebuild, data);
+    match (&outcome, state.view.as_mut(), state.choice, state.written) {
+        (Ok(true), Some(view), Some(choice), Some(written)) => {
+            view.headers[choice.slot] = Some(written);
+            state.known = true;
         }
-        outcome.map(|_| ())
+        _ => {
+            state.view = None;
+            state.known = false;
+        }
     }
+    outcome.map(drop)
+}
 
-    /// The steps, then the rebuild when one is due: whether the record went in place.
-    fn run_steps(&self, state: &mut State, data: Checkpoint) -> Result<bool, Failure> {
-        for &code in self.in_place {
-            match self.step(code, data, state)? {
-                Then::GoOn => {}
-                Then::Rebuild => {
-                    self.rebuild(state, data)?;
-                    return Ok(false);
-                }
+/// The in-place steps, then the rebuild when one is due: whether the record
+/// went in place.
+fn run_in_place_or_rebuild(
+    names: &Names<'_>,
+    state: &mut State,
+    in_place: &[u8],
+    rebuild: &[u8],
+    data: Checkpoint,
+) -> Result<bool, SaveError> {
+    if save::run(names, state, in_place, Steps::Slotted, data)? {
+        return Ok(true);
+    }
+    save::run(names, state, &[step::CLOSE_SLOTS], Steps::Slotted, data)?;
+    let sequence = state.choice.map_or(1, |choice| choice.sequence);
+    let previous = state.previous.take();
+    let previous = previous.as_ref().map(|(seq, body)| (*seq, &body[..]));
+    let Some(image) = build_slots_file(unsafe { data.as_slice() }, sequence, previous) else {
+        return Err(SaveError {
+            failure: Failure::NoMemory,
+            steps: Steps::Slotted,
+            part: Part::Plan,
+            cleanup: None,
+        });
+    };
+    save::run(
+        names,
+        state,
+        rebuild,
+        Steps::Replace,
+        Checkpoint::of(&image),
+    )
+    .map_err(|error| SaveError {
+        part: Part::Rebuild,
+        ..error
+    })?;
+    Ok(false)
+}
+
+/// `CHECK_NEXT`: a leftover next file locks a slotted session too.
+pub(crate) fn check_next(state: &State) -> Result<(), Failure> {
+    let dir = state.dir(At::Next)?;
+    match posix::stat_at(dir, NEXT_NAME).map_err(Failure::os(At::Next))? {
+        Some(_) => Err(Failure::Leftover),
+        None => Ok(()),
+    }
+}
+
+/// `CHECK_REPLACE`: a session in the replace layout is not overwritten.
+pub(crate) fn check_replace(state: &State) -> Result<(), Failure> {
+    let dir = state.dir(At::Checkpoint)?;
+    match posix::stat_at(dir, CHECKPOINT_NAME).map_err(Failure::os(At::Checkpoint))? {
+        Some(_) => Err(Failure::ReplaceLayout),
+        None => Ok(()),
+    }
+}
+
+/// `OPEN_SLOTS`: open the slots file unless it is open; false (a rebuild)
+/// when it is missing.
+pub(crate) fn open_slots(state: &mut State) -> Result<bool, Failure> {
+    if state.slots.is_some() {
+        return Ok(true);
+    }
+    let dir = state.dir(At::Slots)?;
+    let mut opened = posix::openat(dir, SLOTS_NAME, SLOTS_FLAGS | NO_ATIME, 0);
+    if NO_ATIME != 0 && matches!(opened, Err(libc::EPERM)) {
+        opened = posix::openat(dir, SLOTS_NAME, SLOTS_FLAGS, 0);
+    }
+    match opened {
+        Ok(fd) => state.slots = Some(fd),
+        Err(libc::ENOENT) => return Ok(false),
+        Err(errno) => return Err(Failure::os(At::Slots)(errno)),
+    }
+    Ok(true)
+}
+
+/// `CHECK_DIR_LINKED`: a session directory that was removed is refused.
+pub(crate) fn check_dir_linked(state: &State) -> Result<(), Failure> {
+    let stat = posix::fstat(state.dir(At::Location)?).map_err(Failure::os(At::Location))?;
+    if stat.st_nlink == 0 {
+        return Err(Failure::os(At::Location)(libc::ENOENT));
+    }
+    Ok(())
+}
+
+/// `READ_SLOTS`: choose the slot; false when the save must rebuild the file
+/// instead.
+pub(crate) fn read_slots(state: &mut State, data: Checkpoint) -> Result<bool, Failure> {
+    if state.known && choose_known(state, data)? {
+        return Ok(true);
+    }
+    let slots = slots_file(state)?;
+    let view = read_view(slots).map_err(|error| match error {
+        ReadError::Os(errno) => Failure::os(At::Slots)(errno),
+        ReadError::Corrupt(reason) => Failure::Corrupt(reason),
+    })?;
+    let newest = newest_valid(slots, &view)?;
+    let order = newest_first(&view.headers);
+    let newest_is_valid = newest
+        .as_ref()
+        .is_some_and(|r| order.first() == Some(&r.slot));
+    let mut choice = choose_slot(
+        view.header,
+        &view.headers,
+        newest_is_valid,
+        data.len() as u64,
+    )
+    .map_err(Failure::Format)?;
+    if view.size < view.header.file_size() {
+        // Shorter than its header says: damaged, and an in-place write could
+        // land gigabytes past its end. A new file.
+        choice.placement = Placement::Rebuild;
+    }
+    state.view = Some(view);
+    state.choice = Some(choice);
+    if choice.placement == Placement::Rebuild {
+        state.previous = newest.map(|record| (record.sequence, record.data));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Choose the slot from what a held session knows, without reading: false
+/// when the record does not fit, as a rebuild needs the newest record's data.
+fn choose_known(state: &mut State, data: Checkpoint) -> Result<bool, Failure> {
+    let Some(view) = state.view else {
+        return Ok(false);
+    };
+    let choice = choose_slot(view.header, &view.headers, true, data.len() as u64)
+        .map_err(Failure::Format)?;
+    if choice.placement == Placement::Rebuild {
+        return Ok(false);
+    }
+    state.choice = Some(choice);
+    Ok(true)
+}
+
+/// `WRITE_SLOT`: the record header and data over the chosen slot.
+pub(crate) fn write_slot(state: &mut State, data: Checkpoint) -> Result<(), Failure> {
+    let (Some(view), Some(choice)) = (state.view, state.choice) else {
+        return Err(Failure::NotChosen);
+    };
+    let head = encode_record_header(choice.sequence, unsafe { data.as_slice() });
+    pwrite_all(
+        slots_file(state)?,
+        &head,
+        data,
+        view.header.slot_offset(choice.slot),
+    )?;
+    state.written = decode_record_header(&head, view.header.slot_size);
+    Ok(())
+}
+
+/// `SYNC_SLOT`: the one flush of a durable in-place save; a record whose flush
+/// failed is hidden.
+pub(crate) fn sync_slot(state: &State) -> Result<(), Failure> {
+    let slots = slots_file(state)?;
+    if let Err(errno) = posix::fdatasync(slots) {
+        let hide = match (state.view, state.choice) {
+            (Some(view), Some(choice)) => {
+                hide_record(slots, view.header.slot_offset(choice.slot)).err()
             }
-        }
-        Ok(true)
-    }
-
-    fn rebuild(&self, state: &mut State, data: Checkpoint) -> Result<(), Failure> {
-        if let Some(slots) = state.slots.take() {
-            slots.close().map_err(|errno| Failure::Os {
-                errno,
-                at: At::Slots,
-            })?;
-        }
-        let sequence = state.choice.map_or(1, |choice| choice.sequence);
-        let previous = state.previous.take();
-        let previous = previous.as_ref().map(|(seq, body)| (*seq, &body[..]));
-        let image = build_slots_file(unsafe { data.as_slice() }, sequence, previous)
-            .ok_or(Failure::NoMemory)?;
-        // A plan that closes the directory takes it over (a one-shot save's);
-        // a held session's plan borrows it.
-        let dir = if self.rebuild.contains(&step::CLOSE_DIR) {
-            std::mem::take(&mut state.dir)
-        } else {
-            state.dir.lend()
+            _ => None,
         };
-        Save {
-            location: self.location,
-            next_name: NEXT_NAME,
-            target: SLOTS_NAME,
-            codes: self.rebuild,
-        }
-        .run_in(dir, Checkpoint::of(&image))
-        .map_err(Failure::Rebuild)
+        return Err(Failure::Unsynced { errno, hide });
     }
-
-    fn step(&self, code: u8, data: Checkpoint, state: &mut State) -> Result<Then, Failure> {
-        let os = |at| move |errno| Failure::Os { errno, at };
-        if let Some(outcome) = dir_step(code, self.location, &mut state.dir) {
-            return outcome
-                .map(|()| Then::GoOn)
-                .map_err(|failure| match failure {
-                    DirFailure::Os(errno) => os(At::Location)(errno),
-                    DirFailure::Held => Failure::Held,
-                });
-        }
-        match code {
-            step::CHECK_NEXT => {
-                if state
-                    .dir
-                    .fd()
-                    .and_then(|dir| posix::stat_at(dir, NEXT_NAME))
-                    .map_err(os(At::Next))?
-                    .is_some()
-                {
-                    return Err(Failure::Leftover);
-                }
-            }
-            step::CHECK_REPLACE => {
-                if state
-                    .dir
-                    .fd()
-                    .and_then(|dir| posix::stat_at(dir, CHECKPOINT_NAME))
-                    .map_err(os(At::Checkpoint))?
-                    .is_some()
-                {
-                    return Err(Failure::ReplaceLayout);
-                }
-            }
-            step::OPEN_SLOTS if state.slots.is_some() => {}
-            step::OPEN_SLOTS => {
-                let dir = state.dir.fd().map_err(os(At::Slots))?;
-                let mut opened = posix::openat(dir, SLOTS_NAME, SLOTS_FLAGS | NO_ATIME, 0);
-                if NO_ATIME != 0 && matches!(opened, Err(libc::EPERM)) {
-                    opened = posix::openat(dir, SLOTS_NAME, SLOTS_FLAGS, 0);
-                }
-                match opened {
-                    Ok(fd) => state.slots = Some(fd),
-                    Err(libc::ENOENT) => return Ok(Then::Rebuild),
-                    Err(errno) => return Err(os(At::Slots)(errno)),
-                }
-            }
-            step::CHECK_DIR_LINKED => {
-                let stat = state
-                    .dir
-                    .fd()
-                    .and_then(posix::fstat)
-                    .map_err(os(At::Location))?;
-                if stat.st_nlink == 0 {
-                    return Err(Failure::Os {
-                        errno: libc::ENOENT,
-                        at: At::Location,
-                    });
-                }
-            }
-            step::READ_SLOTS if state.known && self.choose_known(data, state)? => {}
-            step::READ_SLOTS => {
-                let slots = open_slots(state)?;
-                let view = read_view(slots).map_err(|error| match error {
-                    ReadError::Os(errno) => os(At::Slots)(errno),
-                    ReadError::Corrupt(reason) => Failure::Corrupt(reason),
-                })?;
-                let newest = newest_valid(slots, &view)?;
-                let order = newest_first(&view.headers);
-                let newest_is_valid = newest
-                    .as_ref()
-                    .is_some_and(|r| order.first() == Some(&r.slot));
-                let mut choice = choose_slot(
-                    view.header,
-                    &view.headers,
-                    newest_is_valid,
-                    data.len() as u64,
-                )
-                .map_err(Failure::Format)?;
-                if view.size < view.header.file_size() {
-                    // Shorter than its header says: damaged, and an in-place
-                    // write could land gigabytes past its end. A new file.
-                    choice.placement = Placement::Rebuild;
-                }
-                state.view = Some(view);
-                state.choice = Some(choice);
-                if choice.placement == Placement::Rebuild {
-                    state.previous = newest.map(|record| (record.sequence, record.data));
-                    return Ok(Then::Rebuild);
-                }
-            }
-            step::WRITE_SLOT => {
-                let (Some(view), Some(choice)) = (state.view, state.choice) else {
-                    return Err(Failure::NotChosen);
-                };
-                let head = encode_record_header(choice.sequence, unsafe { data.as_slice() });
-                pwrite_all(
-                    open_slots(state)?,
-                    &head,
-                    data,
-                    view.header.slot_offset(choice.slot),
-                )?;
-                state.written = decode_record_header(&head, view.header.slot_size);
-            }
-            step::SYNC_SLOT => {
-                let slots = open_slots(state)?;
-                if let Err(errno) = posix::fdatasync(slots) {
-                    let hide = match (state.view, state.choice) {
-                        (Some(view), Some(choice)) => {
-                            hide_record(slots, view.header.slot_offset(choice.slot)).err()
-                        }
-                        _ => None,
-                    };
-                    return Err(Failure::Unsynced { errno, hide });
-                }
-            }
-            step::CLOSE_SLOTS => {
-                if let Some(slots) = state.slots.take() {
-                    slots.close().map_err(os(At::Slots))?;
-                }
-            }
-            other => return Err(Failure::UnknownStep(other)),
-        }
-        Ok(Then::GoOn)
-    }
+    Ok(())
 }
 
-impl SlottedSave<'_> {
-    /// Choose the slot from what a held session knows, without reading: false
-    /// when the record does not fit, as a rebuild needs the newest record's data.
-    fn choose_known(&self, data: Checkpoint, state: &mut State) -> Result<bool, Failure> {
-        let Some(view) = state.view else {
-            return Ok(false);
-        };
-        let choice = choose_slot(view.header, &view.headers, true, data.len() as u64)
-            .map_err(Failure::Format)?;
-        if choice.placement == Placement::Rebuild {
-            return Ok(false);
-        }
-        state.choice = Some(choice);
-        Ok(true)
+/// `CLOSE_SLOTS`: close the slots file, checked; nothing when it is not open.
+pub(crate) fn close_slots(state: &mut State) -> Result<(), Failure> {
+    match state.slots.take() {
+        Some(slots) => slots.close().map_err(Failure::os(At::Slots)),
+        None => Ok(()),
     }
 }
 
 /// The slots file, open; EBADF when it is not, as a syscall on it says.
-fn open_slots(state: &State) -> Result<&Fd, Failure> {
+fn slots_file(state: &State) -> Result<&Fd, Failure> {
     state.slots.as_ref().ok_or(Failure::Os {
         errno: libc::EBADF,
         at: At::Slots,
@@ -530,12 +445,9 @@ fn pwrite_all(fd: &Fd, head: &[u8], data: Checkpoint, mut at: u64) -> Result<(),
     let mut first = 0;
     while first < parts.len() {
         let mut step =
-            unsafe { posix::pwritev(fd, &parts[first..], at) }.map_err(|errno| Failure::Os {
-                errno,
-                at: At::Slots,
-            })?;
+            unsafe { posix::pwritev(fd, &parts[first..], at) }.map_err(Failure::os(At::Slots))?;
         if step == 0 {
-            return Err(Failure::NoProgress);
+            return Err(Failure::NoProgress { at: At::Slots });
         }
         at += step as u64;
         while first < parts.len() && step >= parts[first].iov_len {
@@ -567,12 +479,7 @@ mod tests {
 
     fn save_with(location: &Path, in_place: &[u8], data: &[u8]) -> Result<(), Failure> {
         let location = CString::new(location.as_os_str().as_bytes()).unwrap();
-        SlottedSave {
-            location: &location,
-            in_place,
-            rebuild: REBUILD,
-        }
-        .run(Checkpoint::of(data))
+        save_slotted(&location, in_place, REBUILD, Checkpoint::of(data)).map_err(|e| e.failure)
     }
 
     fn save(location: &Path, data: &[u8]) -> Result<(), Failure> {

@@ -5,11 +5,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::checkpoint_worker;
-use crate::python::error::{closed_error, layout_error, SavePaths};
+use crate::python::error::{closed_error, save_error, SavePaths};
 use crate::python::held_bytes::{release_queued, HeldBytes, HoldingGil};
 use crate::python::path::{c_path, FsPath};
+use crate::save::SaveError;
 use crate::save_plan;
-use crate::slotted::LayoutError;
 
 /// How often a blocked `flush` looks for a signal (Ctrl-C) to raise.
 pub const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
@@ -36,8 +36,8 @@ impl CheckpointWorker {
         Ok(())
     }
 
-    fn error(&self, py: Python<'_>, error: LayoutError) -> PyErr {
-        layout_error(
+    fn error(&self, py: Python<'_>, error: SaveError) -> PyErr {
+        save_error(
             py,
             error,
             &self.paths,

@@ -1,17 +1,14 @@
 //! Failures of the plain-Rust core as the exceptions the fallback raises for
 //! the same failure, written once for every function and class.
 
-use std::ffi::CStr;
-
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::posix;
 use crate::python::path::fs_name;
-use crate::save::{At, Cleanup, Failure, SaveError};
+use crate::save::{At, Cleanup, Failure, Part, SaveError, Steps};
 use crate::save_plan;
-use crate::slotted::{self, LayoutError};
 
 /// `os.path.join(dir, name)` on bytes, so error paths read as the fallback's do.
 pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -86,13 +83,32 @@ pub struct SavePaths {
     pub target: Vec<u8>,
 }
 
+/// `repr(codes)`, as an error message quotes a plan.
+fn quoted(codes: &Bound<'_, PyBytes>) -> String {
+    codes
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| format!("{:?}", codes.as_bytes()))
+}
+
+/// The exception for a failed save, as the fallback raises it: `codes` the
+/// plan that ran (a slotted save's in-place codes), `rebuild` a slotted save's
+/// rebuild codes (quoted when the rebuild failed).
 pub fn save_error(
     py: Python<'_>,
     error: SaveError,
     paths: &SavePaths,
     codes: &Bound<'_, PyBytes>,
+    rebuild: &Bound<'_, PyBytes>,
 ) -> PyErr {
-    let next_path = || join(&paths.location, &paths.next_name);
+    let path = |name: &[u8]| join(&paths.location, name);
+    let next_path = || path(&paths.next_name);
+    let slots_path = || path(save_plan::SLOTS_NAME.to_bytes());
+    let checkpoint_path = || path(save_plan::CHECKPOINT_NAME.to_bytes());
+    let plan = || match error.part {
+        Part::Plan => quoted(codes),
+        Part::Rebuild => quoted(rebuild),
+    };
     let err = match error.failure {
         Failure::Os { errno, at } => match at {
             At::Location => errno_error(py, errno, &paths.location),
@@ -102,25 +118,49 @@ pub fn save_error(
                 errno,
                 &posix::describe(errno),
                 Some(&next_path()),
-                Some(&join(&paths.location, &paths.target)),
+                Some(&path(&paths.target)),
             ),
+            At::Checkpoint => errno_error(py, errno, &checkpoint_path()),
+            At::Slots => errno_error(py, errno, &slots_path()),
         },
-        Failure::NoProgress => os_error(
-            py,
-            libc::EIO,
-            "write made no progress",
-            Some(&next_path()),
-            None,
-        ),
+        Failure::NoProgress { at } => {
+            let path = if at == At::Slots {
+                slots_path()
+            } else {
+                next_path()
+            };
+            os_error(py, libc::EIO, "write made no progress", Some(&path), None)
+        }
         Failure::Held => locked_error(py, "held", &next_path()),
         Failure::Leftover => locked_error(py, "leftover", &next_path()),
-        Failure::UnknownStep(code) => {
-            let plan = codes
-                .repr()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|_| format!("{:?}", codes.as_bytes()));
-            PyValueError::new_err(format!("unknown save step {code} in plan {plan}"))
+        Failure::ReplaceLayout => os_error(
+            py,
+            libc::EEXIST,
+            "the session is in the replace layout; convert it first",
+            Some(&checkpoint_path()),
+            None,
+        ),
+        Failure::Corrupt(reason) | Failure::Format(reason) => {
+            corrupt_error(py, &slots_path(), &reason.to_string())
         }
+        Failure::Unsynced { errno, hide } => {
+            let slots = slots_path();
+            let err = errno_error(py, errno, &slots);
+            // Hiding the unsynced record failed too: kept as the context of the
+            // flush's error, which is still the one raised.
+            if let Some(hide) = hide {
+                err.set_context(py, Some(errno_error(py, hide, &slots)));
+            }
+            err
+        }
+        Failure::UnknownStep(code) => PyValueError::new_err(match error.steps {
+            Steps::Replace => format!("unknown save step {code} in plan {}", plan()),
+            Steps::Slotted => format!("unknown slotted save step {code} in {}", plan()),
+        }),
+        Failure::NotChosen => {
+            PyValueError::new_err(format!("slot written before it was chosen in {}", plan()))
+        }
+        Failure::NoMemory => PyMemoryError::new_err(()),
     };
     // What failed while undoing the save is kept as the context of the error, never
     // raised in its place.
@@ -176,97 +216,6 @@ pub fn corrupt_error(py: Python<'_>, path: &[u8], reason: &str) -> PyErr {
             (name, reason),
         ),
         Err(err) => err,
-    }
-}
-
-pub fn slotted_error(
-    py: Python<'_>,
-    failure: slotted::Failure,
-    location: &[u8],
-    in_place: &Bound<'_, PyBytes>,
-    rebuild: &Bound<'_, PyBytes>,
-) -> PyErr {
-    let path = |name: &CStr| join(location, name.to_bytes());
-    let plan = || {
-        in_place
-            .repr()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|_| format!("{:?}", in_place.as_bytes()))
-    };
-    match failure {
-        slotted::Failure::Os { errno, at } => {
-            let path = match at {
-                slotted::At::Location => location.to_vec(),
-                slotted::At::Next => path(save_plan::NEXT_NAME),
-                slotted::At::Checkpoint => path(save_plan::CHECKPOINT_NAME),
-                slotted::At::Slots => path(save_plan::SLOTS_NAME),
-            };
-            errno_error(py, errno, &path)
-        }
-        slotted::Failure::NoProgress => os_error(
-            py,
-            libc::EIO,
-            "write made no progress",
-            Some(&path(save_plan::SLOTS_NAME)),
-            None,
-        ),
-        slotted::Failure::Held => locked_error(py, "held", &path(save_plan::NEXT_NAME)),
-        slotted::Failure::Leftover => locked_error(py, "leftover", &path(save_plan::NEXT_NAME)),
-        slotted::Failure::ReplaceLayout => os_error(
-            py,
-            libc::EEXIST,
-            "the session is in the replace layout; convert it first",
-            Some(&path(save_plan::CHECKPOINT_NAME)),
-            None,
-        ),
-        slotted::Failure::Corrupt(reason) => {
-            corrupt_error(py, &path(save_plan::SLOTS_NAME), &reason.to_string())
-        }
-        slotted::Failure::Unsynced { errno, hide } => {
-            let slots = path(save_plan::SLOTS_NAME);
-            let err = errno_error(py, errno, &slots);
-            // Hiding the unsynced record failed too: kept as the context of the
-            // flush's error, which is still the one raised.
-            if let Some(hide) = hide {
-                err.set_context(py, Some(errno_error(py, hide, &slots)));
-            }
-            err
-        }
-        slotted::Failure::Format(reason) => {
-            corrupt_error(py, &path(save_plan::SLOTS_NAME), &reason.to_string())
-        }
-        slotted::Failure::UnknownStep(code) => {
-            PyValueError::new_err(format!("unknown slotted save step {code} in {}", plan()))
-        }
-        slotted::Failure::NotChosen => {
-            PyValueError::new_err(format!("slot written before it was chosen in {}", plan()))
-        }
-        slotted::Failure::NoMemory => PyMemoryError::new_err(()),
-        slotted::Failure::Rebuild(error) => {
-            let paths = SavePaths {
-                location: location.to_vec(),
-                next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
-                target: save_plan::SLOTS_NAME.to_bytes().to_vec(),
-            };
-            save_error(py, error, &paths, rebuild)
-        }
-    }
-}
-
-/// The exception for a failed save of either layout: `codes` the plan that ran
-/// (a slotted save's in-place codes), `rebuild` a slotted save's rebuild codes.
-pub fn layout_error(
-    py: Python<'_>,
-    error: LayoutError,
-    paths: &SavePaths,
-    codes: &Bound<'_, PyBytes>,
-    rebuild: &Bound<'_, PyBytes>,
-) -> PyErr {
-    match error {
-        LayoutError::Slotted(failure) => {
-            slotted_error(py, failure, &paths.location, codes, rebuild)
-        }
-        LayoutError::Replace(error) => save_error(py, error, paths, codes),
     }
 }
 

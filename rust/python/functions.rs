@@ -7,12 +7,12 @@ use pyo3::types::PyBytes;
 
 use crate::python::buffer::detached_with;
 use crate::python::error::{
-    corrupt_error, errno_error, join, os_error, read_error, save_error, slotted_error, SavePaths,
+    corrupt_error, errno_error, join, os_error, read_error, save_error, SavePaths,
 };
 use crate::python::path::FsPath;
-use crate::save::Save;
+use crate::save::{self, Names};
 use crate::save_plan;
-use crate::slotted::{self, SlottedSave};
+use crate::slotted;
 use crate::{load, lock, posix};
 
 /// Execute a save plan (`codes`) in `location`, with the GIL released throughout.
@@ -31,19 +31,22 @@ pub fn save_checkpoint<'py>(
         FsPath::new(next_name)?,
         FsPath::new(target)?,
     );
-    let plan = Save {
+    let names = Names {
         location: location.as_c_str(),
         next_name: next_name.as_c_str(),
         target: target.as_c_str(),
-        codes: codes.as_bytes(),
     };
-    detached_with(py, data, move |checkpoint| plan.run(checkpoint))?.map_err(|error| {
+    let plan = codes.as_bytes();
+    detached_with(py, data, move |checkpoint| {
+        save::save(&names, plan, checkpoint)
+    })?
+    .map_err(|error| {
         let paths = SavePaths {
             location: location.as_bytes().to_vec(),
             next_name: next_name.as_bytes().to_vec(),
             target: target.as_bytes().to_vec(),
         };
-        save_error(py, error, &paths, codes)
+        save_error(py, error, &paths, codes, codes)
     })
 }
 
@@ -104,13 +107,19 @@ pub fn save_slotted<'py>(
     rebuild: &Bound<'py, PyBytes>,
 ) -> PyResult<()> {
     let location = FsPath::new(location)?;
-    let plan = SlottedSave {
-        location: location.as_c_str(),
-        in_place: in_place.as_bytes(),
-        rebuild: rebuild.as_bytes(),
-    };
-    detached_with(py, data, move |checkpoint| plan.run(checkpoint))?
-        .map_err(|failure| slotted_error(py, failure, location.as_bytes(), in_place, rebuild))
+    let (c_location, codes, rebuild_codes) =
+        (location.as_c_str(), in_place.as_bytes(), rebuild.as_bytes());
+    detached_with(py, data, move |checkpoint| {
+        slotted::save_slotted(c_location, codes, rebuild_codes, checkpoint)
+    })?
+    .map_err(|error| {
+        let paths = SavePaths {
+            location: location.as_bytes().to_vec(),
+            next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
+            target: save_plan::SLOTS_NAME.to_bytes().to_vec(),
+        };
+        save_error(py, error, &paths, in_place, rebuild)
+    })
 }
 
 /// The newest valid record of the slots file at `path` (with `previous`, the

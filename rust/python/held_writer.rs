@@ -6,11 +6,12 @@ use std::sync::{Mutex, PoisonError, TryLockError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::held;
 use crate::python::buffer::detached_with;
-use crate::python::error::{closed_error, layout_error, slotted_error, SavePaths};
+use crate::python::error::{closed_error, save_error, SavePaths};
 use crate::python::path::{c_path, FsPath};
+use crate::save::SaveError;
 use crate::save_plan;
-use crate::{held, slotted};
 
 /// A session held across saves (`HeldSession`'s native writer): the directory
 /// open and locked from construction to `close`, each save run with the GIL
@@ -39,16 +40,12 @@ impl HeldWriter {
         held.take()
     }
 
-    fn slotted_error(
-        &self,
-        py: Python<'_>,
-        failure: slotted::Failure,
-        codes: &Py<PyBytes>,
-    ) -> PyErr {
-        slotted_error(
+    /// The exception for `error` of a run of `codes`.
+    fn error(&self, py: Python<'_>, error: SaveError, codes: &Py<PyBytes>) -> PyErr {
+        save_error(
             py,
-            failure,
-            &self.paths.location,
+            error,
+            &self.paths,
             codes.bind(py),
             self.rebuild.bind(py),
         )
@@ -90,7 +87,7 @@ impl HeldWriter {
         let release_codes = release.as_bytes().to_vec();
         let held = py
             .detach(|| held::Held::acquire(c_location, codes, plan, release_codes))
-            .map_err(|failure| slotted_error(py, failure, &paths.location, acquire, rebuild))?;
+            .map_err(|error| save_error(py, error, &paths, acquire, rebuild))?;
         Ok(Self {
             held: Mutex::new(Some(held)),
             closed: AtomicBool::new(false),
@@ -110,13 +107,7 @@ impl HeldWriter {
         match outcome {
             None => Err(self.closed_error(py)),
             Some(Ok(())) => Ok(()),
-            Some(Err(error)) => Err(layout_error(
-                py,
-                error,
-                &self.paths,
-                self.codes.bind(py),
-                self.rebuild.bind(py),
-            )),
+            Some(Err(error)) => Err(self.error(py, error, &self.codes)),
         }
     }
 
@@ -127,7 +118,7 @@ impl HeldWriter {
             self.take(&mut held).map(|mut held| held.release())
         });
         match outcome {
-            Some(Err(failure)) => Err(self.slotted_error(py, failure, &self.release)),
+            Some(Err(error)) => Err(self.error(py, error, &self.release)),
             _ => Ok(()),
         }
     }

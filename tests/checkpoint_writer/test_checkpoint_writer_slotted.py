@@ -1,7 +1,7 @@
 """CheckpointWriter on a slotted storage: the native worker runs the slotted plan.
 
 Both workers save through the storage's layout; on the native backend the
-worker is a Rust thread running ``SlottedSave`` (``test_checkpoint_writer``
+worker is a Rust thread running ``slotted::save_slotted`` (``test_checkpoint_writer``
 checks it is no Python thread and needs no GIL, on both layouts), and its
 errors are the ones a direct save raises.
 """
