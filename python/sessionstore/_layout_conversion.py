@@ -1,16 +1,17 @@
 """Moving a session's checkpoint from one layout to the other, crash-safely.
 
-This executes ``plan_conversion()`` step by step; the plan's module says why
-every state between two steps is safe.
+This executes ``plan_conversion()`` with the fallback's step runner (a
+conversion always runs in Python): the steps it shares with a save are the
+save's own functions, and the conversion's own steps are here. The plan's
+module says why every state between two steps is safe.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Final
 
-from . import _errors, _fallback
+from . import _fallback
 from ._conversion_plan import (
     SURVEYED,
     ConversionPlan,
@@ -18,13 +19,12 @@ from ._conversion_plan import (
     Step,
     plan_conversion,
 )
-from ._fallback.posix import DIR_FLAGS, exists_at, try_lock
+from ._fallback.posix import exists_at, with_path
+from ._fallback.save import AT, At, SaveState, Steps, run
+from ._fallback.slotted import STEPS as SLOTTED_STEPS
 from ._naming import CHECKPOINT_NAME
 from ._options import Durability, Layout
 from ._save_plan import SaveStep
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 def convert_layout(location: str, layout: Layout, durability: Durability) -> None:
@@ -35,94 +35,110 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
     ``session.next`` behind.
     """
     plan = plan_conversion(layout, durability)
-    conversion = _Conversion(location, plan)
+    state = _ConversionState(location, plan)
     try:
-        for step in plan.survey:
-            conversion.run(step)
-        for step in plan.work(conversion.found):
-            conversion.run(step)
+        run(state, _codes(plan.survey), _STEPS)
+        run(state, _codes(plan.work(state.found)), _STEPS)
     finally:
-        if conversion.dir_fd is not None:
-            for step in plan.release:
-                conversion.run(step)
+        if state.dir_fd >= 0:
+            run(state, _codes(plan.release), _STEPS)
 
 
-class _Conversion:
-    """One conversion in progress: its directory descriptor and what it learnt."""
+def _codes(steps: tuple[Step, ...]) -> bytes:
+    return bytes(steps)
+
+
+class _ConversionState(SaveState):
+    """A conversion in progress: its descriptors, and what it learnt."""
+
+    __slots__ = ("checkpoint", "copy_fd", "found", "plan")
 
     def __init__(self, location: str, plan: ConversionPlan) -> None:
-        self.location = location
+        super().__init__(location, plan.next_name, plan.target_name)
         self.plan = plan
-        self.dir_fd: int | None = None
         self.found: frozenset[str] = frozenset()
         self.checkpoint = b""
-        self.copy_fd: int | None = None
-
-    def run(self, step: Step) -> None:
-        if step is SaveStep.OPEN_DIR:
-            self.dir_fd = _named(self.location, os.open, self.location, DIR_FLAGS)
-        elif step is SaveStep.LOCK_DIR:
-            if not _named(self.location, try_lock, self._dir()):
-                raise _errors.held(self._path(self.plan.next_name))
-        elif step is SaveStep.CHECK_NEXT:
-            if self._exists(self.plan.next_name):
-                raise _errors.leftover(self._path(self.plan.next_name))
-        elif step is ConversionStep.FIND_FILES:
-            self.found = frozenset(name for name in SURVEYED if self._exists(name))
-        elif step is ConversionStep.READ_OLD:
-            self.checkpoint = self._read(self.plan.old_name)
-        elif step is ConversionStep.DUP_DIR:
-            self.copy_fd = _named(self.location, os.dup, self._dir())
-        elif step is ConversionStep.SAVE_COPY:
-            self._save_copy()
-        elif step is ConversionStep.REMOVE_OLD:
-            name = self.plan.old_name
-            _named(self._path(name), os.unlink, name, dir_fd=self._dir())
-        elif step is SaveStep.FSYNC_DIR:
-            _named(self.location, os.fsync, self._dir())
-        elif step is SaveStep.CLOSE_DIR:
-            dir_fd, self.dir_fd = self._dir(), None
-            os.close(dir_fd)
-        else:
-            raise ValueError(f"{step!r} is not a step of a conversion")
-
-    def _save_copy(self) -> None:
-        if self.copy_fd is None:
-            raise ValueError("SAVE_COPY before DUP_DIR")
-        copy_fd, self.copy_fd = self.copy_fd, None
-        save = self.plan.copy_save
-        _fallback.save(
-            self.location,
-            self.plan.copied(self.checkpoint),
-            save.codes,
-            save.next_name,
-            save.target_name,
-            dir_fd=copy_fd,
-        )
-
-    def _read(self, name: str) -> bytes:
-        path = self._path(name)
-        if name == CHECKPOINT_NAME:
-            return _fallback.load(path)
-        return _fallback.load_slots(path) or b""
-
-    def _dir(self) -> int:
-        if self.dir_fd is None:
-            raise ValueError("a step on the session directory before OPEN_DIR")
-        return self.dir_fd
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.location, name)
-
-    def _exists(self, name: str) -> bool:
-        return _named(self._path(name), exists_at, name, self._dir())
+        self.copy_fd = -1
 
 
-def _named(
-    path: str, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
-) -> _T:
-    """``call(*args, **kwargs)``, its OSError naming ``path``."""
+def _exists(state: _ConversionState, name: str) -> bool:
     try:
-        return call(*args, **kwargs)
+        return exists_at(name, state.dir_fd)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from exc
+        raise with_path(exc, state.path(name)) from exc
+
+
+def _find_files(state: _ConversionState) -> bool:
+    state.found = frozenset(name for name in SURVEYED if _exists(state, name))
+    return True
+
+
+def _read_old(state: _ConversionState) -> bool:
+    path = state.path(state.plan.old_name)
+    if state.plan.old_name == CHECKPOINT_NAME:
+        state.checkpoint = _fallback.load(path)
+    else:
+        state.checkpoint = _fallback.load_slots(path) or b""
+    return True
+
+
+def _dup_dir(state: _ConversionState) -> bool:
+    state.copy_fd = os.dup(state.dir_fd)
+    return True
+
+
+def _save_copy(state: _ConversionState) -> bool:
+    """The copy's own save, on a duplicate of the directory descriptor (which
+    that save closes), so the conversion's lock outlives it."""
+    if state.copy_fd < 0:
+        raise ValueError("SAVE_COPY before DUP_DIR")
+    copy_fd, state.copy_fd = state.copy_fd, -1
+    save = state.plan.copy_save
+    _fallback.save(
+        state.location,
+        state.plan.copied(state.checkpoint),
+        save.codes,
+        save.next_name,
+        save.target_name,
+        dir_fd=copy_fd,
+    )
+    return True
+
+
+def _remove_old(state: _ConversionState) -> bool:
+    name = state.plan.old_name
+    try:
+        os.unlink(name, dir_fd=state.dir_fd)
+    except OSError as exc:
+        raise with_path(exc, state.path(name)) from exc
+    return True
+
+
+_SHARED: Final = (
+    SaveStep.OPEN_DIR,
+    SaveStep.LOCK_DIR,
+    SaveStep.CHECK_NEXT,
+    SaveStep.FSYNC_DIR,
+    SaveStep.CLOSE_DIR,
+)
+
+_STEPS: Final = Steps[_ConversionState](
+    {
+        **{step: SLOTTED_STEPS.functions[step] for step in _SHARED},
+        ConversionStep.FIND_FILES: _find_files,
+        ConversionStep.READ_OLD: _read_old,
+        ConversionStep.DUP_DIR: _dup_dir,
+        ConversionStep.SAVE_COPY: _save_copy,
+        ConversionStep.REMOVE_OLD: _remove_old,
+    },
+    "{code} is not a step of a conversion (in {codes!r})",
+    {
+        **AT,
+        ConversionStep.FIND_FILES: At.NAMED,
+        ConversionStep.READ_OLD: At.NAMED,
+        ConversionStep.DUP_DIR: At.LOCATION,
+        ConversionStep.SAVE_COPY: At.NAMED,
+        ConversionStep.REMOVE_OLD: At.NAMED,
+    },
+)
+"""The steps of a conversion: the directory steps a save has, and its own."""

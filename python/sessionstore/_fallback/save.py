@@ -1,9 +1,10 @@
 """The step runner: a plan's codes executed in Python, and the replace sequence.
 
-One runner executes every plan (replace, slotted, held) over one state: each
-step code has one function here or in ``slotted`` (the table a plan runs
-with), and one place it acts at, which names the path in its errors. The same
-plans, the same syscalls as the native backend's ``save`` module.
+One runner executes every plan (replace, slotted, held, and a layout
+conversion) over one state: each step code has one function here, in
+``slotted`` or in the conversion (the table a plan runs with), and one place
+it acts at, which names the path in its errors. The same plans, the same
+syscalls as the native backend's ``save`` module.
 
 The descriptors belong to the state and to whoever made it: a one-shot save
 closes what is left open when it ends, success or failure; a held session
@@ -19,7 +20,7 @@ import enum
 import errno
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from .. import _errors
 from .._errors import CorruptCheckpointError
@@ -90,7 +91,9 @@ class SaveState:
                 os.close(dir_fd)
 
 
-Step = Callable[[SaveState], bool]
+State = TypeVar("State", bound=SaveState)
+
+Step = Callable[[State], bool]
 """One step's syscalls; False ends the plan early (a slotted save that goes on
 with a rebuild), True goes on with the next step."""
 
@@ -104,9 +107,11 @@ class At(enum.Enum):
     """the next file and the target: both paths"""
     CHECKPOINT = enum.auto()
     SLOTS = enum.auto()
+    NAMED = enum.auto()
+    """a step whose errors name their path already"""
 
 
-AT: Final = {
+AT: Final[Mapping[int, At]] = {
     SaveStep.OPEN_DIR: At.LOCATION,
     SaveStep.LOCK_DIR: At.LOCATION,
     SaveStep.CREATE_NEXT: At.NEXT,
@@ -127,18 +132,25 @@ AT: Final = {
 }
 
 
-class Steps:
-    """The step functions a plan runs with, by code, and the error for a code
-    with none (``code`` and ``codes`` formatted in)."""
+class Steps(Generic[State]):
+    """The step functions a plan runs with, by code; where each acts
+    (``at``); and the error for a code with none (``code`` and ``codes``
+    formatted in)."""
 
-    __slots__ = ("functions", "unknown")
+    __slots__ = ("at", "functions", "unknown")
 
-    def __init__(self, functions: Mapping[SaveStep, Step], unknown: str) -> None:
-        self.functions = {step.value: f for step, f in functions.items()}
+    def __init__(
+        self,
+        functions: Mapping[int, Step[State]],
+        unknown: str,
+        at: Mapping[int, At] = AT,
+    ) -> None:
+        self.functions = {int(step): f for step, f in functions.items()}
         self.unknown = unknown
+        self.at = {int(step): where for step, where in at.items()}
 
 
-def run(state: SaveState, codes: bytes, steps: Steps) -> bool:
+def run(state: State, codes: bytes, steps: Steps[State]) -> bool:
     """Execute ``codes`` on ``state`` with the step functions of ``steps``:
     True when every step ran, False when one ended the plan early.
 
@@ -157,7 +169,7 @@ def run(state: SaveState, codes: bytes, steps: Steps) -> bool:
             if not step(state):
                 return False
     except BaseException as exc:
-        failure = _failure(exc, state, code)
+        failure = _failure(exc, state, steps.at.get(code, At.NAMED))
     else:
         return True
     try:
@@ -173,15 +185,16 @@ def run(state: SaveState, codes: bytes, steps: Steps) -> bool:
         del failure
 
 
-def _failure(exc: BaseException, state: SaveState, code: int) -> BaseException:
+def _failure(exc: BaseException, state: SaveState, at: At) -> BaseException:
     """The error a failed step raises: an OSError names the path it acts at."""
     if isinstance(exc, SlotsFormatError):
         return CorruptCheckpointError(state.path(SLOTS_NAME), str(exc))
-    if not isinstance(exc, OSError) or isinstance(
-        exc, (_errors.LockedStorageError, CorruptCheckpointError)
+    if (
+        not isinstance(exc, OSError)
+        or isinstance(exc, (_errors.LockedStorageError, CorruptCheckpointError))
+        or at is At.NAMED
     ):
         return exc
-    at = AT[SaveStep(code)]
     if at is At.RENAME:
         return with_path(exc, state.path(state.next_name), state.path(state.target))
     return with_path(exc, _path_at(state, at))
