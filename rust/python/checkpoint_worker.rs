@@ -83,11 +83,7 @@ impl CheckpointWorker {
         in_place: &Bound<'_, PyBytes>,
         rebuild: &Bound<'_, PyBytes>,
     ) -> PyResult<Self> {
-        let paths = SavePaths {
-            location: FsPath::new(location)?.as_bytes().to_vec(),
-            next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
-            target: save_plan::SLOTS_NAME.to_bytes().to_vec(),
-        };
+        let paths = SavePaths::library(FsPath::new(location)?.as_bytes(), save_plan::SLOTS_NAME);
         let plan = checkpoint_worker::Plan::Slotted {
             location: c_path(&paths.location)?,
             in_place: in_place.as_bytes().to_vec(),

@@ -1,6 +1,8 @@
 //! Failures of the plain-Rust core as the exceptions the fallback raises for
 //! the same failure, written once for every function and class.
 
+use std::ffi::CStr;
+
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -81,6 +83,18 @@ pub struct SavePaths {
     pub location: Vec<u8>,
     pub next_name: Vec<u8>,
     pub target: Vec<u8>,
+}
+
+impl SavePaths {
+    /// The paths of a save in `location` writing the library's `target` file
+    /// through its next file.
+    pub fn library(location: &[u8], target: &CStr) -> Self {
+        Self {
+            location: location.to_vec(),
+            next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
+            target: target.to_bytes().to_vec(),
+        }
+    }
 }
 
 /// `repr(codes)`, as an error message quotes a plan.

@@ -113,11 +113,7 @@ pub fn save_slotted<'py>(
         slotted::save_slotted(c_location, codes, rebuild_codes, checkpoint)
     })?
     .map_err(|error| {
-        let paths = SavePaths {
-            location: location.as_bytes().to_vec(),
-            next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
-            target: save_plan::SLOTS_NAME.to_bytes().to_vec(),
-        };
+        let paths = SavePaths::library(location.as_bytes(), save_plan::SLOTS_NAME);
         save_error(py, error, &paths, in_place, rebuild)
     })
 }

@@ -66,17 +66,12 @@ impl HeldWriter {
         release: &Bound<'_, PyBytes>,
         slotted: bool,
     ) -> PyResult<Self> {
-        let location = FsPath::new(location)?.as_bytes().to_vec();
         let target = if slotted {
             save_plan::SLOTS_NAME
         } else {
             save_plan::CHECKPOINT_NAME
         };
-        let paths = SavePaths {
-            location,
-            next_name: save_plan::NEXT_NAME.to_bytes().to_vec(),
-            target: target.to_bytes().to_vec(),
-        };
+        let paths = SavePaths::library(FsPath::new(location)?.as_bytes(), target);
         let plan = if slotted {
             held::slotted(save.as_bytes(), rebuild.as_bytes())
         } else {
