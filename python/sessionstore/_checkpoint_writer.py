@@ -20,7 +20,7 @@ import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
-from . import _backend
+from . import _backend, _fork_guard
 from ._backend import Worker
 from ._checkpoint_data import as_checkpoint
 from ._options import Layout
@@ -123,7 +123,7 @@ def _orphan_writers_in_child() -> None:
         writer._orphan()
 
 
-os.register_at_fork(
+_fork_guard.subscribe(
     before=_pause_writers_for_fork,
     after_in_parent=_resume_writers_in_parent,
     after_in_child=_orphan_writers_in_child,

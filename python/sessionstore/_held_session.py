@@ -8,7 +8,7 @@ import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from . import _backend
+from . import _backend, _fork_guard
 from ._checkpoint_data import as_checkpoint
 from ._options import Layout
 from ._save_plan import plan_hold
@@ -189,4 +189,4 @@ def _orphan_sessions_in_child() -> None:
         session._orphan()
 
 
-os.register_at_fork(after_in_child=_orphan_sessions_in_child)
+_fork_guard.subscribe(after_in_child=_orphan_sessions_in_child)

@@ -15,7 +15,7 @@ long as the child lives.
   a handler always finds the call finished, its descriptors closed and its
   lock released (a handler that saves then saves normally);
 - a fork waits for every shielded call of other threads to end, and no
-  shielded call starts while it forks.
+  shielded call starts while it forks (the gate of ``_fork_guard``).
 
 The native backend's calls are immune to handlers by construction (they run
 in the extension), but not to forks: they are shielded all the same.
@@ -24,11 +24,12 @@ in the extension), but not to forks: they are shielded all the same.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
+
+from ._fork_guard import gated
 
 _T = TypeVar("_T")
 
@@ -48,49 +49,13 @@ DEFERRED: Final = frozenset(signal.valid_signals()) - _FAULTS
 _MAIN: Final = threading.main_thread().ident
 _sigmask: Final[Callable[[int, Iterable[int]], set[int]]] = _signal.pthread_sigmask
 
-_changed: Final = threading.Condition(threading.RLock())
-_in_flight = 0
-_depth: Final = threading.local()
-# The thread forking, and how deeply (a handler may fork inside the hooks):
-# while set, shielded calls of other threads wait instead of starting, so a
-# thread saving in a loop cannot keep the fork waiting for ever.
-_forker: int | None = None
-_forks = 0
-
-
-def _enter() -> None:
-    global _in_flight
-    with _changed:
-        me = threading.get_ident()
-        while _forker is not None and _forker != me:
-            _changed.wait()
-        _in_flight += 1
-    _depth.n = getattr(_depth, "n", 0) + 1
-
-
-def _leave() -> None:
-    global _in_flight
-    _depth.n -= 1
-    with _changed:
-        _in_flight -= 1
-        if _in_flight == 0:
-            _changed.notify_all()
-
-
-def _gated(call: Callable[..., _T], *args: object) -> _T:
-    _enter()
-    try:
-        return call(*args)
-    finally:
-        _leave()
-
 
 def shielded(call: Callable[..., _T], *args: object) -> _T:
     """``call(*args)``, with no signal handler running and no fork happening
     in the middle of it (see the module's docstring)."""
     if threading.get_ident() != _MAIN:
-        return _gated(call, *args)
-    result: _T = _deferring(_gated, call, *args)
+        return gated(call, *args)
+    result: _T = _deferring(gated, call, *args)
     return result
 
 
@@ -128,37 +93,3 @@ def start_without_signals(thread: threading.Thread) -> None:
     it did, and the interpreter, told of a signal by a thread other than its
     main one, may not run the handler until its main thread next waits."""
     _deferring(thread.start)
-
-
-def _hold_off_shielded_calls() -> None:
-    """Before a fork: close the gate to new shielded calls of other threads,
-    wait until none is in flight, and keep the gate closed until the fork is
-    done. A call of the forking thread itself (a handler forking) cannot be
-    waited for. A handler may run in the hooks and fork again: the gate's
-    lock is re-entrant for that. Two threads forking take turns."""
-    global _forker, _forks
-    _changed.acquire()
-    me = threading.get_ident()
-    while _forker is not None and _forker != me:
-        _changed.wait()
-    _forker = me
-    _forks += 1
-    mine = getattr(_depth, "n", 0)
-    while _in_flight > mine:
-        _changed.wait()
-
-
-def _open_gate() -> None:
-    global _forker, _forks
-    _forks -= 1
-    if _forks == 0:
-        _forker = None
-        _changed.notify_all()
-    _changed.release()
-
-
-os.register_at_fork(
-    before=_hold_off_shielded_calls,
-    after_in_parent=_open_gate,
-    after_in_child=_open_gate,
-)

@@ -18,6 +18,7 @@ from typing import Final
 import attrs
 
 from sessionstore._save_plan import SavePlan, SaveStep
+from sessionstore._slots_format import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
 
 # Every call that could write, flush, name or lock a file: anything of these
 # kinds that the plan does not ask for shows up as a difference.
@@ -46,10 +47,22 @@ TRACED: Final = ",".join(
     ]
 )
 
-# close() of these descriptors fails at once with EBADF: markers in the trace
-# around the one save under test, with nothing else of the process in between.
-_BEGIN: Final = -4242
-_END: Final = -4343
+# The calls TRACED names, and the reads and lookups of a slotted save.
+TRACED_WITH_READS: Final = ",".join(
+    [
+        TRACED,
+        "fstat",
+        "newfstatat",
+        "statx",
+        "read",
+        "pread64",
+        "lseek",
+        "preadv",
+        "preadv2",
+    ]
+)
+
+SLOTS_FILE: Final = "session.slots"
 
 # close() of these descriptors fails at once with EBADF: markers in the trace
 # around the one save under test, with nothing else of the process in between.
@@ -241,6 +254,39 @@ def expected_lines(plan: SavePlan, size: int) -> list[str]:
         SaveStep.CLOSE_DIR: "close(dir)",
     }
     return [by_step[step] for step in plan.steps]
+
+
+def slot_reads(slot_size: int, newest: int, length: int) -> list[str]:
+    """READ_SLOTS: where the file ends, the head (file header and the first
+    record header), the second record header, the newest record's data."""
+    head = FILE_HEADER_SIZE + RECORD_HEADER_SIZE
+    second = FILE_HEADER_SIZE + slot_size
+    data_at = FILE_HEADER_SIZE + newest * slot_size + RECORD_HEADER_SIZE
+    return [
+        f"lseek({SLOTS_FILE}, 0, SEEK_END)",
+        f"pread64({SLOTS_FILE}, {head}, 0) = {head}",
+        f"pread64({SLOTS_FILE}, {RECORD_HEADER_SIZE}, {second}) = {RECORD_HEADER_SIZE}",
+        f"pread64({SLOTS_FILE}, {length}, {data_at}) = {length}",
+    ]
+
+
+def before_slots() -> dict[SaveStep, list[str]]:
+    """The lines of the steps up to OPEN_SLOTS, as ``describe`` gives them."""
+    return {
+        SaveStep.OPEN_DIR: [
+            "openat(cwd, <location>, O_CLOEXEC|O_DIRECTORY|O_NOFOLLOW|O_RDONLY)"
+        ],
+        SaveStep.LOCK_DIR: ["flock(dir, LOCK_EX|LOCK_NB)"],
+        SaveStep.CHECK_NEXT: [
+            "newfstatat(dir, session.next, AT_SYMLINK_NOFOLLOW) -> ENOENT"
+        ],
+        SaveStep.CHECK_REPLACE: [
+            "newfstatat(dir, session, AT_SYMLINK_NOFOLLOW) -> ENOENT"
+        ],
+        SaveStep.OPEN_SLOTS: [
+            f"openat(dir, {SLOTS_FILE}, O_CLOEXEC|O_NOATIME|O_NOFOLLOW|O_RDWR)"
+        ],
+    }
 
 
 def marked_save_script(setup: str) -> str:

@@ -22,7 +22,15 @@ from typing import Final
 
 import pytest
 from backend_parity import both_backends, listing, outcome
-from syscall_traces import TRACED, expected_lines, marked_save_script, run_traced
+from syscall_traces import (
+    SLOTS_FILE,
+    TRACED_WITH_READS,
+    before_slots,
+    expected_lines,
+    marked_save_script,
+    run_traced,
+    slot_reads,
+)
 
 from sessionstore import Durability, Layout, SessionStorage, _backend
 from sessionstore._save_plan import SavePlan, SaveStep, plan_slotted_save
@@ -32,22 +40,6 @@ from sessionstore._slots_format import (
     build_slots_file,
     decode_file_header,
     plan_slot_size,
-)
-
-# The calls the replace layout's conformance test traces, and the reads and
-# lookups of a slotted save.
-_TRACED: Final = ",".join(
-    [
-        TRACED,
-        "fstat",
-        "newfstatat",
-        "statx",
-        "read",
-        "pread64",
-        "lseek",
-        "preadv",
-        "preadv2",
-    ]
 )
 
 _CHILD: Final = marked_save_script(
@@ -75,8 +67,6 @@ data = payload(last)
 """
 )
 
-_SLOTS: Final = "session.slots"
-
 
 def traced_slotted_save(
     strace: str,
@@ -91,45 +81,18 @@ def traced_slotted_save(
     args = [storage.location, storage.durability.name, warm_up.location]
     args += map(str, sizes)
     return run_traced(
-        strace, env, tmp_path / "trace.txt", _TRACED, _CHILD, args, storage.location
+        strace,
+        env,
+        tmp_path / "trace.txt",
+        TRACED_WITH_READS,
+        _CHILD,
+        args,
+        storage.location,
     )
 
 
 def _in_place(plan: SavePlan, steps: dict[SaveStep, list[str]]) -> list[str]:
     return [line for step in plan.steps for line in steps.get(step, [])]
-
-
-def slot_reads(slot_size: int, newest: int, length: int) -> list[str]:
-    """READ_SLOTS: where the file ends, the head (file header and the first
-    record header), the second record header, the newest record's data."""
-    head = FILE_HEADER_SIZE + RECORD_HEADER_SIZE
-    second = FILE_HEADER_SIZE + slot_size
-    data_at = FILE_HEADER_SIZE + newest * slot_size + RECORD_HEADER_SIZE
-    return [
-        f"lseek({_SLOTS}, 0, SEEK_END)",
-        f"pread64({_SLOTS}, {head}, 0) = {head}",
-        f"pread64({_SLOTS}, {RECORD_HEADER_SIZE}, {second}) = {RECORD_HEADER_SIZE}",
-        f"pread64({_SLOTS}, {length}, {data_at}) = {length}",
-    ]
-
-
-def before_slots() -> dict[SaveStep, list[str]]:
-    """The lines of the steps up to OPEN_SLOTS, as ``describe`` gives them."""
-    return {
-        SaveStep.OPEN_DIR: [
-            "openat(cwd, <location>, O_CLOEXEC|O_DIRECTORY|O_NOFOLLOW|O_RDONLY)"
-        ],
-        SaveStep.LOCK_DIR: ["flock(dir, LOCK_EX|LOCK_NB)"],
-        SaveStep.CHECK_NEXT: [
-            "newfstatat(dir, session.next, AT_SYMLINK_NOFOLLOW) -> ENOENT"
-        ],
-        SaveStep.CHECK_REPLACE: [
-            "newfstatat(dir, session, AT_SYMLINK_NOFOLLOW) -> ENOENT"
-        ],
-        SaveStep.OPEN_SLOTS: [
-            f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_NOFOLLOW|O_RDWR)"
-        ],
-    }
 
 
 @pytest.mark.parametrize("durability", list(Durability))
@@ -160,10 +123,10 @@ def test_an_in_place_save_issues_the_plan_s_syscalls(
             **before_slots(),
             SaveStep.READ_SLOTS: slot_reads(slot_size, 1, size),
             SaveStep.WRITE_SLOT: [
-                f"pwritev2({_SLOTS}, 2 parts, {record} bytes at {FILE_HEADER_SIZE})"
+                f"pwritev2({SLOTS_FILE}, 2 parts, {record} bytes at {FILE_HEADER_SIZE})"
             ],
-            SaveStep.SYNC_SLOT: [f"fdatasync({_SLOTS})"],
-            SaveStep.CLOSE_SLOTS: [f"close({_SLOTS})"],
+            SaveStep.SYNC_SLOT: [f"fdatasync({SLOTS_FILE})"],
+            SaveStep.CLOSE_SLOTS: [f"close({SLOTS_FILE})"],
             SaveStep.CLOSE_DIR: ["close(dir)"],
         },
     )
@@ -198,7 +161,7 @@ def test_a_record_that_does_not_fit_rebuilds_through_the_replace_sequence(
                 SaveStep.READ_SLOTS: slot_reads(plan_slot_size(small), 0, small),
             },
         ),
-        f"close({_SLOTS})",
+        f"close({SLOTS_FILE})",
         *expected_lines(plan.rebuild, len(image)),
     ]
 
@@ -223,7 +186,7 @@ def test_the_first_save_builds_the_file_through_the_replace_sequence(
     opened_at = plan.in_place.steps.index(SaveStep.OPEN_SLOTS)
     assert lines == [
         *_in_place(SavePlan(plan.in_place.steps[:opened_at]), before_slots()),
-        f"openat(dir, {_SLOTS}, O_CLOEXEC|O_NOATIME|O_NOFOLLOW|O_RDWR) -> ENOENT",
+        f"openat(dir, {SLOTS_FILE}, O_CLOEXEC|O_NOATIME|O_NOFOLLOW|O_RDWR) -> ENOENT",
         *expected_lines(plan.rebuild, len(image)),
     ]
 
@@ -241,7 +204,7 @@ def test_a_rebuild_is_still_under_the_lock(
     lines, _ = traced_slotted_save(strace, backend_env, tmp_path, storage, [10])
 
     locked = lines.index("flock(dir, LOCK_EX|LOCK_NB)")
-    renamed = lines.index(f"renameat(dir, session.next, dir, {_SLOTS})")
+    renamed = lines.index(f"renameat(dir, session.next, dir, {SLOTS_FILE})")
     assert "close(dir)" not in lines[locked:renamed]
     assert lines[-1] == "close(dir)"
 
@@ -262,16 +225,16 @@ def _save_all(
         chosen.save_slotted(
             str(location), view, plan.in_place.codes, plan.rebuild.codes
         )
-        yield (location / _SLOTS).read_bytes()
+        yield (location / SLOTS_FILE).read_bytes()
     # A torn newest record: the next save overwrites it, not the valid one.
-    image = bytearray((location / _SLOTS).read_bytes())
+    image = bytearray((location / SLOTS_FILE).read_bytes())
     header = decode_file_header(bytes(image))
     image[header.slot_offset(0) + RECORD_HEADER_SIZE] ^= 0xFF
-    (location / _SLOTS).write_bytes(bytes(image))
+    (location / SLOTS_FILE).write_bytes(bytes(image))
     chosen.save_slotted(
         str(location), b"after", plan.in_place.codes, plan.rebuild.codes
     )
-    yield (location / _SLOTS).read_bytes()
+    yield (location / SLOTS_FILE).read_bytes()
 
 
 @pytest.mark.parametrize("durability", list(Durability))
@@ -298,8 +261,8 @@ def test_each_backend_reads_what_the_other_wrote(
             writer.save_slotted(
                 str(location), data, plan.in_place.codes, plan.rebuild.codes
             )
-            assert reader.load_slots(str(location / _SLOTS), False) == data
-        assert reader.load_slots(str(location / _SLOTS), True) == payloads[-2]
+            assert reader.load_slots(str(location / SLOTS_FILE), False) == data
+        assert reader.load_slots(str(location / SLOTS_FILE), True) == payloads[-2]
 
 
 _DURABLE: Final = plan_slotted_save(Durability.FULL)
@@ -307,7 +270,7 @@ _DURABLE: Final = plan_slotted_save(Durability.FULL)
 
 def _slots_with(image: bytes) -> Callable[[Path], tuple[str, bytes]]:
     def case(session: Path) -> tuple[str, bytes]:
-        (session / _SLOTS).write_bytes(image)
+        (session / SLOTS_FILE).write_bytes(image)
         return str(session), _DURABLE.in_place.codes
 
     return case
@@ -353,7 +316,7 @@ _SAVE_CASES: Final[dict[str, Callable[[Path], tuple[str, bytes]]]] = {
     "sequences-exhausted": _slots_with(_exhausted()),
     "unknown-step": _prepared({}, codes=_DURABLE.in_place.codes[:2] + b"\x2a"),
     "write-before-read": _prepared(
-        {_SLOTS: build_slots_file(b"x", 1, None)},
+        {SLOTS_FILE: build_slots_file(b"x", 1, None)},
         codes=bytes([SaveStep.OPEN_DIR, SaveStep.OPEN_SLOTS, SaveStep.WRITE_SLOT]),
     ),
     "nul-in-location": _prepared({}, "a\0b"),
@@ -362,7 +325,7 @@ _SAVE_CASES: Final[dict[str, Callable[[Path], tuple[str, bytes]]]] = {
         os.path.relpath(session),
         _DURABLE.in_place.codes,
     ),
-    "slots-is-a-directory": _prepared({_SLOTS: None}),
+    "slots-is-a-directory": _prepared({SLOTS_FILE: None}),
 }
 
 
@@ -390,7 +353,7 @@ def test_both_backends_fail_a_save_alike(
         outcomes[name] = (_same_up_to_the_session(result, name), listing(session))
     assert outcomes["native"] == outcomes["python"]
     if case == "relative-location":
-        assert outcomes["python"] == (("returned", None), [_SLOTS])
+        assert outcomes["python"] == (("returned", None), [SLOTS_FILE])
     else:
         assert outcomes["python"][0][0] != "returned"
 
@@ -444,7 +407,7 @@ def test_both_backends_load_alike(
     native: _backend.Backend, tmp_path: Path, case: str, previous: bool
 ) -> None:
     image = _LOAD_CASES[case]
-    path = tmp_path / _SLOTS
+    path = tmp_path / SLOTS_FILE
     if image is not None:
         path.write_bytes(image)
     outcomes = [
@@ -481,7 +444,7 @@ def test_an_in_place_save_lets_another_thread_run(
     save = native.save_slotted
     save(location, b"\x01" * size, plan.in_place.codes, plan.rebuild.codes)
     save(location, b"\x02" * size, plan.in_place.codes, plan.rebuild.codes)
-    fd = os.open(tmp_path / _SLOTS, os.O_RDONLY)
+    fd = os.open(tmp_path / SLOTS_FILE, os.O_RDONLY)
     header = decode_file_header(os.pread(fd, FILE_HEADER_SIZE, 0))
     returned = threading.Event()
     seen = threading.Event()

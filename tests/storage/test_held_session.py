@@ -1,10 +1,11 @@
 """storage.hold(): a session held open and locked across saves, on both backends.
 
-The held plan's syscalls are traced (as in ``test_slotted_conformance``): a held
-slotted save that knows its slots is an ``fstat`` of the directory (the
-session was not removed), ``pwritev2`` and ``fdatasync``, and nothing else. The
-lock is held from ``hold()`` to ``close()`` and never longer; every save is the
-same atomic, durable save as ``save_checkpoint``'s, on the same files.
+The lock is held from ``hold()`` to ``close()`` and never longer; every save is
+the same atomic, durable save as ``save_checkpoint``'s, on the same files, and
+leaves the same bytes; a failed save leaves the session held and saving on;
+threads take turns, a forked child holds nothing, and a signal handler may
+close the session or fork. The held plans' syscalls are checked in
+``tests/backends/test_held_conformance.py``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from syscall_traces import expected_lines, marked_save_script, run_traced
-from test_slotted_conformance import _TRACED, before_slots, slot_reads
 
 from sessionstore import (
-    Durability,
     HeldSession,
     Layout,
     LockedStorageError,
@@ -33,116 +31,6 @@ from sessionstore import (
     SessionStorage,
     SessionStorageRepository,
 )
-from sessionstore._save_plan import SaveStep, plan_hold
-from sessionstore._slots_format import (
-    FILE_HEADER_SIZE,
-    RECORD_HEADER_SIZE,
-    plan_slot_size,
-)
-
-_SLOTS: Final = "session.slots"
-
-_CHILD: Final = marked_save_script(
-    """
-from sessionstore import Durability, Layout, SessionStorage
-
-location, durability, layout, held_saves, size = sys.argv[1:]
-storage = SessionStorage(
-    location, durability=Durability[durability], layout=Layout[layout]
-)
-size = int(size)
-# One-shot saves set the stage (and warm every import), then the session is
-# held and saved into `held_saves` times before the traced save.
-storage.save_checkpoint(b"a" * size)
-storage.save_checkpoint(b"b" * size)
-held = storage.hold()
-for _ in range(int(held_saves)):
-    held.save_checkpoint(b"c" * size)
-data = b"d" * size
-storage = held
-"""
-)
-
-
-def traced_held_save(
-    strace: str,
-    env: dict[str, str],
-    tmp_path: Path,
-    storage: SessionStorage,
-    held_saves: int,
-    size: int,
-) -> tuple[list[str], str]:
-    args = [storage.location, storage.durability.name, storage.layout.name]
-    args += [str(held_saves), str(size)]
-    return run_traced(
-        strace, env, tmp_path / "trace.txt", _TRACED, _CHILD, args, storage.location
-    )
-
-
-@pytest.mark.parametrize("durability", list(Durability))
-def test_a_held_slotted_save_that_knows_its_slots_is_a_write_and_a_flush(
-    strace: str,
-    backend: str,
-    backend_env: dict[str, str],
-    tmp_path: Path,
-    durability: Durability,
-) -> None:
-    storage = SessionStorage.create(
-        tmp_path / "repo", durability=durability, layout=Layout.SLOTTED
-    )
-    size = 4096
-    lines, outcome = traced_held_save(strace, backend_env, tmp_path, storage, 1, size)
-
-    assert outcome == f"{backend} saved"
-    plan = plan_hold(durability, Layout.SLOTTED)
-    # One-shot saves filled slot 0 then slot 1, the held save slot 0: this one
-    # goes to slot 1, without opening or reading anything.
-    at = FILE_HEADER_SIZE + plan_slot_size(size)
-    by_step = {
-        SaveStep.CHECK_DIR_LINKED: ["fstat(dir)"],
-        SaveStep.WRITE_SLOT: [
-            f"pwritev2({_SLOTS}, 2 parts, {RECORD_HEADER_SIZE + size} bytes at {at})"
-        ],
-        SaveStep.SYNC_SLOT: [f"fdatasync({_SLOTS})"],
-    }
-    assert lines == [line for step in plan.save.steps for line in by_step.get(step, [])]
-    assert len(lines) == (3 if durability is Durability.FULL else 2)
-
-
-def test_the_first_held_save_opens_and_reads_the_slots(
-    strace: str, backend: str, backend_env: dict[str, str], tmp_path: Path
-) -> None:
-    storage = SessionStorage.create(tmp_path / "repo", layout=Layout.SLOTTED)
-    size = 3000
-    lines, outcome = traced_held_save(strace, backend_env, tmp_path, storage, 0, size)
-
-    assert outcome == f"{backend} saved"
-    record = RECORD_HEADER_SIZE + size
-    assert lines == [
-        *before_slots()[SaveStep.OPEN_SLOTS],
-        "fstat(dir)",
-        *slot_reads(plan_slot_size(size), 1, size),
-        f"pwritev2({_SLOTS}, 2 parts, {record} bytes at {FILE_HEADER_SIZE})",
-        f"fdatasync({_SLOTS})",
-    ]
-
-
-@pytest.mark.parametrize("durability", list(Durability))
-def test_a_held_replace_save_is_the_replace_sequence_inside_the_held_directory(
-    strace: str,
-    backend: str,
-    backend_env: dict[str, str],
-    tmp_path: Path,
-    durability: Durability,
-) -> None:
-    storage = SessionStorage.create(tmp_path / "repo", durability=durability)
-    size = 5000
-    lines, outcome = traced_held_save(strace, backend_env, tmp_path, storage, 1, size)
-
-    assert outcome == f"{backend} saved"
-    plan = plan_hold(durability, Layout.REPLACE)
-    assert lines == expected_lines(plan.save, size)
-    assert not {"openat(cwd", "flock(", "close(dir)"} & {line[:10] for line in lines}
 
 
 @pytest.fixture(params=list(Layout), ids=lambda layout: layout.name.lower())
@@ -162,7 +50,7 @@ def test_held_saves_load_like_any_other(layout_storage: SessionStorage) -> None:
             assert held.load_checkpoint() == data
     if layout_storage.layout is Layout.SLOTTED:
         assert layout_storage.load_previous() == checkpoints[-2]
-        assert sorted(os.listdir(layout_storage.location)) == [_SLOTS]
+        assert sorted(os.listdir(layout_storage.location)) == ["session.slots"]
     else:
         assert sorted(os.listdir(layout_storage.location)) == ["session"]
 
@@ -377,26 +265,6 @@ def test_a_failed_flush_hides_the_record_and_the_held_session_saves_on(
         "previous": "first",
     }
     assert storage.lock_state() is LockState.UNLOCKED
-
-
-def test_both_backends_write_the_same_bytes(native: object, tmp_path: Path) -> None:
-    from backend_parity import both_backends
-
-    from sessionstore import _backend
-
-    images = {}
-    for name, chosen in both_backends(native).items():  # type: ignore[arg-type]
-        previous = _backend.active.current
-        _backend.active.current = chosen
-        try:
-            storage = SessionStorage.create(tmp_path / name, layout=Layout.SLOTTED)
-            with storage.hold() as held:
-                for data in [b"a", b"bb" * 3000, b"c", b"d" * 100_000, b"e"]:
-                    held.save_checkpoint(data)
-            images[name] = Path(storage.paths.slots).read_bytes()
-        finally:
-            _backend.active.current = previous
-    assert images["python"] == images["native"]
 
 
 def test_hold_returns_a_held_session(layout_storage: SessionStorage) -> None:
