@@ -498,6 +498,15 @@ mod tests {
     }
 
     #[test]
+    fn a_replace_plan_refuses_the_slotted_layout_s_steps() {
+        let dir = TempDir::new("save", "slotted-step");
+        let err = save(&dir.0, &[1, 2, step::OPEN_SLOTS], b"x").unwrap_err();
+        assert_eq!(err.failure, Failure::UnknownStep(step::OPEN_SLOTS));
+        assert_eq!((err.steps, err.part), (Steps::Replace, Part::Plan));
+        assert!(dir.entries().is_empty());
+    }
+
+    #[test]
     fn a_write_to_a_closed_descriptor_is_an_error_at_next() {
         let dir = TempDir::new("save", "badwrite");
         // CLOSE_NEXT before WRITE_NEXT: the write sees EBADF.

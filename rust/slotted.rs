@@ -594,6 +594,26 @@ mod tests {
         assert_eq!(load(&dir.slots(), 2).unwrap(), [b"x"]);
     }
 
+    #[test]
+    fn a_failed_rebuild_is_reported_as_the_rebuild_s_and_undone() {
+        let dir = TempDir::new("slotted", "rebuild-fails");
+        let location = CString::new(dir.0.as_os_str().as_bytes()).unwrap();
+        // No slots file: the save rebuilds, and its plan breaks after creating the next file.
+        let err = save_slotted(
+            &location,
+            IN_PLACE,
+            &[step::CREATE_NEXT, 42],
+            Checkpoint::of(b"x"),
+        )
+        .unwrap_err();
+        assert_eq!(err.failure, Failure::UnknownStep(42));
+        assert_eq!((err.steps, err.part), (Steps::Replace, Part::Rebuild));
+        assert!(dir.entries().is_empty());
+        // The lock went with the save: the next one goes through.
+        save(&dir.0, b"y").unwrap();
+        assert_eq!(load(&dir.slots(), 1).unwrap(), [b"y"]);
+    }
+
     fn view_of(path: &Path) -> View {
         let c = CString::new(path.as_os_str().as_bytes()).unwrap();
         let fd = posix::open(&c, READ_FLAGS).unwrap();
