@@ -479,7 +479,7 @@ mod tests {
                     at: At::Location
                 },
                 steps: Steps::Replace,
-                part: Part::Plan,
+                part: Part::Given,
                 cleanup: None
             })
         );

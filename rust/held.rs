@@ -105,6 +105,8 @@ impl Held {
     /// Run `release`, which closes the descriptors and so releases the lock.
     /// Whatever it leaves open (a failed close) is closed anyway.
     pub fn release(&mut self) -> Result<(), SaveError> {
+        // Taken out to run on `self`; a held session is released once (its
+        // owner drops it then), and a second release has nothing to close.
         let release = std::mem::take(&mut self.release);
         let outcome = self.run(&release);
         let _ = self.state.close();

@@ -1,8 +1,9 @@
 //! The step runner: a plan's codes executed in Rust, and the replace sequence.
 //!
 //! One runner executes every plan (replace, slotted, held) over one `State`:
-//! each step code has one arm in `step`, its body here or in `slotted`, and one
-//! place it acts at (`At`), which names the path in its errors. The same plans,
+//! each step code has one arm in `step`, its body here or in `slotted`, and
+//! fails with the place it acts at (`At`), from which the extension's glue
+//! spells the path its error names. The same plans,
 //! the same syscalls as the fallback's `save` module. Plain Rust, without
 //! Python, so the extension runs all of it with the GIL released and
 //! `cargo test` can run it at all.
@@ -17,7 +18,7 @@
 use std::ffi::CStr;
 
 use crate::posix::{self, Errno, Fd};
-use crate::save_plan::step;
+use crate::save_plan::{step, STEPS};
 use crate::slots_format::{FormatError, RecordHeader, SlotChoice};
 use crate::slotted::{self, View};
 
@@ -27,8 +28,8 @@ const NEXT_MODE: libc::mode_t = 0o600;
 /// Bytes the writer reads while the GIL is released.
 ///
 /// A raw view rather than a slice: the memory belongs to a Python object that
-/// another thread may mutate (a `bytearray`), and it is only ever handed to
-/// `write(2)`, never read by Rust code.
+/// another thread may mutate (a `bytearray`), so it is handed to `write(2)` and
+/// `pwritev(2)`, and read by Rust code only through `as_slice` (a checksum).
 #[derive(Clone, Copy)]
 pub struct Checkpoint {
     ptr: *const u8,
@@ -146,27 +147,40 @@ pub enum Steps {
     Slotted,
 }
 
+/// The replace sequence's steps.
+const REPLACE_STEPS: [u8; 9] = [
+    step::OPEN_DIR,
+    step::LOCK_DIR,
+    step::CREATE_NEXT,
+    step::WRITE_NEXT,
+    step::FSYNC_NEXT,
+    step::CLOSE_NEXT,
+    step::RENAME_NEXT,
+    step::FSYNC_DIR,
+    step::CLOSE_DIR,
+];
+
 impl Steps {
     fn has(self, code: u8) -> bool {
-        let last = match self {
-            Self::Replace => step::CLOSE_DIR,
-            Self::Slotted => step::CHECK_DIR_LINKED,
-        };
-        (step::OPEN_DIR..=last).contains(&code)
+        match self {
+            Self::Replace => REPLACE_STEPS.contains(&code),
+            Self::Slotted => STEPS.iter().any(|&(_, known)| known == code),
+        }
     }
 }
 
 /// Which codes of a save were running when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
-    /// The plan the save was given.
-    Plan,
+    /// The codes the save was given (a slotted save's in-place ones).
+    Given,
     /// A slotted save's rebuild of the whole file.
     Rebuild,
 }
 
-/// A failed save: the failure, the steps and part that ran, and whatever
-/// failed while undoing it.
+/// A failed save: the failure; the steps its codes were run with (which say
+/// how an unknown code is reported) and which of its codes those were; and
+/// whatever failed while undoing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaveError {
     pub failure: Failure,
@@ -263,7 +277,7 @@ pub fn run(
                 return Err(SaveError {
                     failure,
                     steps,
-                    part: Part::Plan,
+                    part: Part::Given,
                     cleanup: state.undo(names.next_name),
                 })
             }
@@ -502,7 +516,7 @@ mod tests {
         let dir = TempDir::new("save", "slotted-step");
         let err = save(&dir.0, &[1, 2, step::OPEN_SLOTS], b"x").unwrap_err();
         assert_eq!(err.failure, Failure::UnknownStep(step::OPEN_SLOTS));
-        assert_eq!((err.steps, err.part), (Steps::Replace, Part::Plan));
+        assert_eq!((err.steps, err.part), (Steps::Replace, Part::Given));
         assert!(dir.entries().is_empty());
     }
 

@@ -13,7 +13,6 @@ use std::ffi::CStr;
 use crate::posix::{self, Errno, Fd};
 use crate::save::{self, At, Checkpoint, Failure, Names, Part, SaveError, State, Steps};
 use crate::save_plan::{step, CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME};
-
 use crate::slots_format::{
     build_slots_file, choose_slot, decode_file_header, decode_record_header, encode_record_header,
     newest_first, FileHeader, FormatError, Headers, Placement, RecordHeader, HEAD_READ_SIZE,
@@ -247,6 +246,8 @@ fn run_in_place_or_rebuild(
     if save::run(names, state, in_place, Steps::Slotted, data)? {
         return Ok(true);
     }
+    // The slots file is closed, checked, before the rebuild renames a new one
+    // over it: a step of its own, so its failure is reported and undone as any.
     save::run(names, state, &[step::CLOSE_SLOTS], Steps::Slotted, data)?;
     let sequence = state.choice.map_or(1, |choice| choice.sequence);
     let previous = state.previous.take();
@@ -255,7 +256,7 @@ fn run_in_place_or_rebuild(
         return Err(SaveError {
             failure: Failure::NoMemory,
             steps: Steps::Slotted,
-            part: Part::Plan,
+            part: Part::Given,
             cleanup: None,
         });
     };

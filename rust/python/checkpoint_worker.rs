@@ -21,9 +21,8 @@ pub struct CheckpointWorker {
     worker: checkpoint_worker::Worker<HeldBytes>,
     paths: SavePaths,
     codes: Py<PyBytes>,
-    /// A slotted plan's rebuild codes, `codes` being its in-place ones (unused
-    /// by a replace plan).
-    rebuild: Py<PyBytes>,
+    /// A slotted plan's rebuild codes, `codes` being its in-place ones.
+    rebuild: Option<Py<PyBytes>>,
 }
 
 impl CheckpointWorker {
@@ -42,7 +41,7 @@ impl CheckpointWorker {
             error,
             &self.paths,
             self.codes.bind(py),
-            self.rebuild.bind(py),
+            self.rebuild.as_ref().map(|rebuild| rebuild.bind(py)),
         )
     }
 }
@@ -72,7 +71,7 @@ impl CheckpointWorker {
             worker,
             paths,
             codes: codes.clone().unbind(),
-            rebuild: codes.clone().unbind(),
+            rebuild: None,
         })
     }
 
@@ -94,7 +93,7 @@ impl CheckpointWorker {
             worker,
             paths,
             codes: in_place.clone().unbind(),
-            rebuild: rebuild.clone().unbind(),
+            rebuild: Some(rebuild.clone().unbind()),
         })
     }
 

@@ -106,22 +106,22 @@ fn quoted(codes: &Bound<'_, PyBytes>) -> String {
 }
 
 /// The exception for a failed save, as the fallback raises it: `codes` the
-/// plan that ran (a slotted save's in-place codes), `rebuild` a slotted save's
-/// rebuild codes (quoted when the rebuild failed).
+/// codes the save was given (a slotted save's in-place ones), `rebuild` a
+/// slotted save's rebuild codes (quoted when the rebuild failed).
 pub fn save_error(
     py: Python<'_>,
     error: SaveError,
     paths: &SavePaths,
     codes: &Bound<'_, PyBytes>,
-    rebuild: &Bound<'_, PyBytes>,
+    rebuild: Option<&Bound<'_, PyBytes>>,
 ) -> PyErr {
     let path = |name: &[u8]| join(&paths.location, name);
     let next_path = || path(&paths.next_name);
     let slots_path = || path(save_plan::SLOTS_NAME.to_bytes());
     let checkpoint_path = || path(save_plan::CHECKPOINT_NAME.to_bytes());
     let plan = || match error.part {
-        Part::Plan => quoted(codes),
-        Part::Rebuild => quoted(rebuild),
+        Part::Rebuild => quoted(rebuild.unwrap_or(codes)),
+        Part::Given => quoted(codes),
     };
     let err = match error.failure {
         Failure::Os { errno, at } => match at {
@@ -176,9 +176,11 @@ pub fn save_error(
         }
         Failure::NoMemory => PyMemoryError::new_err(()),
     };
-    // What failed while undoing the save is kept as the context of the error, never
+    // What failed while undoing the save is kept as the context of the error
+    // (unless it has one already: hiding an unsynced record failed), never
     // raised in its place.
-    let secondary = match error.cleanup {
+    let hid = matches!(error.failure, Failure::Unsynced { hide: Some(_), .. });
+    let secondary = match error.cleanup.filter(|_| !hid) {
         None => None,
         Some(Cleanup::Close(errno)) => {
             Some(os_error(py, errno, &posix::describe(errno), None, None))

@@ -46,7 +46,7 @@ pub fn save_checkpoint<'py>(
             next_name: next_name.as_bytes().to_vec(),
             target: target.as_bytes().to_vec(),
         };
-        save_error(py, error, &paths, codes, codes)
+        save_error(py, error, &paths, codes, None)
     })
 }
 
@@ -114,7 +114,7 @@ pub fn save_slotted<'py>(
     })?
     .map_err(|error| {
         let paths = SavePaths::library(location.as_bytes(), save_plan::SLOTS_NAME);
-        save_error(py, error, &paths, in_place, rebuild)
+        save_error(py, error, &paths, in_place, Some(rebuild))
     })
 }
 

@@ -47,7 +47,7 @@ impl HeldWriter {
             error,
             &self.paths,
             codes.bind(py),
-            self.rebuild.bind(py),
+            Some(self.rebuild.bind(py)),
         )
     }
 }
@@ -82,7 +82,7 @@ impl HeldWriter {
         let release_codes = release.as_bytes().to_vec();
         let held = py
             .detach(|| held::Held::acquire(c_location, codes, plan, release_codes))
-            .map_err(|error| save_error(py, error, &paths, acquire, rebuild))?;
+            .map_err(|error| save_error(py, error, &paths, acquire, Some(rebuild)))?;
         Ok(Self {
             held: Mutex::new(Some(held)),
             closed: AtomicBool::new(false),

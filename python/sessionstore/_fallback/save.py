@@ -91,9 +91,9 @@ class SaveState:
                 os.close(dir_fd)
 
 
-State = TypeVar("State", bound=SaveState)
+StateT = TypeVar("StateT", bound=SaveState)
 
-Step = Callable[[State], bool]
+Step = Callable[[StateT], bool]
 """One step's syscalls; False ends the plan early (a slotted save that goes on
 with a rebuild), True goes on with the next step."""
 
@@ -132,7 +132,7 @@ AT: Final[Mapping[int, At]] = {
 }
 
 
-class Steps(Generic[State]):
+class Steps(Generic[StateT]):
     """The step functions a plan runs with, by code; where each acts
     (``at``); and the error for a code with none (``code`` and ``codes``
     formatted in)."""
@@ -141,7 +141,7 @@ class Steps(Generic[State]):
 
     def __init__(
         self,
-        functions: Mapping[int, Step[State]],
+        functions: Mapping[int, Step[StateT]],
         unknown: str,
         at: Mapping[int, At] = AT,
     ) -> None:
@@ -150,7 +150,7 @@ class Steps(Generic[State]):
         self.at = {int(step): where for step, where in at.items()}
 
 
-def run(state: State, codes: bytes, steps: Steps[State]) -> bool:
+def run(state: StateT, codes: bytes, steps: Steps[StateT]) -> bool:
     """Execute ``codes`` on ``state`` with the step functions of ``steps``:
     True when every step ran, False when one ended the plan early.
 
