@@ -18,6 +18,7 @@ from typing import Final, TypeAlias
 
 from .._errors import CorruptCheckpointError
 from .._naming import (
+    CHECKPOINT_FILES,
     CHECKPOINT_NAME,
     NEXT_NAME,
     SLOTS_NAME,
@@ -27,7 +28,8 @@ from .._naming import (
 from .._ordering import sort_key
 from .._session_contents import EntryKind
 from .._slots_format import RECORD_HEADER_SIZE, newest_first, newest_plausible_length
-from .slotted import _read_view
+from .posix import DIR_FLAGS, NOT_REGULAR, READ_FLAGS, with_path
+from .slotted import read_view
 
 ScannedCheckpoint: TypeAlias = tuple[str, int, int, int | None, int | None]
 """``(file name, st_mode, errno, size, mtime_ns)`` of the file holding a checkpoint.
@@ -55,18 +57,8 @@ checkpoint)``: ``errno`` is 0 or the error of reading the session directory
 (whose ``entries``, ``(name, EntryKind)``, are then empty); ``checkpoint`` is
 None when the directory holds no checkpoint file."""
 
+# The repository itself may be reached through a symlink (a session never).
 _REPOSITORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_SESSION_FLAGS: Final = _REPOSITORY_FLAGS | os.O_NOFOLLOW
-# A FIFO opened with O_NONBLOCK for reading opens at once; the fstat after it
-# then tells it apart from a regular file before anything is read.
-_PEEK_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _with_path(exc: OSError, location: str, path: str) -> OSError:
-    """The same error (same errno, so the same subclass) naming the full path."""
-    return OSError(
-        exc.errno, exc.strerror, os.path.join(location, path) if path else location
-    )
 
 
 def _look(location: str, dir_fd: int, path: str) -> os.stat_result | None:
@@ -80,7 +72,7 @@ def _look(location: str, dir_fd: int, path: str) -> os.stat_result | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise _with_path(exc, location, path) from exc
+        raise with_path(exc, os.path.join(location, path)) from exc
 
 
 def _listed(
@@ -111,7 +103,7 @@ def _listed(
     except OSError as exc:
         if isinstance(exc.filename, str):
             raise  # from _look, which named the entry
-        raise _with_path(exc, location, "") from exc
+        raise with_path(exc, location) from exc
     # The key holds the name, so it is total and the stats are never compared.
     keyed.sort(key=itemgetter(0))
     return [(key[1], st) for key, st in keyed], graves
@@ -132,7 +124,7 @@ def _slots_size(session_fd: int) -> tuple[int, int, int | None]:
     end past the file's end has no size (the file is damaged).
     """
     try:
-        fd = os.open(SLOTS_NAME, _PEEK_FLAGS, dir_fd=session_fd)
+        fd = os.open(SLOTS_NAME, READ_FLAGS, dir_fd=session_fd)
     except OSError as exc:
         return 0, exc.errno or 0, None
     try:
@@ -140,7 +132,7 @@ def _slots_size(session_fd: int) -> tuple[int, int, int | None]:
         if not stat.S_ISREG(st.st_mode):
             return st.st_mode, 0, None
         try:
-            view = _read_view(fd, SLOTS_NAME)
+            view = read_view(fd, SLOTS_NAME)
         except CorruptCheckpointError:
             return st.st_mode, 0, None
         return (
@@ -163,7 +155,7 @@ def _checkpoint(session_fd: int, names: set[str]) -> ScannedCheckpoint | None:
     vanished since the listing (a conversion renamed the other in) makes way
     for the other name.
     """
-    for name in (CHECKPOINT_NAME, SLOTS_NAME):
+    for name in CHECKPOINT_FILES:
         if name not in names:
             continue
         try:
@@ -191,7 +183,7 @@ def _scanned(
     """
     found = (name, st.st_mtime_ns, st.st_dev, st.st_ino)
     try:
-        session_fd = os.open(name, _SESSION_FLAGS, dir_fd=dir_fd)
+        session_fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -292,12 +284,12 @@ def verified_slots_length(path: str) -> int | None:
     size: a header claiming more than the file holds costs nothing, and no
     record is ever held whole in memory. Errors name ``path``.
     """
-    fd = os.open(path, _PEEK_FLAGS)
+    fd = os.open(path, READ_FLAGS)
     try:
         return _verified_length(fd, path)
     except OSError as exc:
         # fstat and pread name no file; the caller needs the path.
-        raise exc if exc.filename else _with_path(exc, path, "") from exc
+        raise exc if exc.filename else with_path(exc, path) from exc
     finally:
         os.close(fd)
 
@@ -306,9 +298,9 @@ def _verified_length(fd: int, path: str) -> int | None:
     """``verified_slots_length`` of the open file ``fd``."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", path)
+        raise OSError(errno.EINVAL, NOT_REGULAR, path)
     try:
-        view = _read_view(fd, path)
+        view = read_view(fd, path)
     except CorruptCheckpointError:
         return None
     for slot in newest_first(view.headers):

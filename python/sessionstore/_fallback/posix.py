@@ -28,6 +28,7 @@ from .._lock_state import (
 DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 NOT_REGULAR: Final = "not a regular file"
+NO_PROGRESS: Final = "write made no progress"
 
 # flock says "busy" with EWOULDBLOCK; on Linux that is EAGAIN, elsewhere it may be
 # either, so both mean "a live writer holds the lock".

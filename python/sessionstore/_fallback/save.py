@@ -27,7 +27,7 @@ from .._errors import CorruptCheckpointError
 from .._naming import CHECKPOINT_NAME, SLOTS_NAME
 from .._save_plan import SaveStep
 from .._slots_format import SlotsFormatError
-from .posix import DIR_FLAGS, try_lock, with_path
+from .posix import DIR_FLAGS, NO_PROGRESS, try_lock, with_path
 
 if TYPE_CHECKING:
     from .._slots_format import RecordHeader, SlotChoice
@@ -252,7 +252,7 @@ def _write_next(state: SaveState) -> bool:
     while written < total:
         step = os.write(state.next_fd, memoryview(data)[written:])
         if step == 0:
-            raise OSError(errno.EIO, "write made no progress")
+            raise OSError(errno.EIO, NO_PROGRESS)
         written += step
     return True
 

@@ -32,7 +32,7 @@ from .._slots_format import (
     encode_record_header,
     newest_first,
 )
-from .posix import exists_at, open_regular
+from .posix import NO_PROGRESS, exists_at, open_regular
 from .save import REPLACE_STEPS, SaveState, Steps, run
 
 # Never through a symlink: that would write into whatever file it names.
@@ -62,7 +62,7 @@ class SlotsView:
         return end <= self.size
 
 
-def _read_view(fd: int, path: str) -> SlotsView:
+def read_view(fd: int, path: str) -> SlotsView:
     # Where the file ends, from lseek: an fstat would ask for the file's times,
     # which makes its next write update them (see CHECK_DIR_LINKED).
     size = os.lseek(fd, 0, os.SEEK_END)
@@ -122,7 +122,7 @@ def _pwrite_all(fd: int, parts: list[memoryview], at: int) -> None:
     while parts:
         step = os.pwritev(fd, parts, at)
         if step == 0:
-            raise OSError(errno.EIO, "write made no progress")
+            raise OSError(errno.EIO, NO_PROGRESS)
         at += step
         while parts and step >= len(parts[0]):
             step -= len(parts[0])
@@ -267,7 +267,7 @@ def _read_slots(state: SaveState) -> bool:
     """Choose the slot; False when the save must rebuild the file instead."""
     if state.known and _choose_known(state):
         return True
-    view = _read_view(state.slots_fd, state.path(SLOTS_NAME))
+    view = read_view(state.slots_fd, state.path(SLOTS_NAME))
     order = newest_first(view.headers)
     valid = _valid_records(state.slots_fd, view, 1)
     newest_is_valid = bool(valid) and valid[0].slot == order[0]
@@ -343,12 +343,12 @@ def _settled_records(fd: int, path: str, wanted: int) -> list[ValidRecord]:
     Headers that changed since mean exactly that; unchanged headers with no
     whole record mean a damaged file.
     """
-    view = _read_view(fd, path)
+    view = read_view(fd, path)
     for _ in range(_READS):
         found = _valid_records(fd, view, wanted)
         if found:
             return found
-        again = _read_view(fd, path)
+        again = read_view(fd, path)
         if again == view:
             return found
         view = again
