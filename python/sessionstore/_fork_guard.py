@@ -64,7 +64,9 @@ def _leave() -> None:
     _depth.n -= 1
     with _changed:
         _in_flight -= 1
-        if _in_flight == 0:
+        # Only a fork waits for calls to end (it set _forker first, under the
+        # lock), for as many as its own thread has not left yet.
+        if _forker is not None:
             _changed.notify_all()
 
 
