@@ -66,18 +66,6 @@ class SaveStep(enum.IntEnum):
     change that cost about half a flush per save here"""
 
 
-class DirOwner(enum.Enum):
-    """Who owns a plan's descriptor of the session directory: who closes it."""
-
-    SAVE = "save"
-    """the save itself: it opens the directory (or is handed it, still locked,
-    by the part of the save before it) and closes it when it ends, failed or not"""
-    HOLDER = "holder"
-    """a held session: its ``acquire`` opens the directory, its ``release``
-    closes it, and each save in between borrows it (a failed save leaves it
-    open, and the lock held)"""
-
-
 @attrs.frozen
 class SavePlan:
     """The ordered steps of one save and the names they act on.
@@ -89,7 +77,6 @@ class SavePlan:
     steps: tuple[SaveStep, ...]
     next_name: str = NEXT_NAME
     target_name: str = CHECKPOINT_NAME
-    dir_owner: DirOwner = DirOwner.SAVE
     codes: bytes = attrs.field(
         init=False,
         default=attrs.Factory(lambda plan: bytes(plan.steps), takes_self=True),
@@ -250,11 +237,10 @@ def plan_hold(
         opened = middle.index(SaveStep.OPEN_SLOTS) + 1
         middle = (*middle[:opened], SaveStep.CHECK_DIR_LINKED, *middle[opened:])
         rebuild = between(slotted.rebuild.steps)
-    held = DirOwner.HOLDER
     return HeldPlan(
         layout=layout,
-        acquire=SavePlan(acquire, target_name=target, dir_owner=held),
-        save=SavePlan(middle, target_name=target, dir_owner=held),
-        rebuild=SavePlan(rebuild, target_name=SLOTS_NAME, dir_owner=held),
-        release=SavePlan(release, target_name=target, dir_owner=held),
+        acquire=SavePlan(acquire, target_name=target),
+        save=SavePlan(middle, target_name=target),
+        rebuild=SavePlan(rebuild, target_name=SLOTS_NAME),
+        release=SavePlan(release, target_name=target),
     )

@@ -6,7 +6,6 @@ import pytest
 
 from sessionstore import Durability, Layout
 from sessionstore._save_plan import (
-    DirOwner,
     SaveStep,
     plan_hold,
     plan_save,
@@ -98,15 +97,16 @@ def test_no_held_save_opens_locks_or_closes_the_directory() -> None:
 
 
 @pytest.mark.parametrize("durability", list(Durability))
-def test_the_plan_names_who_owns_the_directory(durability: Durability) -> None:
-    """A one-shot save owns its directory; a held session's plans borrow it,
-    even the release that closes it and the acquire that opens it."""
+def test_only_the_plan_that_owns_the_directory_closes_it(
+    durability: Durability,
+) -> None:
+    """A one-shot save closes its directory; of a held session's plans, only
+    the release does: its saves and rebuilds borrow the directory."""
     slotted = plan_slotted_save(durability)
     for plan in (plan_save(durability), slotted.in_place, slotted.rebuild):
-        assert plan.dir_owner is DirOwner.SAVE
         assert SaveStep.CLOSE_DIR in plan.steps
     for layout in Layout:
         held = plan_hold(durability, layout)
-        for part in (held.acquire, held.save, held.rebuild, held.release):
-            assert part.dir_owner is DirOwner.HOLDER
+        for part in (held.acquire, held.save, held.rebuild):
+            assert SaveStep.CLOSE_DIR not in part.steps
         assert SaveStep.CLOSE_DIR in held.release.steps
