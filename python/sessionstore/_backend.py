@@ -11,6 +11,7 @@ backend is the chosen module's functions and classes under those names.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Final, Protocol
@@ -117,7 +118,7 @@ class Backend:
 
 
 # What each backend module exports: everything a backend is but its name.
-EXPORTS: Final = tuple(field.name for field in attrs.fields(Backend)[1:])
+EXPORTS: Final = tuple(f.name for f in attrs.fields(Backend) if f.name != "name")
 
 PYTHON: Final = Backend.of("python", _fallback)
 
@@ -167,8 +168,6 @@ class _Active:
 
 
 def _choose() -> Backend:
-    import os
-
     return select(os.environ)
 
 

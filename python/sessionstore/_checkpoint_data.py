@@ -22,3 +22,11 @@ def as_checkpoint(data: object) -> bytes | bytearray | memoryview:
         f"checkpoint data must be bytes, bytearray or memoryview, "
         f"not {type(data).__name__}"
     )
+
+
+def as_checkpoint_bytes(data: object) -> bytes:
+    """``data`` as bytes, copied unless it is bytes already, or TypeError: a
+    checkpoint that another thread must not change while it is saved (a
+    checksum computed first, or a save that runs later)."""
+    buffer = as_checkpoint(data)
+    return buffer if isinstance(buffer, bytes) else bytes(buffer)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from . import _backend, _fork_guard
 from ._backend import Worker
-from ._checkpoint_data import as_checkpoint
+from ._checkpoint_data import as_checkpoint_bytes
 from ._options import Layout
 from ._save_plan import plan_save, plan_slotted_save
 from ._writer_stats import RawStats, WriterStats, writer_stats
@@ -222,8 +222,7 @@ class CheckpointWriter:
         is closed, before anything is taken; the pending error of a background
         save, if any, instead of taking ``data``.
         """
-        buffer = as_checkpoint(data)
-        self._worker.submit(buffer if isinstance(buffer, bytes) else bytes(buffer))
+        self._worker.submit(as_checkpoint_bytes(data))
 
     def flush(self) -> None:
         """Block until every checkpoint submitted so far is saved or superseded.

@@ -20,7 +20,7 @@ from typing import Final, TypeAlias
 
 import attrs
 
-from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
+from ._naming import CHECKPOINT_FILES, CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME
 from ._options import Durability, Layout
 from ._save_plan import SavePlan, SaveStep, plan_save
 from ._slots_format import build_slots_file
@@ -124,13 +124,11 @@ class ConversionPlan:
 
 
 _OTHER: Final = {Layout.REPLACE: Layout.SLOTTED, Layout.SLOTTED: Layout.REPLACE}
-SURVEYED: Final = (CHECKPOINT_NAME, SLOTS_NAME)
-"""The names ``FIND_FILES`` looks for, in this order."""
 
 
 def checkpoint_file(found: Collection[str]) -> str | None:
     """Which of the files ``found`` holds the checkpoint (see the module)."""
-    for name in SURVEYED:
+    for name in CHECKPOINT_FILES:
         if name in found:
             return name
     return None

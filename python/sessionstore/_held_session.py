@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from . import _backend, _fork_guard
-from ._checkpoint_data import as_checkpoint
+from ._checkpoint_data import as_checkpoint_bytes
 from ._options import Layout
 from ._save_plan import plan_hold
 from ._shield import shielded
@@ -95,10 +95,7 @@ class HeldSession:
         leave a record that fails its checksum, and a held slotted session,
         which does not read back what it wrote, would take it for its newest.
         """
-        buffer = as_checkpoint(data)
-        if not isinstance(buffer, bytes):
-            buffer = bytes(buffer)
-        shielded(self._save, buffer)
+        shielded(self._save, as_checkpoint_bytes(data))
 
     def _save(self, data: bytes) -> None:
         with self._saving:

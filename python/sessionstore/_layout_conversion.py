@@ -13,16 +13,14 @@ from typing import Final
 
 from . import _fallback
 from ._conversion_plan import (
-    SURVEYED,
     ConversionPlan,
     ConversionStep,
-    Step,
     plan_conversion,
 )
 from ._fallback.posix import exists_at, with_path
 from ._fallback.save import AT, At, SaveState, Steps, run
 from ._fallback.slotted import STEPS as SLOTTED_STEPS
-from ._naming import CHECKPOINT_NAME
+from ._naming import CHECKPOINT_FILES, CHECKPOINT_NAME
 from ._options import Durability, Layout
 from ._save_plan import SaveStep
 
@@ -37,15 +35,11 @@ def convert_layout(location: str, layout: Layout, durability: Durability) -> Non
     plan = plan_conversion(layout, durability)
     state = _ConversionState(location, plan)
     try:
-        run(state, _codes(plan.survey), _STEPS)
-        run(state, _codes(plan.work(state.found)), _STEPS)
+        run(state, bytes(plan.survey), _STEPS)
+        run(state, bytes(plan.work(state.found)), _STEPS)
     finally:
         if state.dir_fd >= 0:
-            run(state, _codes(plan.release), _STEPS)
-
-
-def _codes(steps: tuple[Step, ...]) -> bytes:
-    return bytes(steps)
+            run(state, bytes(plan.release), _STEPS)
 
 
 class _ConversionState(SaveState):
@@ -69,7 +63,7 @@ def _exists(state: _ConversionState, name: str) -> bool:
 
 
 def _find_files(state: _ConversionState) -> bool:
-    state.found = frozenset(name for name in SURVEYED if _exists(state, name))
+    state.found = frozenset(name for name in CHECKPOINT_FILES if _exists(state, name))
     return True
 
 

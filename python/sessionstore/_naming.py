@@ -17,6 +17,9 @@ SESSION_SUFFIX: Final = ".session"
 CHECKPOINT_NAME: Final = "session"
 NEXT_NAME: Final = "session.next"
 SLOTS_NAME: Final = "session.slots"
+CHECKPOINT_FILES: Final = (CHECKPOINT_NAME, SLOTS_NAME)
+"""The files that may hold a session's checkpoint, the one a load prefers
+first: ``session`` wins over a ``session.slots`` an interrupted conversion left."""
 TOMBSTONE_MARK: Final = ".removing-"
 
 # At most this much of a prefix reaches a session's name: with the timestamp,

@@ -30,7 +30,12 @@ from ._lock_state import (
     NextFile,
     classify_lock,
 )
-from ._naming import CHECKPOINT_NAME, NEXT_NAME, SLOTS_NAME, session_id
+from ._naming import (
+    CHECKPOINT_FILES,
+    NEXT_NAME,
+    SLOTS_NAME,
+    session_id,
+)
 from ._ordering import sort_key
 from ._prune import PrunePolicy, plan_prune
 from ._session_contents import RECOGNISED, tombstone_origin
@@ -71,7 +76,7 @@ def checkpoint_mtime_ns(dir_fd: int) -> int | None:
     the age ``scan()`` reports, which housekeeping in the directory never
     changes.
     """
-    for name in (CHECKPOINT_NAME, SLOTS_NAME):
+    for name in CHECKPOINT_FILES:
         try:
             return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns
         except FileNotFoundError:

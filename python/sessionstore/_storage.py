@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from . import _backend
-from ._checkpoint_data import as_checkpoint
+from ._checkpoint_data import as_checkpoint, as_checkpoint_bytes
 from ._checkpoint_writer import CheckpointWriter
 from ._held_session import HeldSession
 from ._layout_conversion import convert_layout
 from ._lock_state import LOCK_STATE_CODES, LockState
 from ._naming import (
-    CHECKPOINT_NAME,
-    SLOTS_NAME,
+    CHECKPOINT_FILES,
     StoragePaths,
     plan_session_name,
     plan_tombstone_name,
@@ -221,9 +220,9 @@ class SessionStorage:
         check, and the save would return while a load gives the previous one.
         The replace layout keeps no checksum and writes the buffer as it is.
         """
-        buffer = as_checkpoint(data)
         current = _backend.active.current
         if self.layout is Layout.REPLACE:
+            buffer = as_checkpoint(data)
             plan = plan_save(self.durability)
             shielded(
                 current.save,
@@ -234,13 +233,11 @@ class SessionStorage:
                 plan.target_name,
             )
         else:
-            if not isinstance(buffer, bytes):
-                buffer = bytes(buffer)
             slotted = plan_slotted_save(self.durability)
             shielded(
                 current.save_slotted,
                 self._absolute_location,
-                buffer,
+                as_checkpoint_bytes(data),
                 slotted.in_place.codes,
                 slotted.rebuild.codes,
             )
@@ -428,7 +425,7 @@ def _holds_a_checkpoint_file(location: str) -> bool:
         raise FileNotFoundError(
             errno.ENOENT, "session directory is missing", location
         ) from None
-    return CHECKPOINT_NAME in names or SLOTS_NAME in names
+    return any(name in names for name in CHECKPOINT_FILES)
 
 
 def _ignore_missing(exc: BaseException, path: str) -> None:

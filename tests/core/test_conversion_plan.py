@@ -8,18 +8,18 @@ from hypothesis import strategies as st
 from sessionstore import Durability, Layout
 from sessionstore._conversion_plan import (
     FILE_OF,
-    SURVEYED,
     ConversionStep,
     Step,
     checkpoint_file,
     plan_conversion,
 )
+from sessionstore._naming import CHECKPOINT_FILES
 from sessionstore._save_plan import SaveStep, plan_save
 from sessionstore._slots_format import build_slots_file
 
 layouts = st.sampled_from(list(Layout))
 durabilities = st.sampled_from(list(Durability))
-found_names = st.frozensets(st.sampled_from(SURVEYED))
+found_names = st.frozensets(st.sampled_from(CHECKPOINT_FILES))
 
 
 def after(step: Step, steps: tuple[Step, ...], *, at: int = 0) -> tuple[Step, ...]:

@@ -18,12 +18,11 @@ import attrs
 from disk_model import DIRECTORY, Disk, Effect, Flush, Link, Rename, Unlink, Write
 
 from sessionstore._conversion_plan import (
-    SURVEYED,
     ConversionPlan,
     ConversionStep,
     Step,
 )
-from sessionstore._naming import CHECKPOINT_NAME, NEXT_NAME
+from sessionstore._naming import CHECKPOINT_FILES, CHECKPOINT_NAME, NEXT_NAME
 from sessionstore._save_plan import SavePlan, SaveStep
 from sessionstore._slots_format import (
     RECORD_HEADER_SIZE,
@@ -223,7 +222,7 @@ def _conversion(run: Execution) -> ConversionPlan:
 def _find_files(run: Execution) -> Sequence[Effect | Flush]:
     """``FIND_FILES``: the conversion goes on with the work what it finds calls for."""
     plan = _conversion(run)
-    found = {name for name in SURVEYED if name in run.disk.entries}
+    found = {name for name in CHECKPOINT_FILES if name in run.disk.entries}
     run.diverted = plan.unfold(plan.work(found) + plan.release)
     return []
 
